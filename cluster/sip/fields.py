@@ -1,0 +1,89 @@
+"""Small structured header fields: CSeq, Retry-After, option-tag lists, Date.
+
+Each parser takes the field value (LWS already unfolded) and returns a frozen
+value or raises ParseError.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ParseError
+from .grammar import TOKEN_CHARS, Params, param_value, parse_params
+
+# RFC 3261 §8.1.1.5: the sequence number is a 32-bit unsigned integer.
+MAX_CSEQ = 0xFFFFFFFF
+
+_CSEQ_RE = re.compile(f"[ \\t]*([0-9]{{1,10}})[ \\t]+([{TOKEN_CHARS}]+)[ \\t]*\\Z")
+_RETRY_AFTER_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]*(\([^)]*\))?[ \t]*")
+# RFC 3261 §25.1 rfc1123-date; only "GMT" is allowed (RFC 4475 §3.1.2.10 baddate).
+_DATE_RE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT\Z"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    seq: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+
+def parse_cseq(value: str) -> CSeq:
+    m = _CSEQ_RE.match(value)
+    if m is None:
+        raise ParseError(f"malformed CSeq {value[:40]!r}")
+    seq = int(m.group(1))
+    if seq > MAX_CSEQ:
+        # RFC 4475 §3.1.2.4 scalar02 / §3.1.2.5 scalarlg.
+        raise ParseError("CSeq number out of range")
+    return CSeq(seq, m.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    """RFC 3261 §20.33."""
+
+    seconds: int
+    comment: str | None = None
+    params: Params = ()
+
+    @property
+    def duration(self) -> int | None:
+        value = param_value(self.params, "duration")
+        return int(value) if value and value.isdigit() else None
+
+    def __str__(self) -> str:
+        text = str(self.seconds)
+        if self.comment:
+            text += f" {self.comment}"
+        return text + "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params)
+
+
+def parse_retry_after(value: str) -> RetryAfter:
+    m = _RETRY_AFTER_RE.match(value)
+    if m is None:
+        raise ParseError("malformed Retry-After")
+    seconds = int(m.group(1))
+    if seconds > MAX_CSEQ:
+        raise ParseError("Retry-After out of range")
+    params = parse_params(value, m.end()) if m.end() < len(value) else ()
+    return RetryAfter(seconds, m.group(2), params)
+
+
+def parse_delta_seconds(value: str, field: str) -> int:
+    """Expires / Min-Expires: delta-seconds, values past 2**32-1 clamp to it."""
+    text = value.strip(" \t")
+    if not text.isdigit():
+        raise ParseError(f"malformed {field}")
+    return min(int(text), MAX_CSEQ)
+
+
+def check_date(value: str) -> None:
+    if _DATE_RE.match(value.strip(" \t")) is None:
+        raise ParseError("malformed Date (RFC 1123 form in GMT required)")

@@ -1,0 +1,1 @@
+"""Node programs: the stateless edge and the stateful worker shard."""

