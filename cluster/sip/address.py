@@ -8,6 +8,7 @@ cannot carry parameters or headers of its own: everything after the first
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from .errors import ParseError
@@ -78,8 +79,34 @@ class NameAddress:
         return head + format_params(self.params)
 
 
+# The common shape, ``["display" | token words] <uri> params``, in one match.
+# Anything unusual (unbalanced quotes, spaces in the URI, addr-spec form)
+# falls through to the careful parser below, which gives the precise error.
+_FAST_RE = re.compile(
+    '[ \\t]*(?:"((?:[^"\\\\]|\\\\.)*)"|([A-Za-z0-9\\-.!%*_+`\'~ \\t]*?))[ \\t]*<([^<>"\\s]+)>'
+)
+
+
 def parse_name_addr(value: str, *, brackets_required: bool = False) -> NameAddress:
     """Parse ``( name-addr / addr-spec ) *( SEMI param )``."""
+    m = _FAST_RE.match(value)
+    if m is not None:
+        quoted, words, uri_text = m.groups()
+        if quoted is not None:
+            display: str | None = unquote(f'"{quoted}"') if "\\" in quoted else quoted
+        else:
+            display = words.strip(" \t") or None
+            if display is not None and not is_token_words(display):
+                display = None
+                m = None
+        if m is not None:
+            end = m.end()
+            params = parse_params(value, end) if end < len(value) else ()
+            return NameAddress(parse_uri(uri_text), display, params, True)
+    return _parse_name_addr_careful(value, brackets_required)
+
+
+def _parse_name_addr_careful(value: str, brackets_required: bool) -> NameAddress:
     s = value.strip(" \t")
     if not s:
         raise ParseError("empty address")

@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 SIP_VERSION = "SIP/2.0"
 _MISSING = object()
+_TOP_VIA = "via:top"  # cache slot for the top Via alone
 
 
 class Header:
@@ -157,6 +158,8 @@ class Message:
     def _touch(self, key: str) -> None:
         self._raw = None
         self._cache.pop(key, None)
+        if key == "via":
+            self._cache.pop(_TOP_VIA, None)
 
     def _cached(self, key: str, parse: Callable[[list[str]], T]) -> T:
         value = self._cache.get(key, _MISSING)
@@ -204,10 +207,26 @@ class Message:
 
     @property
     def via(self) -> Via:
-        vias = self.vias
-        if not vias:
-            raise ParseError("missing Via")
-        return vias[0]
+        """The topmost Via. Parsed on its own: the parser validates only the
+        top value eagerly (it is all a transaction needs); the others are
+        parsed when ``vias`` is read (a proxy routing a response)."""
+        cache = self._cache
+        vias = cache.get("via")
+        if vias:
+            return vias[0]  # type: ignore[index]
+        top = cache.get(_TOP_VIA)
+        if top is None:
+            for h in self.headers:
+                if h.key == "via":
+                    value = h.value
+                    first = split_commas(value)[0] if "," in value else value
+                    if not first:
+                        raise ParseError("empty Via value")
+                    top = cache[_TOP_VIA] = parse_via(first)
+                    break
+            else:
+                raise ParseError("missing Via")
+        return top  # type: ignore[return-value]
 
     @property
     def max_forwards(self) -> int | None:

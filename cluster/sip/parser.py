@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import re
 
+from .address import parse_name_addr
 from .errors import ParseError
-from .fields import check_date
-from .headers import SINGLE_HEADERS, header_key
-from .message import SIP_VERSION, Header, Message, Request, Response
+from .fields import check_date, parse_cseq
+from .grammar import is_token, split_commas
+from .headers import _KEY_CACHE, SINGLE_HEADERS, canonical_name, header_key
+from .message import _TOP_VIA, SIP_VERSION, Header, Message, Request, Response
 from .uri import SipURI, parse_uri
-from .grammar import is_token
+from .via import parse_via
 
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) (.*)\Z", re.IGNORECASE | re.DOTALL)
 
-# Fields validated while parsing: reading each through its accessor fills the
-# message's cache, so the work is not repeated later.
-_VALIDATED = ("vias", "from_", "to", "cseq", "max_forwards", "content_length", "contacts",
-              "routes", "record_routes")
 
 
 def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
@@ -51,12 +49,12 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         raise ParseError("undecodable header section") from None
     lines = head.split("\r\n")
     message = _start_line(lines[0])
-    headers = _header_fields(lines)
-    message.headers = headers
+    folded = "\r\n " in head or "\r\n\t" in head
+    message.headers, groups = _header_fields(lines, folded)
 
     body_start = end + 4
     body = data[body_start:]
-    _check_fields(message, headers)
+    _check_fields(message, groups)
     length = message.content_length
     if length is None:
         if not datagram:
@@ -107,15 +105,15 @@ def _start_line(line: str) -> Request | Response:
     return request
 
 
-def _header_fields(lines: list[str]) -> list[Header]:
+def _header_fields(lines: list[str], folded: bool) -> tuple[list[Header], dict[str, list[str]]]:
+    """Header fields in order, plus their values grouped by field key."""
     headers: list[Header] = []
+    groups: dict[str, list[str]] = {}
     append = headers.append
+    known = _KEY_CACHE
     for i in range(1, len(lines)):
         line = lines[i]
-        if not line:
-            continue
-        first = line[0]
-        if first == " " or first == "\t":
+        if folded and line[:1] in (" ", "\t"):
             # RFC 3261 §7.3.1: a line starting with whitespace continues the
             # previous field; the fold is equivalent to a single SP.
             if not headers:
@@ -124,42 +122,88 @@ def _header_fields(lines: list[str]) -> list[Header]:
             tail = line.strip(" \t")
             if tail:
                 h.value = f"{h.value} {tail}" if h.value else tail
+                groups[h.key][-1] = h.value
             h.raw = f"{h.raw}\r\n{line}"
             continue
         name, sep, value = line.partition(":")
         if not sep:
             raise ParseError("header line without a colon")
-        name = name.rstrip(" \t")
-        append(Header(header_key(name), name, value.strip(" \t"), line))
-    return headers
+        key = known.get(name)
+        if key is None:
+            name = name.rstrip(" \t")
+            key = header_key(name)
+        value = value.strip(" \t")
+        append(Header(key, name, value, line))
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [value]
+        else:
+            group.append(value)
+    return headers, groups
 
 
-def _check_fields(message: Message, headers: list[Header]) -> None:
-    seen: dict[str, str] = {}
-    for h in headers:
-        key = h.key
-        if key in SINGLE_HEADERS:
-            previous = seen.get(key)
-            if previous is not None:
-                # RFC 4475 §3.1.2.16 multi01, §3.3.2 mcl01.
-                raise ParseError(f"more than one {h.name} header field")
-            seen[key] = h.value
-    is_request = isinstance(message, Request)
+def _check_fields(message: Message, groups: dict[str, list[str]]) -> None:
+    """Validate the fields every element relies on and fill the accessor cache."""
+    for key in SINGLE_HEADERS.intersection(groups):
+        if len(groups[key]) > 1:
+            # RFC 4475 §3.1.2.16 multi01, §3.3.2 mcl01.
+            raise ParseError(f"more than one {key} header field")
     # RFC 3261 §8.1.1: To, From, CSeq, Call-ID and Via are mandatory.
     # Max-Forwards is too, but RFC 2543 elements omit it (RFC 4475 inv2543).
-    for key, name in (("call-id", "Call-ID"), ("cseq", "CSeq"), ("from", "From"), ("to", "To")):
-        if key not in seen:
-            raise ParseError(f"missing {name} header field")
-    call_id = seen["call-id"]
+    for key in ("call-id", "cseq", "from", "to", "via"):
+        if key not in groups:
+            raise ParseError(f"missing {canonical_name(key)} header field")
+    cache = message._cache
+    call_id = groups["call-id"][0]
     if not call_id or " " in call_id or "\t" in call_id:
         raise ParseError("malformed Call-ID")
-    for attr in _VALIDATED:
-        getattr(message, attr)
-    if not message.vias:
-        raise ParseError("missing Via header field")
-    if is_request and message.cseq.method != message.method:  # type: ignore[attr-defined]
+    cache["call-id"] = call_id
+    cseq = cache["cseq"] = parse_cseq(groups["cseq"][0])
+    cache["from"] = parse_name_addr(groups["from"][0])
+    cache["to"] = parse_name_addr(groups["to"][0])
+    # The top Via is validated now; the rest when a proxy routes a response.
+    cache[_TOP_VIA] = parse_via(_elements(groups["via"])[0])
+    for key, parse in _OPTIONAL:
+        values = groups.get(key)
+        cache[key] = None if values is None else parse(values[0])
+    contacts = groups.get("contact")
+    if contacts is not None and contacts != ["*"]:
+        cache["contact"] = [parse_name_addr(v) for v in _elements(contacts)]
+    for key in ("route", "record-route"):
+        values = groups.get(key)
+        if values is not None:
+            cache[key] = [parse_name_addr(v, brackets_required=True) for v in _elements(values)]
+    if isinstance(message, Request) and cseq.method != message.method:
         # RFC 3261 §8.1.1.5 (RFC 4475 §3.1.2.14 mismatch01).
         raise ParseError("CSeq method does not match the Request-Line")
-    date = seen.get("date")
+    date = groups.get("date")
     if date is not None:
-        check_date(date)
+        check_date(date[0])
+
+
+def _elements(values: list[str]) -> list[str]:
+    """List elements of a comma-list field; empty elements are malformed."""
+    out: list[str] = []
+    for value in values:
+        if "," in value:
+            parts = split_commas(value)
+            if "" in parts:
+                raise ParseError("empty element in header list")
+            out.extend(parts)
+        elif value:
+            out.append(value)
+        else:
+            raise ParseError("empty header list value")
+    return out
+
+
+def _digits(field: str):
+    def parse(value: str) -> int:
+        if not value.isdigit():
+            raise ParseError(f"malformed {field}")
+        return int(value)
+    return parse
+
+
+_OPTIONAL = (("max-forwards", lambda v: min(_digits("Max-Forwards")(v), 255)),
+             ("content-length", _digits("Content-Length")))
