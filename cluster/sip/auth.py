@@ -45,8 +45,11 @@ class AuthField:
 
     def __str__(self) -> str:
         parts = []
+        # A challenge quotes its qop-options; a credential's qop is a bare
+        # token (RFC 2617 §3.2.1 vs §3.2.2). Only credentials carry "response".
+        challenge = self.get("response") is None
         for key, value in self.params:
-            if key in _QUOTED or (key == "qop" and "," in value):
+            if key in _QUOTED or (key == "qop" and (challenge or "," in value)):
                 parts.append(f"{key}={quote(value)}")
             else:
                 parts.append(f"{key}={value}")

@@ -106,8 +106,15 @@ _LINE_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*)")
 _NEEDED = ("via", "from", "to", "call-id", "cseq")
 
 
-def reject_malformed(data: bytes, error: ParseError, *, server: str | None = None) -> bytes | None:
-    """The error response for a request that failed to parse, or None.
+def reject_malformed(
+    data: bytes,
+    error: ParseError,
+    *,
+    server: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+) -> bytes | None:
+    """The error response for a request that failed to parse (or that cannot
+    be served: a 503 from an edge with no reachable worker), or None.
 
     None means: drop silently — the bytes are a response (RFC 3261 §18.1.2 /
     RFC 4475: malformed responses are discarded), garbage without a request
@@ -156,5 +163,6 @@ def reject_malformed(data: bytes, error: ParseError, *, server: str | None = Non
     out.append(f'Warning: 399 {server or "sipcluster"} "{detail}"')
     if server:
         out.append(f"Server: {server}")
+    out.extend(f"{name}: {value}" for name, value in headers)
     out.append("Content-Length: 0")
     return ("\r\n".join(out) + "\r\n\r\n").encode("utf-8", "surrogateescape")

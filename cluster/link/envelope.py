@@ -1,0 +1,116 @@
+"""The one versioned envelope that travels between edges and workers.
+
+Raw SIP bytes travel unparsed: the edge only reads the Call-ID, and the worker
+parses once (DESIGN §3). A msgpack map with short, stable field names keeps
+the format self-describing for a rolling upgrade; ``v`` is bumped on any
+incompatible change and a receiver rejects versions it does not know.
+
+kinds:
+- ``in``: edge → worker, a message received from the network;
+- ``out``: worker → edge, a message to write to the network;
+- ``ctl``: either way, control traffic (``data`` holds a msgpack map).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+VERSION = 1
+KINDS = ("in", "out", "ctl")
+
+Address = tuple[str, int]
+
+
+class LinkError(ValueError):
+    """An envelope that cannot be decoded (garbage, wrong version, bad field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    kind: str
+    edge: str
+    """Id of the edge that owns the socket or connection."""
+    transport: str
+    """UDP, TCP, TLS, WS or WSS."""
+    peer: Address
+    """``in``: the source address; ``out``: the destination."""
+    local: Address
+    """The edge's local socket address the message came in on / leaves from."""
+    data: bytes
+    conn: int | None = None
+    """The edge's stream connection id, None for datagrams or 'any connection'."""
+    ts_ns: int = 0
+    """When the edge received the message (its clock), for per-hop latency."""
+    trace: str | None = None
+    """W3C traceparent of the span that produced this envelope."""
+    advertise: str | None = None
+    """``in``: the edge's public host:port for this transport (Via/Record-Route)."""
+    sender: str | None = None
+    """Id of the node that sent the envelope."""
+
+
+def pack(env: Envelope) -> bytes:
+    fields = {
+        "v": VERSION,
+        "kind": env.kind,
+        "edge": env.edge,
+        "transport": env.transport,
+        "src" if env.kind == "in" else "dst": env.peer,
+        "local": env.local,
+        "data": env.data,
+    }
+    if env.conn is not None:
+        fields["conn"] = env.conn
+    if env.ts_ns:
+        fields["ts_ns"] = env.ts_ns
+    if env.trace:
+        fields["trace"] = env.trace
+    if env.advertise:
+        fields["adv"] = env.advertise
+    if env.sender:
+        fields["from"] = env.sender
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def _address(value: object, name: str) -> Address:
+    if (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], int)):
+        return (value[0], value[1])
+    raise LinkError(f"envelope field {name!r} is not [host, port]")
+
+
+def unpack(raw: bytes) -> Envelope:
+    try:
+        fields = msgpack.unpackb(raw, raw=False)
+    except Exception as error:  # msgpack raises several unrelated types
+        raise LinkError(f"undecodable envelope: {error}") from None
+    if not isinstance(fields, dict):
+        raise LinkError("envelope is not a map")
+    if fields.get("v") != VERSION:
+        raise LinkError(f"unsupported envelope version {fields.get('v')!r}")
+    kind = fields.get("kind")
+    if kind not in KINDS:
+        raise LinkError(f"unknown envelope kind {kind!r}")
+    data = fields.get("data")
+    edge = fields.get("edge")
+    transport = fields.get("transport")
+    if not isinstance(data, bytes) or not isinstance(edge, str) or not isinstance(transport, str):
+        raise LinkError("envelope lacks data, edge or transport")
+    conn = fields.get("conn")
+    if conn is not None and not isinstance(conn, int):
+        raise LinkError("envelope field 'conn' is not an integer")
+    return Envelope(
+        kind=kind,
+        edge=edge,
+        transport=transport,
+        peer=_address(fields.get("src" if kind == "in" else "dst"), "src/dst"),
+        local=_address(fields.get("local"), "local"),
+        data=data,
+        conn=conn,
+        ts_ns=fields.get("ts_ns", 0) if isinstance(fields.get("ts_ns", 0), int) else 0,
+        trace=fields.get("trace") if isinstance(fields.get("trace"), str) else None,
+        advertise=fields.get("adv") if isinstance(fields.get("adv"), str) else None,
+        sender=fields.get("from") if isinstance(fields.get("from"), str) else None,
+    )

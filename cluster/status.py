@@ -1,0 +1,64 @@
+"""``sipcluster status``: members, ring epoch and each shard's share.
+
+The JSON form (``--json``) is stable:
+
+    {"etcd": URL, "prefix": P, "revision": int, "ring_epoch": int,
+     "members": [{"id", "role", "link", "http", "pid", "host", "started",
+                  "share" (workers only), "status" (the node's /status JSON or null)}],
+     "rejected": {key: reason}}
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from .discovery import ClusterTarget
+from .sharding.membership import MembershipView, members_prefix
+
+
+def _node_status(url: str) -> dict | None:
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(f"{url}/status", timeout=1.0) as reply:  # noqa: S310 - loopback/cluster URL
+            return json.loads(reply.read())
+    except (OSError, ValueError):
+        return None
+
+
+def cluster_status(target: ClusterTarget, *, fetch_nodes: bool = True) -> dict:
+    import etcd3
+    host, port = target.host_port
+    client = etcd3.client(host=host, port=port, timeout=5)
+    try:
+        response = client.get_prefix_response(members_prefix(target.prefix))
+        revision = response.header.revision
+        kvs = [(kv.key, kv.value) for kv in response.kvs]
+    finally:
+        client.close()
+    view = MembershipView.from_kvs(revision, kvs)
+    ring = view.ring()
+    members = []
+    for member in sorted(view.members.values(), key=lambda m: (m.role, m.id)):
+        entry = {"id": member.id, "role": member.role, "link": member.link, "http": member.http,
+                 "pid": member.pid, "host": member.host, "started": member.started}
+        if member.role == "worker":
+            entry["share"] = round(ring.share(member.id), 6)
+        entry["status"] = _node_status(member.http) if fetch_nodes else None
+        members.append(entry)
+    return {"etcd": target.etcd, "prefix": target.prefix, "revision": revision,
+            "ring_epoch": ring.epoch, "members": members, "rejected": dict(view.rejected)}
+
+
+def render_status(status: dict) -> str:
+    lines = [f"cluster {status['etcd']} prefix {status['prefix']}  ring epoch {status['ring_epoch']}",
+             f"{'ROLE':7} {'ID':24} {'PID':>7} {'SHARE':>7} {'READY':6} HTTP"]
+    for m in status["members"]:
+        share = f"{m['share'] * 100:6.1f}%" if "share" in m else ""
+        node = m.get("status") or {}
+        ready = {True: "yes", False: "no"}.get(node.get("ready"), "?")
+        lines.append(f"{m['role']:7} {m['id']:24} {m['pid']:>7} {share:>7} {ready:6} {m['http']}")
+    if status["rejected"]:
+        lines.append(f"rejected records: {status['rejected']}")
+    return "\n".join(lines)

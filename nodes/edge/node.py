@@ -1,0 +1,146 @@
+"""The edge node: owns the SIP sockets, keeps no call state (DESIGN §2).
+
+It follows the membership view to keep the ring and the links to workers up
+to date, forwards every inbound message to the Call-ID's owner, and writes
+outbound envelopes from workers to the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import trio
+import zmq
+
+from cluster.config import Config
+from cluster.coordination import EtcdMembership
+from cluster.link import Envelope, Inbox, LinkError, Outbox, unpack
+from cluster.sharding.membership import EDGE, Member, MembershipView
+
+from .forwarder import Forwarder
+from .tcp import TcpTransport
+from .udp import UdpListener
+
+log = logging.getLogger("sipcluster.edge")
+
+SERVER = "sipcluster-edge"
+
+
+class EdgeNode:
+    role = EDGE
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node_id = config.cluster.node_id
+        self.context = zmq.Context.instance()
+        self.inbox = Inbox(self.context, config.edge.link, hwm=config.edge.queue)
+        self.outbox = Outbox(self.context, hwm=config.edge.queue)
+        self.forwarder = Forwarder(self.node_id, self.outbox,
+                                   max_message=config.edge.max_message, server=SERVER)
+        self.stats = self.forwarder.stats
+        self.udp: dict[tuple[str, int], UdpListener] = {}
+        for listen in config.edge.listen:
+            if listen.transport == "udp":
+                listener = UdpListener(listen.host, listen.port, self.forwarder,
+                                       batch=config.edge.udp_batch)
+                self.udp[listener.local] = listener
+        self.tcp = TcpTransport(self.forwarder, idle_timeout=config.edge.tcp_idle_timeout,
+                                max_connections=config.edge.max_connections)
+        self.membership: EtcdMembership | None = None
+        self.view: MembershipView | None = None
+        self.http_url = ""
+
+    # -- addresses -------------------------------------------------------------
+
+    def _advertise(self) -> dict[str, str]:
+        """host:port per transport that workers put in Via and Record-Route.
+        With no configured port each transport advertises its own bound port."""
+        host, port = self.config.edge.advertised()
+        explicit_port = self.config.edge.advertise is not None and ":" in self.config.edge.advertise.rsplit("]", 1)[-1]
+        host_text = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        out: dict[str, str] = {}
+        for transport, locals_ in (("UDP", list(self.udp)), ("TCP", self.tcp.locals)):
+            if locals_:
+                out[transport] = f"{host_text}:{port if explicit_port else locals_[0][1]}"
+        return out
+
+    def member(self) -> Member:
+        return Member(id=self.node_id, role=EDGE, link=self.inbox.endpoint, http=self.http_url,
+                      pid=os.getpid(), host=socket.gethostname(), started=time.time())
+
+    # -- running -----------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        async with trio.open_nursery() as nursery:
+            for listener in self.udp.values():
+                await nursery.start(listener.run)
+            tcp = [(l.host, l.port) for l in config.edge.listen if l.transport == "tcp"]
+            if tcp:
+                await nursery.start(self.tcp.run, tcp)
+            self.forwarder.advertise = self._advertise()
+            self.membership = EtcdMembership.from_config(config, self.member())
+            await nursery.start(self.membership.run)
+            nursery.start_soon(self._follow_membership)
+            nursery.start_soon(self._link_loop)
+            log.info("edge ready", extra={"node": self.node_id, "udp": list(self.udp),
+                                          "tcp": self.tcp.locals, "link": self.inbox.endpoint})
+            task_status.started()
+
+    async def _follow_membership(self) -> None:
+        assert self.membership is not None
+        async for view in self.membership.views():
+            self.view = view
+            ring = view.ring()
+            links = {m.id: m.link for m in view.workers()}
+            self.forwarder.update(ring, links)
+
+    async def _link_loop(self) -> None:
+        stats = self.stats
+        while True:
+            for raw in await self.inbox.receive_batch():
+                try:
+                    env = unpack(raw)
+                except LinkError:
+                    stats["link_bad_envelope"] += 1
+                    continue
+                self.egress(env)
+
+    def egress(self, env: Envelope) -> None:
+        if env.kind != "out":
+            self.stats["link_unexpected_kind"] += 1
+            return
+        if env.transport == "UDP":
+            listener = self.udp.get(env.local) or self._udp_for(env.peer[0])
+            if listener is None:
+                self.stats["drop_no_udp_socket"] += 1
+                return
+            if listener.send(env.data, env.peer):
+                self.stats["sent_udp"] += 1
+        elif env.transport == "TCP":
+            if self.tcp.send(env.data, env.peer, env.conn):
+                self.stats["sent_tcp"] += 1
+        else:
+            self.stats["drop_unsupported_transport"] += 1
+
+    def _udp_for(self, host: str) -> UdpListener | None:
+        want_v6 = ":" in host
+        for local, listener in self.udp.items():
+            if (":" in local[0]) == want_v6:
+                return listener
+        return None
+
+    def status(self) -> dict:
+        return {
+            "id": self.node_id, "role": EDGE, "pid": os.getpid(),
+            "ready": bool(self.membership and self.membership.ready),
+            "ring_epoch": self.forwarder.ring.epoch if self.forwarder.ring else None,
+            "workers": sorted(self.forwarder.worker_links),
+            "udp": [f"{h}:{p}" for h, p in self.udp], "tcp": [f"{h}:{p}" for h, p in self.tcp.locals],
+            "tcp_connections": len(self.tcp.connections),
+            "advertise": self.forwarder.advertise,
+            "stats": dict(self.stats),
+        }

@@ -1,0 +1,168 @@
+"""TCP listener and connection table (RFC 3261 §18.2.2, RFC 5626 §3.5.1).
+
+Each connection has a reader (framing with ``StreamFramer``) and a writer fed
+by a bounded channel, so writes from the link loop never wait. Responses go
+back on the connection the request arrived on while it is open; when it is
+gone, or for a request to a new destination, the edge opens a connection
+(§18.2.2) and keeps it in the table for reuse.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import trio
+
+from cluster.sip import KEEPALIVE, PONG, ParseError, StreamFramer, reject_malformed
+
+from .forwarder import Forwarder
+
+log = logging.getLogger("sipcluster.edge")
+
+
+class Connection:
+    __slots__ = ("id", "stream", "peer", "local", "outgoing", "incoming", "last_activity")
+
+    def __init__(self, conn_id: int, stream: trio.SocketStream, queue: int) -> None:
+        self.id = conn_id
+        self.stream = stream
+        peer = stream.socket.getpeername()
+        local = stream.socket.getsockname()
+        self.peer = (peer[0], peer[1])
+        self.local = (local[0], local[1])
+        self.outgoing, self.incoming = trio.open_memory_channel[bytes](queue)
+        self.last_activity = trio.current_time()
+
+
+class TcpTransport:
+    transport = "TCP"
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        *,
+        idle_timeout: float,
+        max_connections: int,
+        queue: int = 1000,
+    ) -> None:
+        self.forwarder = forwarder
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.queue = queue
+        self.connections: dict[int, Connection] = {}
+        self.by_peer: dict[tuple[str, int], int] = {}
+        self._ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self.locals: list[tuple[str, int]] = []
+
+    async def run(self, listen: list[tuple[str, int]], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = []
+        for host, port in listen:
+            listeners.extend(await trio.open_tcp_listeners(port, host=host))
+        for listener in listeners:
+            name = listener.socket.getsockname()
+            self.locals.append((name[0], name[1]))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(trio.serve_listeners, self._serve, listeners)
+            task_status.started()
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        if len(self.connections) >= self.max_connections:
+            self.forwarder.stats["tcp_refused_max_connections"] += 1
+            await stream.aclose()
+            return
+        await self._handle(stream)
+
+    async def _handle(self, stream: trio.SocketStream, first: bytes | None = None) -> None:
+        conn = Connection(next(self._ids), stream, self.queue)
+        self.connections[conn.id] = conn
+        self.by_peer[conn.peer] = conn.id
+        if first is not None:
+            conn.outgoing.send_nowait(first)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, conn, nursery.cancel_scope)
+                await self._reader(conn)
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self.connections.pop(conn.id, None)
+            if self.by_peer.get(conn.peer) == conn.id:
+                del self.by_peer[conn.peer]
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _reader(self, conn: Connection) -> None:
+        framer = StreamFramer(self.forwarder.max_message)
+        ingress = self.forwarder.ingress
+        stats = self.forwarder.stats
+        while True:
+            with trio.move_on_after(self.idle_timeout) as scope:
+                data = await conn.stream.receive_some(65536)
+            if scope.cancelled_caught:
+                if trio.current_time() - conn.last_activity >= self.idle_timeout:
+                    stats["tcp_idle_closed"] += 1
+                    return
+                continue
+            if not data:
+                return
+            conn.last_activity = trio.current_time()
+            try:
+                messages = framer.feed(data)
+            except ParseError as error:
+                # The stream cannot be framed any more: answer if we can, then
+                # close (RFC 4475 §3.1.2.3 ncl, §3.3.2 mcl01).
+                stats["tcp_framing_error"] += 1
+                answer = reject_malformed(bytes(data), error, server=self.forwarder.server)
+                if answer is not None:
+                    self._queue(conn, answer)
+                await trio.sleep(0)
+                return
+            for message in messages:
+                if message is KEEPALIVE:
+                    stats["tcp_keepalive"] += 1
+                    self._queue(conn, PONG)
+                    continue
+                reply = ingress(message, "TCP", conn.peer, conn.local, conn.id)
+                if reply is not None:
+                    self._queue(conn, reply)
+
+    async def _writer(self, conn: Connection, scope: trio.CancelScope) -> None:
+        async for data in conn.incoming:
+            await conn.stream.send_all(data)
+            conn.last_activity = trio.current_time()
+
+    def _queue(self, conn: Connection, data: bytes) -> bool:
+        try:
+            conn.outgoing.send_nowait(data)
+            return True
+        except trio.WouldBlock:
+            self.forwarder.stats["drop_tcp_queue_full"] += 1
+            return False
+
+    def send(self, data: bytes, peer: tuple[str, int], conn_id: int | None) -> bool:
+        """Write on ``conn_id`` if open, else on any connection to ``peer``,
+        else open a new connection to ``peer`` (§18.2.2)."""
+        conn = self.connections.get(conn_id) if conn_id is not None else None
+        if conn is None:
+            existing = self.by_peer.get(peer)
+            conn = self.connections.get(existing) if existing is not None else None
+        if conn is not None:
+            return self._queue(conn, data)
+        if self._nursery is None or len(self.connections) >= self.max_connections:
+            self.forwarder.stats["drop_tcp_no_connection"] += 1
+            return False
+        self._nursery.start_soon(self._connect, peer, data)
+        return True
+
+    async def _connect(self, peer: tuple[str, int], data: bytes) -> None:
+        try:
+            with trio.fail_after(5):
+                stream = await trio.open_tcp_stream(peer[0], peer[1])
+        except (OSError, trio.TooSlowError):
+            self.forwarder.stats["tcp_connect_failed"] += 1
+            return
+        await self._handle(stream, first=data)

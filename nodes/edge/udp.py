@@ -1,0 +1,80 @@
+"""UDP listener: one receive loop per socket, drained in batches.
+
+An ``await`` per datagram caps a trio loop near 30k datagrams/s; waiting for
+readability once and then draining with non-blocking ``recvfrom`` until the
+kernel queue is empty (or a batch limit, to stay fair to other tasks) is
+several times faster (STYLE §3).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import trio
+
+from .forwarder import Forwarder
+
+log = logging.getLogger("sipcluster.edge")
+
+_EMPTY = frozenset({b"\r\n", b"\r\n\r\n", b"\n", b""})
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class UdpListener:
+    transport = "UDP"
+
+    def __init__(self, host: str, port: int, forwarder: Forwarder, *, batch: int = 256) -> None:
+        self.forwarder = forwarder
+        self.batch = batch
+        self.sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        except OSError:  # pragma: no cover - limits vary by kernel
+            pass
+        self.sock.setblocking(False)
+        self.sock.bind((host, port))
+        bound = self.sock.getsockname()
+        self.local: tuple[str, int] = (bound[0], bound[1])
+
+    def send(self, data: bytes, peer: tuple[str, int]) -> bool:
+        try:
+            self.sock.sendto(data, peer)
+            return True
+        except (BlockingIOError, OSError):
+            self.forwarder.stats["drop_udp_send"] += 1
+            return False
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        sock = self.sock
+        recvfrom = sock.recvfrom
+        ingress = self.forwarder.ingress
+        stats = self.forwarder.stats
+        local = self.local
+        task_status.started()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                for _ in range(self.batch):
+                    try:
+                        data, addr = recvfrom(65536)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        # ICMP errors surface here on Linux; nothing to read.
+                        stats["udp_icmp_error"] += 1
+                        continue
+                    if data in _EMPTY:
+                        stats["udp_keepalive"] += 1
+                        continue
+                    reply = ingress(data, "UDP", (addr[0], addr[1]), local, None)
+                    if reply is not None:
+                        self.send(reply, addr[:2])
+                else:
+                    await trio.lowlevel.checkpoint()
+        finally:
+            sock.close()

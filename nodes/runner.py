@@ -1,0 +1,49 @@
+"""Run one node until SIGTERM/SIGINT, then shut it down gracefully.
+
+Graceful shutdown is a deadline, not a kill (STYLE §3): a worker leaves the
+ring at once and keeps serving its in-flight transactions up to the drain
+timeout; an edge leaves the membership so workers stop using it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+
+from cluster.config import Config
+
+from .http import StatusServer
+
+log = logging.getLogger("sipcluster.node")
+
+
+def make_node(role: str, config: Config):
+    if role == "edge":
+        from .edge.node import EdgeNode
+        return EdgeNode(config)
+    if role == "worker":
+        from .worker.node import WorkerNode
+        return WorkerNode(config)
+    raise ValueError(f"unknown role {role!r}")
+
+
+async def run_node(role: str, config: Config) -> int:
+    node = make_node(role, config)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            if config.http.listen:
+                server = StatusServer(node)
+                node.http_url = await nursery.start(server.run, config.http.listen)
+            await nursery.start(node.run)
+            async for signum in signals:
+                log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                break
+            if role == "worker":
+                await node.drain()
+            elif node.membership is not None:
+                with trio.move_on_after(5):
+                    await node.membership.leave()
+            nursery.cancel_scope.cancel()
+    return 0

@@ -1,0 +1,9 @@
+"""Shared fixtures: a real etcd per module for tests that need one."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.etcd import etcd_fixture
+
+etcd_server = pytest.fixture(scope="module")(etcd_fixture)
