@@ -55,6 +55,57 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user(args: argparse.Namespace) -> int:
+    import etcd3
+
+    from .auth.users import UnknownUser, UserDirectory, UserExists
+    from .discovery import find_cluster
+    target = find_cluster(args.etcd, args.prefix)
+    host, port = target.host_port
+    client = etcd3.client(host=host, port=port, timeout=10)
+    directory = UserDirectory(client, target.prefix)
+    try:
+        if args.action == "add":
+            directory.add(args.user, args.password, realm=args.realm, replace=args.replace)
+            print(f"added {args.user}")
+        elif args.action == "del":
+            if not directory.delete(args.user):
+                print(f"sipcluster user del: no user {args.user}", file=sys.stderr)
+                return 1
+            print(f"deleted {args.user}")
+        elif args.action == "list":
+            records = directory.list()
+            if args.json:
+                print(json.dumps([{"aor": r.aor, "realm": r.realm, "settings": dict(r.settings)}
+                                  for r in records], indent=2))
+            else:
+                for r in records:
+                    extra = " ".join(f"{k}={v}" for k, v in sorted(r.settings.items()))
+                    print(f"{r.aor}  realm={r.realm}  {extra}".rstrip())
+        elif args.action == "set":
+            settings = {}
+            for item in args.settings:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise ValueError(f"setting {item!r}: expected key=value")
+                if value == "":
+                    continue
+                settings[key] = int(value) if value.isdigit() else (
+                    value.lower() == "true" if value.lower() in ("true", "false") else value)
+            directory.set_settings(args.user, settings)
+            print(f"settings of {args.user}: {settings}")
+    except (ValueError, UserExists, UnknownUser) as error:
+        print(f"sipcluster user {args.action}: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - etcd unreachable and similar
+        print(f"sipcluster user {args.action}: cannot reach the cluster at {target.etcd}: {error}",
+              file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from .local import LocalCluster, UpOptions
     try:
@@ -88,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
         node.add_argument("--config", default=None, help="TOML config file")
         node.add_argument("--node-id", default=None, help="override cluster.node_id")
         node.set_defaults(func=lambda args, role=role: _node_command(role, args))
+
+    user = sub.add_parser("user", help="manage SIP users (digest credentials and settings)")
+    user_sub = user.add_subparsers(dest="action", required=True)
+    add = user_sub.add_parser("add", help="add a user: sipcluster user add alice@example.com PASSWORD")
+    add.add_argument("user")
+    add.add_argument("password")
+    add.add_argument("--realm", default=None, help="digest realm (default: the domain)")
+    add.add_argument("--replace", action="store_true", help="replace an existing user")
+    delete = user_sub.add_parser("del", help="delete a user")
+    delete.add_argument("user")
+    listing = user_sub.add_parser("list", help="list users")
+    listing.add_argument("--json", action="store_true")
+    setting = user_sub.add_parser("set", help="per-user settings, e.g. forward_busy=sip:vm@example.com")
+    setting.add_argument("user")
+    setting.add_argument("settings", nargs="*", metavar="KEY=VALUE")
+    for p in (add, delete, listing, setting):
+        p.add_argument("--etcd", default=None, help="etcd endpoint URL")
+        p.add_argument("--prefix", default=None, help="etcd key prefix")
+    user.set_defaults(func=_user)
 
     status = sub.add_parser("status", help="show members, ring epoch and shard shares")
     status.add_argument("--json", action="store_true", help="machine-readable output")

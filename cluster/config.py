@@ -339,6 +339,11 @@ class WorkerConfig(_Section):
     nonce_secret: str | None = _f(None, "HMAC key for stateless digest nonces, the same on every worker (at least 16 characters); "
                                         "unset = generated per cluster.")
     nonce_ttl: int = _f(300, "Seconds a digest nonce stays valid.", lo=1)
+    digest_algorithms: tuple[str, ...] = _f(("SHA-256", "MD5"), "Digest algorithms offered in challenges, one "
+                                            "challenge each, in this order (RFC 8760 §2.4); put MD5 alone or first "
+                                            "for user agents that take the first challenge and know only MD5.")
+    redirect_domains: tuple[str, ...] = _f((), "Local domains served as a redirect server (302 with the registered "
+                                           "contacts) instead of proxying.")
     registrar_min_expires: int = _f(60, "Shortest registration accepted, seconds; shorter gets 423 (RFC 3261 §10.3 step 7).", lo=1)
     registrar_max_expires: int = _f(7200, "Longest registration granted, seconds; longer is shortened.")
     registrar_default_expires: int = _f(3600, "Expiry of a registration that asks for none, seconds.")
@@ -355,6 +360,11 @@ class WorkerConfig(_Section):
                 ipaddress.ip_network(network)
             except ValueError as exc:
                 raise ConfigError(f"worker.trusted[{i}]", f"{network!r} is not a CIDR network: {exc}") from None
+        for i, algorithm in enumerate(self.digest_algorithms):
+            if algorithm.upper() not in ("SHA-256", "MD5", "SHA-256-SESS", "MD5-SESS"):
+                raise ConfigError(f"worker.digest_algorithms[{i}]", f"{algorithm!r} is not SHA-256 or MD5")
+        if not self.digest_algorithms:
+            raise ConfigError("worker.digest_algorithms", "at least one algorithm is needed")
         if self.t2 <= self.t1:
             raise ConfigError("worker.t2", f"{self.t2!r} must be greater than worker.t1 ({self.t1!r})")
         if self.nonce_secret is not None and len(self.nonce_secret) < 16:

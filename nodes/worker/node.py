@@ -9,6 +9,7 @@ that sleeps until the layer's next deadline.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -23,16 +24,13 @@ from cluster.config import Config
 from cluster.coordination import EtcdMembership
 from cluster.link import Envelope, Inbox, LinkError, Outbox, pack, unpack
 from cluster.sharding.membership import WORKER, Member, MembershipView
-from cluster.sip import Message, ParseError, Request, Response, parse_message, reject_malformed
+from cluster.sip import Message, ParseError, Request, parse_message, reject_malformed
 from cluster.sip.transaction import TransactionLayer
-from cluster.sip.transaction.actions import (
-    AckReceived, CancelReceived, RequestReceived, ResponseReceived, Send, StrayResponse,
-    TransactionTimeout, TransportError,
-)
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
 
-from .minimal import MinimalApplication
+from .application import load_application
+from .tu import TransactionUser
 
 log = logging.getLogger("sipcluster.worker")
 
@@ -60,7 +58,7 @@ class WorkerNode:
         self.outbox = Outbox(self.context)
         w = config.worker
         self.transactions = TransactionLayer(TimerConfig(t1=w.t1, t2=w.t2, t4=w.t4))
-        self.application = application or MinimalApplication(self.node_id)
+        self.application = application or load_application(w.app, self.node_id)
         self.stats: Counter[str] = Counter()
         self.edges: dict[str, str] = {}
         self.membership: EtcdMembership | None = None
@@ -68,13 +66,56 @@ class WorkerNode:
         self.http_url = ""
         self._timer_kick = trio.Event()
         self.draining = False
+        self.salt = config.cluster.prefix
+        self.services = None
+        self.store = None
+        self.locations = None
+        self.users = None
+        self.tu = TransactionUser(self)
+        self._nursery: trio.Nursery | None = None
 
     def member(self) -> Member:
         return Member(id=self.node_id, role=WORKER, link=self.inbox.endpoint, http=self.http_url,
                       pid=os.getpid(), host=socket.gethostname(), started=time.time())
 
+    def _secret(self) -> bytes:
+        configured = self.config.worker.nonce_secret
+        if configured:
+            return configured.encode()
+        # No configured secret: derive one every node of this cluster shares
+        # (the prefix and etcd endpoints). Fine for a laptop; production sets
+        # worker.nonce_secret from a Secret.
+        seed = f"{self.config.cluster.prefix}|{','.join(self.config.cluster.etcd)}"
+        return hashlib.sha256(seed.encode()).digest()
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from cluster.coordination import EtcdStore
+        from cluster.registrar.cache import LocationCache
+        from cluster.registrar.etcd_store import EtcdLocationStore
+        from cluster.registrar.rules import RegistrarPolicy
+        from nodes.worker.feeds import UserFeed
+        from nodes.worker.services import Services
+
+        c = self.config
+        w = c.worker
+        self.policy = RegistrarPolicy(min_expires=w.registrar_min_expires,
+                                      max_expires=w.registrar_max_expires,
+                                      default_expires=w.registrar_default_expires)
+        kv_store = EtcdStore.from_config(c.cluster)
+        self.store = EtcdLocationStore(list(c.cluster.etcd), prefix=c.cluster.prefix)
+        self.locations = LocationCache(list(c.cluster.etcd), prefix=c.cluster.prefix)
+        self.users = UserFeed(kv_store, c.cluster.prefix)
+        self.services = Services(domains=w.domains, trusted=w.trusted, nonce_secret=self._secret(),
+                                 nonce_ttl=w.nonce_ttl, locations=self.locations,
+                                 users=self.users.cache, digest_algorithms=w.digest_algorithms)
+        from cluster.app.default import application as default_app
+        if self.application is default_app or w.redirect_domains:
+            self.application.redirect_domains.update(d.lower() for d in w.redirect_domains)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.store.run)
+            nursery.start_soon(self.locations.run)
+            await nursery.start(self.users.run)
             self.membership = EtcdMembership.from_config(self.config, self.member())
             await nursery.start(self.membership.run)
             nursery.start_soon(self._follow_membership)
@@ -83,6 +124,10 @@ class WorkerNode:
             log.info("worker ready", extra={"node": self.node_id, "link": self.inbox.endpoint})
             task_status.started()
 
+    def in_flight(self) -> int:
+        """Transactions still waiting for a final response, and proxied calls."""
+        return len(self.tu.contexts) + self.transactions.pending()
+
     async def drain(self) -> None:
         """SIGTERM: leave the ring, finish in-flight transactions (bounded by
         the drain timeout, Timer B/F = 32 s by default), then return."""
@@ -90,10 +135,9 @@ class WorkerNode:
         if self.membership is not None:
             await self.membership.leave()
         with trio.move_on_after(self.config.worker.drain_timeout):
-            while len(self.transactions):
+            while self.in_flight():
                 await trio.sleep(0.05)
-        log.info("worker drained", extra={"node": self.node_id,
-                                          "left_transactions": len(self.transactions)})
+        log.info("worker drained", extra={"node": self.node_id, "in_flight": self.in_flight()})
 
     async def _follow_membership(self) -> None:
         assert self.membership is not None
@@ -118,19 +162,24 @@ class WorkerNode:
                     self.receive(env, now)
                 else:
                     self.stats["link_unexpected_kind"] += 1
-            self._kick_timers()
+            self.kick_timers()
 
     async def _timer_loop(self) -> None:
         while True:
-            deadline = self.transactions.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else float("inf")):
+            deadlines = [d for d in (self.transactions.next_deadline(), self.tu.next_deadline())
+                         if d is not None]
+            with trio.move_on_at(min(deadlines) if deadlines else float("inf")):
                 await self._timer_kick.wait()
             self._timer_kick = trio.Event()
             now = trio.current_time()
-            self.perform(self.transactions.handle_timer(now), now)
+            self.tu.perform(self.transactions.handle_timer(now), now)
+            self.tu.handle_timer(now)
 
-    def _kick_timers(self) -> None:
+    def kick_timers(self) -> None:
         self._timer_kick.set()
+
+    def now(self) -> float:
+        return trio.current_time()
 
     # -- message path --------------------------------------------------------------
 
@@ -141,73 +190,78 @@ class WorkerNode:
             self.stats["parse_error"] += 1
             answer = reject_malformed(env.data, error, server=SERVER)
             if answer is not None:
-                self.stats["answered_400"] += 1
+                self.stats["answered_malformed"] += 1
                 self.send_raw(env.edge, env.transport, env.peer, env.local, env.conn, answer)
             return
+        if self.services is not None:
+            self.services.learn_advertise(env.advertise)
         source = Peer(env.transport, env.peer[0], env.peer[1],
                       EdgeRoute(env.edge, env.conn, env.local, env.advertise))
-        self.perform(self.transactions.receive(message, source, now), now)
-
-    def perform(self, actions: list, now: float) -> None:
-        for action in actions:
-            kind = type(action)
-            if kind is Send:
-                self._send(action, now)
-            elif kind is RequestReceived:
-                self._on_request(action, now)
-            elif kind is CancelReceived:
-                self._on_cancel(action, now)
-            elif kind is AckReceived or kind is ResponseReceived or kind is StrayResponse:
-                self.stats[f"tu_{kind.__name__}"] += 1
-            elif kind is TransactionTimeout or kind is TransportError:
-                self.stats[f"tu_{kind.__name__}"] += 1
-
-    def _on_request(self, action: RequestReceived, now: float) -> None:
         try:
-            response = self.application.on_request(action.request, action.source)
+            self.tu.perform(self.transactions.receive(message, source, now), now)
         except ParseError as error:
-            # A field parsed lazily (a lower Via, an Authorization...) was broken.
-            response = _error_response(action.request, 400, error.reason)
-        except Exception:  # the application must never take the worker down
-            log.exception("application failed", extra={"call_id": action.request.call_id})
-            self.stats["app_error"] += 1
-            response = _error_response(action.request, 500, "application error")
-        if response is not None:
-            self.perform(self.transactions.send_response(response, now), now)
+            # A lazily parsed field (a lower Via, an Authorization, ...) was broken.
+            self.stats["late_parse_error"] += 1
+            if isinstance(message, Request) and message.method != "ACK":
+                answer = reject_malformed(env.data, error, server=SERVER)
+                if answer is not None:
+                    self.send_raw(env.edge, env.transport, env.peer, env.local, env.conn, answer)
+        except Exception:  # the worker must survive any bug in a handler
+            log.exception("request processing failed", extra={"call_id": message.call_id})
+            self.stats["internal_error"] += 1
 
-    def _on_cancel(self, action: CancelReceived, now: float) -> None:
-        from cluster.sip import make_response
-        # RFC 3261 §9.2: 200 to the CANCEL; 481 when nothing matches.
-        status = 200 if action.key is not None else 481
-        self.perform(self.transactions.send_response(make_response(action.request, status), now), now)
-        if action.key is not None:
-            invite = self.transactions.request_of(action.key) if hasattr(self.transactions, "request_of") else None
-            if invite is not None:
-                self.perform(self.transactions.send_response(make_response(invite, 487), now), now)
+    # -- registrar --------------------------------------------------------------------
 
-    def _send(self, action: Send, now: float) -> None:
-        dest = action.destination
-        route = dest.context if isinstance(dest.context, EdgeRoute) else None
-        if route is None:
-            edge = next(iter(self.edges), None)
-            if edge is None:
-                self.stats["drop_no_edge"] += 1
-                return
-            route = EdgeRoute(edge, None, ("", 0), None)
-        self.send_raw(route.edge, dest.transport, (dest.host, dest.port), route.local, route.conn,
-                      action.message.to_bytes())
+    def start_register(self, request: Request, source: Peer) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._register, request, source)
+
+    async def _register(self, request: Request, source: Peer) -> None:
+        from cluster.registrar import Source, register
+        route = source.context if isinstance(source.context, EdgeRoute) else None
+        result = await register(
+            self.store, request, now=time.time(), policy=self.policy,
+            source=Source(source.transport, source.host, source.port),
+            edge=route.edge if route else None, conn=route.conn if route else None)
+        self.stats[f"register_{result.status}"] += 1
+        self.tu.respond(result.response(request), self.now())
+
+    # -- sending ------------------------------------------------------------------------
+
+    def route_to(self, edge: str | None, conn: int | None, advertise: str | None) -> EdgeRoute:
+        if edge is None or edge not in self.edges:
+            edge = next(iter(self.edges), None) or ""
+        return EdgeRoute(edge, conn, ("", 0), advertise)
+
+    def default_advertise(self) -> str:
+        addresses = sorted(self.services.local.addresses) if self.services else []
+        for host, port in addresses:
+            return f"{host}:{port}" if port else host
+        return "127.0.0.1:5060"
+
+    def resolve(self, host: str) -> str | None:
+        # Names other than localhost need DNS (RFC 3263), which lives in the
+        # runtime's resolver once configured; numeric hosts never get here.
+        return "127.0.0.1" if host.lower() == "localhost" else None
+
+    def send_message(self, message: Message, dest: Peer, key, now: float) -> None:
+        route = dest.context if isinstance(dest.context, EdgeRoute) else self.route_to(None, None, None)
+        if not self.send_raw(route.edge, dest.transport, (dest.host, dest.port), route.local,
+                             route.conn, message.to_bytes()) and key is not None:
+            self.tu.perform(self.transactions.transport_error(key, now), now)
 
     def send_raw(self, edge: str, transport: str, peer: tuple[str, int], local: tuple[str, int],
-                 conn: int | None, data: bytes) -> None:
+                 conn: int | None, data: bytes) -> bool:
         endpoint = self.edges.get(edge)
         if endpoint is None:
             self.stats["drop_unknown_edge"] += 1
-            return
+            return False
         env = Envelope("out", edge, transport, peer, local, data, conn, sender=self.node_id)
         if self.outbox.send(endpoint, pack(env)):
             self.stats["sent"] += 1
-        else:
-            self.stats["drop_edge_link_down"] += 1
+            return True
+        self.stats["drop_edge_link_down"] += 1
+        return False
 
     def status(self) -> dict:
         return {
@@ -215,13 +269,7 @@ class WorkerNode:
             "ready": bool(self.membership and self.membership.ready) and not self.draining,
             "draining": self.draining,
             "transactions": len(self.transactions),
+            "proxy_contexts": len(self.tu.contexts),
             "edges": sorted(self.edges),
             "stats": dict(self.stats),
         }
-
-
-def _error_response(request: Request, status: int, reason: str) -> Response:
-    from cluster.sip import make_response
-    response = make_response(request, status)
-    response.add("Warning", f'399 {SERVER} "{reason}"')
-    return response

@@ -187,7 +187,7 @@ class TransactionUser:
         edge_route = call.source.context
         advertise = getattr(edge_route, "advertise", None) or self.worker.default_advertise()
         try:
-            if target.edge and target.received:
+            if target.edge and target.received and not target.path:
                 transport = (target.transport or "UDP").upper()
                 peer_host, peer_port = target.received
             else:
@@ -234,11 +234,7 @@ class TransactionUser:
         ])
         for route in original.get_all("route"):
             cancel.add("Route", route)
-        key = branch.key
-        peer = None
-        if key is not None:
-            entry = self.transactions._client.get(key)  # noqa: SLF001 - the branch's destination
-            peer = getattr(entry, "destination", None) or getattr(entry, "peer", None)
+        peer = self.transactions.peer_of(branch.key) if branch.key is not None else None
         if peer is None:
             return
         try:
@@ -294,7 +290,7 @@ class TransactionUser:
                 ctx.final_sent = True
                 self.respond(make_response(ctx.request, 487), now)
         elif action.key is not None and self.transactions.state(action.key) in ("Proceeding",):
-            request = self.worker.pending_requests.get(action.key)
+            request = self.transactions.request_of(action.key)
             if request is not None:
                 self.respond(make_response(request, 487), now)
 

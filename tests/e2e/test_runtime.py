@@ -31,7 +31,7 @@ def test_options_answered_by_sipsak_over_udp_and_tcp(cluster):
     assert shutil.which("sipsak"), "sipsak must be installed (ops/dev.sh installs it)"
     for transport in ("udp", "tcp"):
         result = subprocess.run(
-            ["sipsak", "-E", transport, "-s", f"sip:test@127.0.0.1:{cluster.port}", "-vv"],
+            ["sipsak", "-E", transport, "-s", f"sip:127.0.0.1:{cluster.port}", "-vv"],
             capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "200 OK" in result.stdout

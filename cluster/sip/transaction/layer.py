@@ -66,6 +66,13 @@ class TransactionLayer:
         """Live transactions, client and server."""
         return len(self._client) + len(self._server)
 
+    def pending(self) -> int:
+        """Transactions still waiting for a final response (client) or still
+        owing one (server): what a draining worker must see through."""
+        waiting = ("Calling", "Trying", "Proceeding")
+        return sum(1 for t in self._client.values() if t.state in waiting) + sum(
+            1 for t in self._server.values() if t.state in waiting)
+
     def state(self, key: TransactionKey) -> str | None:
         """The RFC state name of transaction ``key``, None once it is gone."""
         txn = self._find(key)

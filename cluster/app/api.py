@@ -1,0 +1,228 @@
+"""The routing API: how operators write the cluster's behaviour in Python.
+
+An application is a module-level object (named in config as
+``module:object``) built from plain functions::
+
+    from cluster.app import Application
+
+    application = Application("example")
+
+    @application.request("INVITE")
+    def invite(call):
+        if not call.is_local(call.request.uri):
+            return call.reply(404)
+        contacts = call.lookup(call.request.uri)
+        if not contacts:
+            return call.reply(480)
+        return call.proxy(contacts, parallel=True, timeout=30)
+
+    @application.failure
+    def failed(call, best):
+        forward = call.settings().get("forward_busy")
+        if best.status in (486, 600) and forward:
+            return call.proxy([forward])
+
+Handlers are synchronous decision functions: they read the request, the
+location cache and per-user settings (all local memory, no I/O) and return a
+*decision* — reply, proxy, redirect, challenge or register. The worker
+carries the decision out (transactions, etcd writes, timers), so a slow
+handler cannot stall anything but itself and handlers stay easy to test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from cluster.sip import NameAddress, Request, Response, SipURI, URI, parse_uri
+
+# -- decisions --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    reason: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one branch goes: the Request-URI, and optionally the route to it
+    (RFC 3327 Path) and the edge connection a registered UA is reachable on."""
+
+    uri: URI
+    path: tuple[str, ...] = ()
+    edge: str | None = None
+    conn: int | None = None
+    transport: str | None = None
+    received: tuple[str, int] | None = None
+    q: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    targets: tuple[Target, ...]
+    parallel: bool = True
+    timeout: float | None = None
+    record_route: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    realm: str
+    proxy: bool = False
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Process the REGISTER in the registrar (RFC 3261 §10.3)."""
+
+
+Decision = Reply | Proxy | Challenge | Register
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOutcome:
+    username: str | None
+    stale: bool = False
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.username is not None
+
+
+# -- what a handler sees ----------------------------------------------------------------
+
+
+class Call:
+    """One request in the hands of the application.
+
+    ``services`` is provided by the worker: the location cache, user
+    directory cache, digest verification, local domains and trusted networks.
+    """
+
+    __slots__ = ("request", "source", "services", "shard", "handler", "state")
+
+    def __init__(self, request: Request, source, services, shard: str, handler: str = "") -> None:
+        self.request = request
+        self.source = source
+        self.services = services
+        self.shard = shard
+        self.handler = handler
+        self.state: dict = {}
+
+    # decisions
+    def reply(self, status: int, reason: str | None = None, *,
+              headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> Reply:
+        return Reply(status, reason, tuple(headers), body)
+
+    def proxy(self, targets: Iterable[object], *, parallel: bool = True,
+              timeout: float | None = None, record_route: bool = True) -> Proxy:
+        resolved = tuple(_target(t) for t in targets)
+        if not parallel:
+            resolved = tuple(sorted(resolved, key=lambda t: -(t.q if t.q is not None else 1.0)))
+        return Proxy(resolved, parallel, timeout, record_route)
+
+    def redirect(self, contacts: Iterable[object], status: int = 302) -> Reply:
+        """3xx with the contacts (RFC 3261 §8.3, §21.3)."""
+        values = []
+        for contact in contacts:
+            target = _target(contact)
+            q = f";q={target.q}" if target.q is not None else ""
+            values.append(("Contact", f"<{target.uri}>{q}"))
+        return Reply(status, None, tuple(values))
+
+    def challenge(self, realm: str | None = None, *, proxy: bool = False, stale: bool = False) -> Challenge:
+        return Challenge(realm or self.default_realm(), proxy, stale)
+
+    def register(self) -> Register:
+        return Register()
+
+    # services
+    def authenticate(self, realm: str | None = None, *, proxy: bool = False) -> AuthOutcome:
+        return self.services.authenticate(self.request, realm or self.default_realm(), proxy=proxy)
+
+    def lookup(self, aor: object) -> list[Target]:
+        uri = parse_uri(aor) if isinstance(aor, str) else aor
+        if isinstance(uri, NameAddress):
+            uri = uri.uri
+        return self.services.lookup(uri)
+
+    def settings(self, aor: object | None = None) -> dict:
+        uri = aor if aor is not None else self.request.uri
+        uri = parse_uri(uri) if isinstance(uri, str) else uri
+        return self.services.user_settings(uri)
+
+    def is_local(self, uri: object) -> bool:
+        uri = parse_uri(uri) if isinstance(uri, str) else uri
+        return self.services.is_local_domain(uri)
+
+    @property
+    def from_trusted(self) -> bool:
+        return self.services.is_trusted(self.source.host)
+
+    def default_realm(self) -> str:
+        to = self.request.to.uri
+        from_ = self.request.from_.uri
+        if self.request.method == "REGISTER" and isinstance(to, SipURI):
+            return to.host.lower()
+        if isinstance(from_, SipURI):
+            return from_.host.lower()
+        return self.services.domains[0]
+
+
+def _target(value: object) -> Target:
+    if isinstance(value, Target):
+        return value
+    if isinstance(value, str):
+        return Target(parse_uri(value))
+    if isinstance(value, NameAddress):
+        return Target(value.uri, q=value.q)
+    if hasattr(value, "scheme"):
+        return Target(value)  # a URI
+    raise TypeError(f"cannot proxy to {value!r}")
+
+
+Handler = Callable[[Call], Decision | None]
+FailureHook = Callable[[Call, Response], Decision | None]
+ResponseHook = Callable[[Call, Response], None]
+
+
+@dataclass
+class Application:
+    """Handlers per request method, plus failure and response hooks."""
+
+    name: str = "application"
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    on_failure: FailureHook | None = None
+    on_response: ResponseHook | None = None
+    redirect_domains: set[str] = field(default_factory=set)
+
+    def request(self, *methods: str) -> Callable[[Handler], Handler]:
+        """Register a handler for ``methods`` ("*" for any other method)."""
+        def register(fn: Handler) -> Handler:
+            for method in methods or ("*",):
+                self.handlers[method.upper() if method != "*" else "*"] = fn
+            return fn
+        return register
+
+    def failure(self, fn: FailureHook) -> FailureHook:
+        """Called with the best final response when every branch failed; may
+        return a new decision (e.g. forward on busy / no answer)."""
+        self.on_failure = fn
+        return fn
+
+    def response(self, fn: ResponseHook) -> ResponseHook:
+        """Called for every response before it goes upstream (may edit it)."""
+        self.on_response = fn
+        return fn
+
+    def handler_for(self, method: str) -> tuple[str, Handler | None]:
+        handler = self.handlers.get(method)
+        if handler is not None:
+            return method, handler
+        return "*", self.handlers.get("*")

@@ -1,0 +1,118 @@
+"""The built-in application: registrar, authenticated proxy, call forwarding.
+
+Written with the same public API an operator uses (``cluster.app.api``):
+
+- REGISTER for a local domain: digest authentication (401), the
+  authenticated user must own the AOR (403), then the registrar (§10.3).
+- INVITE from a user of a local domain: digest authentication (407).
+- A request for a local AOR: per-user unconditional forwarding, else the
+  registered contacts (parallel forking; serial by q when the user's
+  ``serial`` setting is on), 480 when the user exists but is not registered,
+  404 when there is no such user. Busy (486/600) and no-answer (the user's
+  ``noanswer_timeout``) forward to ``forward_busy`` / ``forward_noanswer``.
+- Domains listed in ``redirect_domains`` answer 302 with the contacts instead.
+- Requests for other domains are relayed to the Request-URI's host — only
+  from trusted networks (default loopback); anything else gets 403, so the
+  cluster is never an open relay.
+- OPTIONS addressed to the cluster itself is answered here, naming the shard.
+"""
+
+from __future__ import annotations
+
+from cluster.sip import SipURI, parse_uri
+
+from .api import Application, Call
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER"
+SHARD_HEADER = "X-Sipcluster-Shard"
+
+application = Application("default")
+
+
+def _is_local_user_domain(call: Call, uri) -> bool:
+    return isinstance(uri, SipURI) and uri.host.lower() in call.services.domains
+
+
+@application.request("REGISTER")
+def register(call: Call):
+    request = call.request
+    if not call.is_local(request.uri) and not call.is_local(request.to.uri):
+        return relay(call)
+    auth = call.authenticate()
+    if not auth.ok:
+        return call.challenge(stale=auth.stale)
+    record = call.services.authenticated_record(auth.username, call.default_realm())
+    to = request.to.uri
+    if record is None or not isinstance(to, SipURI) or not record.owns(to.aor()):
+        # DESIGN §8: the authenticated user must own the AOR it registers.
+        return call.reply(403, "Not Your Address-of-Record")
+    return call.register()
+
+
+@application.request("*")
+def route(call: Call):
+    request = call.request
+    if request.to.tag is not None:
+        # In-dialog: the Route set (our Record-Route removed) decides the hop.
+        return call.proxy([request.uri], record_route=False)
+    uri = request.uri
+    if request.method == "OPTIONS" and (
+        (isinstance(uri, SipURI) and not uri.user) or call.services.local.is_us(uri)
+    ):
+        return call.reply(200, headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
+                                        (SHARD_HEADER, call.shard)])
+    if request.routes:
+        return relay(call)  # a pre-loaded route set that does not start with us
+    if not call.is_local(uri):
+        return relay(call)
+    if request.method == "INVITE" and _is_local_user_domain(call, request.from_.uri):
+        auth = call.authenticate(proxy=True)
+        if not auth.ok:
+            return call.challenge(proxy=True, stale=auth.stale)
+    call.state["aor"] = uri
+    settings = call.settings(uri)
+    forward = settings.get("forward_always")
+    if forward:
+        call.state["forwarded"] = True
+        return proxy_to(call, forward)
+    targets = call.lookup(uri)
+    if not targets:
+        return call.reply(480 if call.services.user(uri) is not None else 404)
+    if isinstance(uri, SipURI) and uri.host.lower() in application.redirect_domains:
+        return call.redirect(targets)
+    timeout = settings.get("noanswer_timeout") if settings.get("forward_noanswer") else None
+    return call.proxy(targets, parallel=not settings.get("serial"), timeout=timeout)
+
+
+@application.failure
+def forward_on_failure(call: Call, best):
+    aor = call.state.get("aor")
+    if aor is None or call.state.get("forwarded"):
+        return None
+    settings = call.settings(aor)
+    if best.status in (486, 600) and settings.get("forward_busy"):
+        target = settings["forward_busy"]
+    elif best.status in (408, 480, 487) and settings.get("forward_noanswer"):
+        target = settings["forward_noanswer"]
+    else:
+        return None
+    call.state["forwarded"] = True
+    return proxy_to(call, target)
+
+
+def proxy_to(call: Call, target: str):
+    """Forward to ``target``; a local AOR goes to its registered contacts."""
+    uri = parse_uri(target)
+    if call.is_local(uri):
+        contacts = call.lookup(uri)
+        if not contacts:
+            return call.reply(480)
+        return call.proxy(contacts)
+    return call.proxy([uri])
+
+
+def relay(call: Call):
+    """Requests for other domains: only from trusted networks (no open relay)."""
+    if not call.from_trusted:
+        return call.reply(403, "Relaying Denied")
+    return call.proxy([call.request.uri])

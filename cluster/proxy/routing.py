@@ -1,0 +1,161 @@
+"""Request forwarding rules of a stateful proxy (RFC 3261 §16.4–§16.6), sans-IO.
+
+The proxy's identity is the set of addresses it advertises (the edges'
+public host:port): a Route or Request-URI naming one of them is "us". Record-
+Route always carries an advertised edge address, never a worker (DESIGN §5),
+so in-dialog requests reach whichever shard owns the Call-ID now.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from cluster.sip import NameAddress, ParseError, Request, SipURI, URI, Via
+from cluster.sip.transaction.stateless import branch_for
+
+DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061, "WS": 80, "WSS": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """Where to send a forwarded request (RFC 3263 reduced to numeric hosts;
+    names resolve through ``resolve``)."""
+
+    transport: str
+    host: str
+    port: int
+
+
+class LocalAddresses:
+    """The addresses that mean "this proxy" (§16.4): advertised edges plus
+    local domains for Request-URIs."""
+
+    def __init__(self, addresses: Iterable[str] = (), domains: Iterable[str] = ()) -> None:
+        self.addresses: set[tuple[str, int | None]] = set()
+        for text in addresses:
+            self.add(text)
+        self.domains = {d.lower() for d in domains}
+
+    def add(self, hostport: str) -> None:
+        host, port = split_hostport(hostport)
+        self.addresses.add((host.lower(), port))
+
+    def is_us(self, uri: URI) -> bool:
+        if not isinstance(uri, SipURI):
+            return False
+        host = uri.host.lower()
+        if uri.port is None:
+            return any(h == host and (p in (None, 5060, 5061)) for h, p in self.addresses)
+        return (host, uri.port) in self.addresses or (host, None) in self.addresses
+
+    def is_local_domain(self, uri: URI) -> bool:
+        return isinstance(uri, SipURI) and (uri.host.lower() in self.domains or self.is_us(uri))
+
+
+def split_hostport(text: str) -> tuple[str, int | None]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        host = f"[{host}]"
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port) if port.isdigit() else None
+    return text, None
+
+
+def preprocess_routes(request: Request, local: LocalAddresses) -> None:
+    """RFC 3261 §16.4: undo a strict router's rewrite, drop our own Route."""
+    routes = request.routes
+    if local.is_us(request.uri) and routes:
+        # The previous hop was a strict router: the Request-URI is the
+        # Record-Route value we inserted; the real target is the last Route.
+        last = routes[-1]
+        request.uri = last.uri
+        request.set_values("Route", routes[:-1])
+        routes = request.routes
+    if routes and local.is_us(routes[0].uri):
+        request.set_values("Route", routes[1:])
+
+
+def hop_for(uri: URI, *, default_transport: str = "UDP",
+            resolve: Callable[[str], str | None] | None = None) -> Hop:
+    """Next-hop address for ``uri`` (RFC 3263 §4 with numeric hosts; a name
+    goes through ``resolve`` — DNS lives in the runtime, not here)."""
+    if not isinstance(uri, SipURI):
+        raise ParseError(f"cannot route to a {uri.scheme}: URI", 416)
+    transport = (uri.transport or "").upper()
+    if uri.scheme == "sips":
+        transport = "TLS"
+    if not transport:
+        transport = default_transport
+    host = uri.maddr or uri.host
+    bare = host[1:-1] if host.startswith("[") else host
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        resolved = resolve(bare) if resolve is not None else None
+        if resolved is None:
+            raise ParseError(f"cannot resolve {bare}", 404) from None
+        bare = resolved
+    port = uri.port or DEFAULT_PORTS.get(transport, 5060)
+    return Hop(transport, bare, port)
+
+
+def next_hop_uri(request: Request) -> URI:
+    """§16.6 step 6 / §8.1.2: the top Route if any, else the Request-URI."""
+    routes = request.routes
+    if routes:
+        return routes[0].uri
+    return request.uri
+
+
+def forward_copy(
+    request: Request,
+    target: URI | None,
+    *,
+    via: Via,
+    record_route: str | None,
+    path: Iterable[str] = (),
+) -> Request:
+    """The request to send on one branch (§16.6 steps 1–8)."""
+    out = request.copy()
+    if target is not None:
+        out.uri = target  # step 2
+    mf = out.max_forwards
+    out.set("Max-Forwards", 70 if mf is None else mf - 1)  # step 3
+    if record_route is not None:
+        out.add("Record-Route", record_route, first=True)  # step 4
+    path = list(path)
+    if path:
+        # RFC 3327 §5.3: the stored Path becomes the route to the contact.
+        out.set_values("Route", [*path, *(str(r) for r in out.routes)])
+    out.push_via(via)  # step 8
+    return out
+
+
+def proxy_via(request: Request, transport: str, advertise: str, salt: str = "") -> Via:
+    """Our Via for a forwarded request; the branch is derived from the
+    incoming transaction (§16.11), so a shard that takes over after a failure
+    forwards a retransmission with the same branch."""
+    host, port = split_hostport(advertise)
+    return Via(transport, host, port, (("branch", branch_for(request, salt)), ("rport", None)))
+
+
+def loop_detected(request: Request, local: LocalAddresses, salt: str = "") -> bool:
+    """§16.3 step 4: our own Via with the branch we would use again."""
+    branch = branch_for(request, salt)
+    for via in request.vias:
+        if via.branch == branch and (via.host.lower(), via.port) in local.addresses:
+            return True
+    return False
+
+
+def record_route_value(advertise: str, transport: str) -> str:
+    params = "" if transport == "UDP" else f";transport={transport.lower()}"
+    return f"<sip:{advertise}{params};lr>"
+
+
+def strip_own_route(routes: list[NameAddress], local: LocalAddresses) -> list[NameAddress]:
+    return [r for r in routes if not local.is_us(r.uri)]

@@ -1,0 +1,128 @@
+"""What the routing API can ask of a worker: all answered from local memory.
+
+Location lookups come from the watch-fed location cache, user settings and
+credentials from the watch-fed user cache, so an INVITE costs no etcd round
+trip (DESIGN §6). Digest nonces are stateless HMACs (DESIGN §8), so any shard
+validates a nonce another shard issued.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import TYPE_CHECKING
+
+from cluster.app.api import AuthOutcome, Challenge, Target
+from cluster.auth.digest import NonceManager, challenge, find_credential, verify
+from cluster.auth.users import UserCache
+from cluster.proxy.routing import LocalAddresses, split_hostport
+from cluster.sip import Request, Response, SipURI, URI, Via, make_response
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cluster.registrar.cache import LocationCache
+
+
+class WorkerLocal(LocalAddresses):
+    def is_us_via(self, via: Via) -> bool:
+        host = via.host.lower()
+        return (host, via.port) in self.addresses or (host, None) in self.addresses
+
+
+class Services:
+    def __init__(self, *, domains, trusted, nonce_secret: bytes, nonce_ttl: float,
+                 locations: "LocationCache | None", users: UserCache | None,
+                 digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")) -> None:
+        self.domains = list(domains) or ["localhost"]
+        self.local = WorkerLocal(domains=self.domains)
+        self.trusted = [ipaddress.ip_network(n) for n in trusted]
+        self.nonces = NonceManager(nonce_secret, nonce_ttl)
+        self.locations = locations
+        self.users = users
+        self.serial_forking = False
+        self.digest_algorithms = tuple(a.upper() for a in digest_algorithms)
+
+    # -- locality ------------------------------------------------------------------
+
+    def learn_advertise(self, advertise: str | None) -> None:
+        if advertise:
+            host, port = split_hostport(advertise)
+            if (host.lower(), port) not in self.local.addresses:
+                self.local.add(advertise)
+
+    def is_local_domain(self, uri: URI) -> bool:
+        return self.local.is_local_domain(uri)
+
+    def is_trusted(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
+
+    # -- location service ---------------------------------------------------------------
+
+    def lookup(self, uri: URI) -> list[Target]:
+        if self.locations is None or not isinstance(uri, SipURI):
+            return []
+        out = []
+        for binding in self.locations.lookup(uri.aor(), time.time()):
+            out.append(binding_target(binding))
+        return out
+
+    # -- users -----------------------------------------------------------------------------
+
+    def user(self, uri: URI):
+        if self.users is None or not isinstance(uri, SipURI) or not uri.user:
+            return None
+        return self.users.get(f"{uri.user}@{uri.host.lower()}")
+
+    def user_settings(self, uri: URI) -> dict:
+        record = self.user(uri)
+        return dict(record.settings) if record is not None else {}
+
+    def authenticate(self, request: Request, realm: str, *, proxy: bool = False) -> AuthOutcome:
+        fields = request.proxy_authorizations if proxy else request.authorizations
+        credential = find_credential(fields, realm)
+        if credential is None or self.users is None:
+            return AuthOutcome(None, False, "no credentials")
+        result = verify(credential, method=request.method, realm=realm, now=time.time(),
+                        nonces=self.nonces, ha1=self.users.ha1)
+        if result.ok:
+            return AuthOutcome(result.username)
+        return AuthOutcome(None, result.stale, result.reason)
+
+    def authenticated_record(self, username: str, realm: str):
+        return self.users.lookup(username, realm) if self.users is not None else None
+
+    def challenge(self, request: Request, decision: Challenge) -> Response:
+        status = 407 if decision.proxy else 401
+        name = "Proxy-Authenticate" if decision.proxy else "WWW-Authenticate"
+        nonce = self.nonces.make(time.time(), realm=decision.realm)
+        response = make_response(request, status)
+        for field in challenge(decision.realm, nonce, stale=decision.stale,
+                               algorithms=self.digest_algorithms):
+            response.add(name, str(field))
+        return response
+
+
+def binding_target(binding) -> Target:
+    """A registered contact as a proxy target: its URI and Path, plus the
+    flow it registered over when that flow must be reused — a connection
+    (TCP/TLS/WS: the UA may accept nothing else, §18.2.2) or an RFC 5626
+    outbound registration (reg-id). A plain UDP registration is reached at
+    its Contact, which may differ from the REGISTER's source."""
+    from cluster.sip import parse_uri
+    source = binding.source
+    transport = getattr(source, "transport", None)
+    flow = source is not None and (
+        (transport is not None and transport.upper() != "UDP" and binding.conn is not None)
+        or binding.reg_id is not None)
+    return Target(
+        uri=parse_uri(binding.contact) if isinstance(binding.contact, str) else binding.contact,
+        path=tuple(binding.path),
+        edge=binding.edge if flow else None,
+        conn=binding.conn if flow else None,
+        transport=transport if flow else None,
+        received=(source.host, source.port) if flow else None,
+        q=binding.q,
+    )
