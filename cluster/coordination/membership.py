@@ -195,6 +195,22 @@ class EtcdMembership:
             if self._owns_store:
                 self.store.close()
 
+    async def update(self, member: Member) -> None:
+        """Rewrite our record (e.g. ``draining=True`` at the start of a
+        drain) under the same lease; retried until written or ``ttl`` passes."""
+        self.member = member
+        self._value = member.to_value()
+        backoff = _Backoff(self.retry_cap)
+        with trio.move_on_after(self.ttl):
+            while self._lease_id is not None and not self._left:
+                try:
+                    self._put_revision = await self.store.put(self.key, self._value,
+                                                              lease=self._lease_id)
+                    return
+                except CoordinationError as error:
+                    log.debug("update: %s", error.reason)
+                    await trio.sleep(backoff.delay())
+
     async def leave(self) -> bool:
         """Leave the cluster now (SIGTERM drain): stop refreshing, revoke the lease.
 

@@ -34,6 +34,7 @@ class LocalAddresses:
 
     def __init__(self, addresses: Iterable[str] = (), domains: Iterable[str] = ()) -> None:
         self.addresses: set[tuple[str, int | None]] = set()
+        self.sent_by_texts: tuple[str, ...] = ()
         for text in addresses:
             self.add(text)
         self.domains = {d.lower() for d in domains}
@@ -41,6 +42,7 @@ class LocalAddresses:
     def add(self, hostport: str) -> None:
         host, port = split_hostport(hostport)
         self.addresses.add((host.lower(), port))
+        self.sent_by_texts = tuple(sorted({f"{h}:{p}" if p else h for h, p in self.addresses}))
 
     def is_us(self, uri: URI) -> bool:
         if not isinstance(uri, SipURI):
@@ -135,12 +137,22 @@ def forward_copy(
     return out
 
 
-def proxy_via(request: Request, transport: str, advertise: str, salt: str = "") -> Via:
+SHARD_PARAM = "wk"
+
+
+def proxy_via(request: Request, transport: str, advertise: str, salt: str = "",
+              shard: str | None = None) -> Via:
     """Our Via for a forwarded request; the branch is derived from the
     incoming transaction (§16.11), so a shard that takes over after a failure
-    forwards a retransmission with the same branch."""
+    forwards a retransmission with the same branch. ``shard`` names the
+    worker holding the client transaction (``wk`` parameter): edges route the
+    responses there while it is a member, even draining, and to the ring
+    owner otherwise."""
     host, port = split_hostport(advertise)
-    return Via(transport, host, port, (("branch", branch_for(request, salt)), ("rport", None)))
+    params: tuple = (("branch", branch_for(request, salt)), ("rport", None))
+    if shard:
+        params += ((SHARD_PARAM, shard),)
+    return Via(transport, host, port, params)
 
 
 def loop_detected(request: Request, local: LocalAddresses, salt: str = "") -> bool:

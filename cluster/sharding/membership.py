@@ -115,6 +115,9 @@ class Member:
     pid: int = 0
     host: str = ""
     started: float = 0.0
+    draining: bool = False
+    """A worker leaving on purpose: out of the ring (no new calls), still a
+    member so responses for its in-flight transactions reach it (DESIGN §4)."""
 
     def __post_init__(self) -> None:
         _check_id(self.id)
@@ -161,15 +164,16 @@ class Member:
             pid=pid,
             host=_text(record, "host", required=False),
             started=float(started),
+            draining=record.get("draining") is True,
         )
 
     def to_value(self) -> bytes:
         """The JSON (UTF-8) a node writes under its member key."""
-        return json.dumps(
-            {"id": self.id, "role": self.role, "link": self.link, "http": self.http,
-             "pid": self.pid, "host": self.host, "started": self.started},
-            separators=(",", ":"), sort_keys=True,
-        ).encode("utf-8")
+        record = {"id": self.id, "role": self.role, "link": self.link, "http": self.http,
+                  "pid": self.pid, "host": self.host, "started": self.started}
+        if self.draining:
+            record["draining"] = True
+        return json.dumps(record, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +287,8 @@ class MembershipView:
         Building costs ~vnodes hashes per new worker (points are cached per
         member); build once per view rather than per lookup.
         """
-        return Ring(self._workers, epoch=self.revision, vnodes=vnodes)
+        return Ring([w for w, m in self._workers.items() if not m.draining],
+                    epoch=self.revision, vnodes=vnodes)
 
 
 def _admit(members: dict[str, Member], rejected: dict[str, str], key: str,

@@ -65,13 +65,16 @@ _parse_routes = _list_of(lambda v: parse_name_addr(v, brackets_required=True))
 
 
 class Message:
-    __slots__ = ("headers", "body", "_raw", "_cache")
+    __slots__ = ("headers", "body", "_raw", "_cache", "_index")
 
     def __init__(self, headers: Iterable[tuple[str, str]] | None = None, body: bytes = b"") -> None:
         self.headers: list[Header] = []
         self.body = body
         self._raw: bytes | None = None
         self._cache: dict[str, object] = {}
+        # Field values grouped by key, as the parser saw them; valid until
+        # the first modification (lookups on received messages skip the scan).
+        self._index: dict[str, list[str]] | None = None
         if headers:
             for name, value in headers:
                 self.add(name, value)
@@ -81,6 +84,10 @@ class Message:
     def get(self, name: str) -> str | None:
         """Value of the first field called ``name`` (any case, compact or long)."""
         key = header_key(name)
+        index = self._index
+        if index is not None:
+            values = index.get(key)
+            return values[0] if values else None
         for h in self.headers:
             if h.key == key:
                 return h.value
@@ -91,6 +98,17 @@ class Message:
         return self._values(header_key(name))
 
     def _values(self, key: str) -> list[str]:
+        index = self._index
+        if index is not None:
+            values = index.get(key)
+            if values is None:
+                return []
+            if key in LIST_HEADERS:
+                out: list[str] = []
+                for value in values:
+                    out.extend(split_commas(value) if "," in value else (value,))
+                return out
+            return list(values)
         if key in LIST_HEADERS:
             out: list[str] = []
             for h in self.headers:
@@ -101,6 +119,8 @@ class Message:
 
     def has(self, name: str) -> bool:
         key = header_key(name)
+        if self._index is not None:
+            return key in self._index
         return any(h.key == key for h in self.headers)
 
     def set(self, name: str, value: object) -> None:
@@ -157,6 +177,7 @@ class Message:
 
     def _touch(self, key: str) -> None:
         self._raw = None
+        self._index = None
         self._cache.pop(key, None)
         if key == "via":
             self._cache.pop(_TOP_VIA, None)
@@ -392,6 +413,7 @@ class Message:
         clone.body = self.body
         clone._raw = self._raw
         clone._cache = dict(self._cache)
+        clone._index = self._index
         return clone
 
     def set_body(self, body: bytes, content_type: str | None = None) -> None:

@@ -70,6 +70,7 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         raw = data
     message.body = body
     message._raw = raw
+    message._index = groups
     return message
 
 
@@ -144,8 +145,8 @@ def _header_fields(lines: list[str], folded: bool) -> tuple[list[Header], dict[s
 
 def _check_fields(message: Message, groups: dict[str, list[str]]) -> None:
     """Validate the fields every element relies on and fill the accessor cache."""
-    for key in SINGLE_HEADERS.intersection(groups):
-        if len(groups[key]) > 1:
+    for key, values in groups.items():
+        if len(values) > 1 and key in SINGLE_HEADERS:
             # RFC 4475 §3.1.2.16 multi01, §3.3.2 mcl01.
             raise ParseError(f"more than one {key} header field")
     # RFC 3261 §8.1.1: To, From, CSeq, Call-ID and Via are mandatory.

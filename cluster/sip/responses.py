@@ -94,6 +94,14 @@ def make_response(
             add(Header(key, h.name, h.value, h.raw))
         elif key == "record-route" and 100 < status < 300 and request.method in ("INVITE", "SUBSCRIBE", "REFER", "NOTIFY"):
             add(Header(key, h.name, h.value, h.raw))
+    # The copied fields are the request's, already parsed: share the values
+    # so the transaction layer does not parse them again (§17.2.3 matching).
+    cache = response._cache
+    source = request._cache
+    for key in ("call-id", "cseq", "from", "via", "via:top"):
+        value = source.get(key)
+        if value is not None:
+            cache[key] = value
     for name, value in headers:
         response.add(name, value)
     response.body = body

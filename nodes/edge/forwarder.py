@@ -9,6 +9,7 @@ in every case (DESIGN §3: nothing disappears silently).
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 
@@ -19,6 +20,20 @@ from cluster.sip import ParseError, extract_call_id, reject_malformed
 Address = tuple[str, int]
 
 RETRY_AFTER_SECONDS = "2"
+
+# The top Via of a response to a request one of our workers forwarded names
+# that worker (``wk``, set by cluster.proxy.routing.proxy_via).
+_TOP_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:([^\r\n,]*)", re.IGNORECASE)
+_SHARD = re.compile(rb";[ \t]*wk=([A-Za-z0-9._-]+)")
+
+
+def response_shard(data: bytes) -> str | None:
+    """The worker named in a response's top Via, if any."""
+    via = _TOP_VIA.search(data)
+    if via is None:
+        return None
+    shard = _SHARD.search(via.group(1))
+    return shard.group(1).decode() if shard else None
 
 
 class Forwarder:
@@ -54,15 +69,23 @@ class Forwarder:
             # Garbage or a message without Call-ID: no shard can own it.
             stats["drop_no_call_id"] += 1
             return None
-        ring = self.ring
-        try:
-            if ring is None:
-                raise EmptyRing("no ring yet")
-            worker = ring.owner(call_id)
-        except EmptyRing:
-            stats["unroutable_no_worker"] += 1
-            return self._unavailable(data, "no worker in the ring")
-        endpoint = self.worker_links.get(worker)
+        endpoint = None
+        if data[:4] == b"SIP/":
+            # A response goes to the worker holding its client transaction
+            # while that worker is a member (even draining): DESIGN §4.
+            shard = response_shard(data)
+            if shard is not None:
+                endpoint = self.worker_links.get(shard)
+        if endpoint is None:
+            ring = self.ring
+            try:
+                if ring is None:
+                    raise EmptyRing("no ring yet")
+                worker = ring.owner(call_id)
+            except EmptyRing:
+                stats["unroutable_no_worker"] += 1
+                return self._unavailable(data, "no worker in the ring")
+            endpoint = self.worker_links.get(worker)
         envelope = pack(Envelope(
             "in", self.node_id, transport, source, local, data, conn, time.time_ns(),
             None, self.advertise.get(transport), self.node_id,

@@ -9,6 +9,7 @@ that sleeps until the layer's next deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -132,12 +133,17 @@ class WorkerNode:
         """SIGTERM: leave the ring, finish in-flight transactions (bounded by
         the drain timeout, Timer B/F = 32 s by default), then return."""
         self.draining = True
-        if self.membership is not None:
-            await self.membership.leave()
+        if self.membership is not None and self.membership.member is not None:
+            # Out of the ring at once, still a member: edges send new calls
+            # elsewhere but keep routing responses for our transactions here
+            # (they name this shard in our Via).
+            await self.membership.update(dataclasses.replace(self.membership.member, draining=True))
         with trio.move_on_after(self.config.worker.drain_timeout):
             while self.in_flight():
                 await trio.sleep(0.05)
         log.info("worker drained", extra={"node": self.node_id, "in_flight": self.in_flight()})
+        if self.membership is not None:
+            await self.membership.leave()
 
     async def _follow_membership(self) -> None:
         assert self.membership is not None

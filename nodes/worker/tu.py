@@ -119,9 +119,20 @@ class TransactionUser:
         mf = request.max_forwards
         if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and local.is_us(request.uri)):
             return 483, ()  # §16.3 step 3 (RFC 4475 zeromf)
-        if request.method != "REGISTER" and loop_detected(request, local, self.worker.salt):
+        if request.method != "REGISTER" and self._may_have_looped(request, local) \
+                and loop_detected(request, local, self.worker.salt):
             return 482, ()
         return 0, ()
+
+    @staticmethod
+    def _may_have_looped(request: Request, local) -> bool:
+        """Cheap pre-check for §16.3 step 4: only a request carrying a Via
+        with one of our addresses can have looped through us."""
+        vias = request.get_all("via")
+        if len(vias) < 2:
+            return False
+        ours = local.sent_by_texts
+        return any(text in via for via in vias for text in ours)
 
     def execute(self, key: tuple, call: Call, decision, now: float) -> None:
         request = call.request
@@ -196,7 +207,8 @@ class TransactionUser:
                     record_route=None, path=target.path)
                 hop = hop_for(next_hop_uri(probe), resolve=self.worker.resolve)
                 transport, peer_host, peer_port = hop.transport, hop.host, hop.port
-            via = proxy_via(ctx.request, transport, advertise, f"{self.worker.salt}{branch.index}")
+            via = proxy_via(ctx.request, transport, advertise, f"{self.worker.salt}{branch.index}",
+                            shard=self.worker.node_id)
             rr = record_route_value(advertise, "UDP") if ctx.extra["record_route"] else None  # type: ignore[attr-defined]
             request = forward_copy(ctx.request, branch.target, via=via, record_route=rr, path=target.path)
         except ParseError as error:

@@ -309,3 +309,17 @@ def test_views_with_the_same_members_agree_on_every_owner():
     a, b = one.ring(), other.ring()
     keys = [b"%d-%x@10.0.0.%d" % (i, i * 7919, i % 255) for i in range(5000)]
     assert [a.owner(k) for k in keys] == [b.owner(k) for k in keys]
+
+
+def test_draining_worker_stays_a_member_but_leaves_the_ring():
+    import json as _json
+    from cluster.sharding.membership import Member as _Member, MembershipView as _View, member_key as _key
+    live = _Member(id="w1", role="worker", link="tcp://127.0.0.1:1")
+    leaving = _Member(id="w2", role="worker", link="tcp://127.0.0.1:2", draining=True)
+    kvs = [(_key("/p", "worker", m.id), m.to_value()) for m in (live, leaving)]
+    view = _View.from_kvs(7, kvs)
+    assert {m.id for m in view.workers()} == {"w1", "w2"}
+    assert view.ring().members == ("w1",)
+    assert _json.loads(leaving.to_value())["draining"] is True
+    assert _Member.from_kv(kvs[1][0], kvs[1][1]).draining is True
+    assert "draining" not in _json.loads(live.to_value())

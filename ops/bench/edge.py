@@ -1,0 +1,204 @@
+"""Edge and cluster throughput: what one edge forwards, OPTIONS/s answered.
+
+    .venv/bin/python ops/bench/edge.py [--quick]
+
+Prints a markdown table with:
+- edge forwarding: ``Forwarder.ingress`` (Call-ID fast path, ring owner,
+  envelope, ZeroMQ send) in one process on one core, with a thread draining
+  the PULL side; messages/s;
+- OPTIONS/s answered by ``sipcluster up`` with 1 edge + 1 worker and with
+  1 edge + 2 workers: SIPp at stepped rates (bounded count and time,
+  loopback only), the highest rate with < 0.1% failed transactions;
+- round-trip latency p50/p99 (SIPp UAC → edge → worker → edge → UAC) at half
+  of that rate, which bounds the added latency of the two link hops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+SCENARIO = ROOT / "tests" / "e2e" / "scenarios" / "options_uac.xml"
+
+
+def edge_forwarding_rate(messages: int) -> float:
+    import zmq
+
+    from cluster.link import Inbox, Outbox
+    from cluster.sharding.ring import Ring
+    from nodes.edge.forwarder import Forwarder
+    from tests.sip.samples import OPTIONS
+
+    ctx = zmq.Context()
+    inboxes = [Inbox(ctx, "tcp://127.0.0.1:0", hwm=1_000_000) for _ in range(2)]
+    outbox = Outbox(ctx, hwm=1_000_000)
+    forwarder = Forwarder("edge-bench", outbox, max_message=65535, server="bench")
+    forwarder.update(Ring(["w1", "w2"]), {"w1": inboxes[0].endpoint, "w2": inboxes[1].endpoint})
+    forwarder.advertise = {"UDP": "127.0.0.1:5060"}
+    received = [0]
+    stop = threading.Event()
+
+    def drain() -> None:
+        poller = zmq.Poller()
+        for inbox in inboxes:
+            poller.register(inbox.socket, zmq.POLLIN)
+        while not stop.is_set():
+            for sock, _ in poller.poll(100):
+                while True:
+                    try:
+                        sock.recv(zmq.NOBLOCK)
+                        received[0] += 1
+                    except zmq.Again:
+                        break
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not all(outbox.send(i.endpoint, b"warm") for i in inboxes) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    datagrams = [OPTIONS.replace(b"a84b4c76e66710", b"%014x" % i) for i in range(1000)]
+    ingress = forwarder.ingress
+    source, local = ("192.0.2.1", 5060), ("127.0.0.1", 5060)
+    start = time.perf_counter()
+    for i in range(messages):
+        ingress(datagrams[i % 1000], "UDP", source, local, None)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    thread.join()
+    for inbox in inboxes:
+        inbox.close()
+    outbox.close()
+    ctx.term()
+    return messages / elapsed
+
+
+class Cluster:
+    def __init__(self, workers: int, port: int, state: Path) -> None:
+        self.workers, self.port, self.state = workers, port, state
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIPCLUSTER_")}
+        env["SIPCLUSTER_STATE_DIR"] = str(state)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cluster.cli", "up", "--workers", str(workers),
+             "--listen", f"127.0.0.1:{port}", "--state-dir", str(state / "up")],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if "ready" in line:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("cluster did not become ready")
+        threading.Thread(target=lambda: [None for _ in self.process.stdout], daemon=True).start()
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def sipp_run(port: int, rate: int, count: int, workdir: Path, rtt: bool = False) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    stat = workdir / f"stat-{rate}.csv"
+    argv = ["sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", "0",
+            "-r", str(rate), "-m", str(count), "-l", str(max(rate, 100)), "-nostdin",
+            "-timeout", f"{max(10, count // max(rate, 1) * 3)}s", "-recv_timeout", "5000",
+            "-trace_stat", "-stf", str(stat), "-fd", "1"]
+    if rtt:
+        argv += ["-trace_rtt", "-rtt_freq", "1"]
+    started = time.monotonic()
+    subprocess.run(argv, cwd=workdir, capture_output=True, timeout=count // max(rate, 1) * 4 + 60)
+    elapsed = time.monotonic() - started
+    rows = list(csv.reader(stat.open(), delimiter=";")) if stat.exists() else []
+    result = {"ok": 0, "failed": count, "elapsed": elapsed, "rtt": []}
+    if len(rows) >= 2:
+        header, last = rows[0], rows[-1]
+        get = lambda name: int(float(last[header.index(name)]))  # noqa: E731
+        result["ok"], result["failed"] = get("SuccessfulCall(C)"), get("FailedCall(C)")
+    if rtt:
+        for path in workdir.glob("*_rtt.csv"):
+            for row in list(csv.reader(path.open(), delimiter=";"))[1:]:
+                try:
+                    result["rtt"].append(float(row[2]))
+                except (IndexError, ValueError):
+                    pass
+            path.unlink()
+    return result
+
+
+def max_rate(port: int, rates: list[int], seconds: float, workdir: Path) -> tuple[int, dict]:
+    best, best_result = 0, {}
+    for rate in rates:
+        count = int(rate * seconds)
+        result = sipp_run(port, rate, count, workdir)
+        failed = result["failed"] + max(0, count - result["ok"] - result["failed"])
+        if failed > count * 0.001:
+            break
+        best, best_result = rate, result
+    return best, best_result
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short steps (smoke run)")
+    args = parser.parse_args()
+    if not shutil.which("sipp"):
+        sys.exit("SIPp is required (apt-get install sip-tester)")
+    seconds = 2.0 if args.quick else 5.0
+    rates = [500, 1000] if args.quick else [1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000]
+    forward = edge_forwarding_rate(50_000 if args.quick else 300_000)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sipcluster-bench-") as tmp:
+        from tests.e2e.harness import free_port_pair
+        for workers in (1, 2):
+            cluster = Cluster(workers, free_port_pair(), Path(tmp) / f"w{workers}")
+            try:
+                time.sleep(1.0)  # let every worker join the ring before loading it
+                best, _ = max_rate(cluster.port, rates, seconds, Path(tmp) / f"sipp{workers}")
+                half = max(best // 2, 50)
+                lat = sipp_run(cluster.port, half, int(half * seconds), Path(tmp) / f"lat{workers}",
+                               rtt=True)
+                rows.append((workers, best, percentile(lat["rtt"], 50), percentile(lat["rtt"], 99)))
+            finally:
+                cluster.stop()
+    cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t")
+    print(f"Edge and cluster, {os.cpu_count()} cores ({cpu}); SIPp on the same machine, no pinning")
+    print()
+    print("| measure | value | target | met |")
+    print("|---|---:|---:|---|")
+    print(f"| edge forwarding, one core (msgs/s) | {forward:,.0f} | 30,000 | "
+          f"{'yes' if forward >= 30000 else 'NO'} |")
+    for workers, best, p50, p99 in rows:
+        target = "8,000" if workers >= 1 else ""
+        print(f"| OPTIONS/s answered, 1 edge + {workers} worker(s), < 0.1% failed | {best:,} | "
+              f"{target} | {'yes' if best >= 8000 else 'NO'} |")
+        print(f"| round trip p50 / p99 at {max(best // 2, 50):,}/s, 1 edge + {workers} worker(s) (ms) | "
+              f"{p50:.2f} / {p99:.2f} | | |")
+    print()
+    print(f"Rates tried: {', '.join(map(str, rates))} per second, {seconds:.0f} s each; "
+          "the highest with < 0.1% failed transactions is reported.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The edge's per-message path, with real ZeroMQ sockets on loopback."""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from cluster.link import Inbox, Outbox, unpack
+from cluster.sharding.ring import Ring
+from nodes.edge.forwarder import Forwarder, response_shard
+from tests.sip.samples import OPTIONS, RESPONSE
+
+
+def test_response_shard_reads_only_the_top_via():
+    ours = RESPONSE.replace(b";received=192.0.2.1", b";received=192.0.2.1;wk=worker-2")
+    assert response_shard(ours) == "worker-2"
+    assert response_shard(RESPONSE) is None
+    lower = RESPONSE.replace(b"Via: SIP/2.0/UDP pc33", b"Via: SIP/2.0/UDP top.example.com;branch=z9hG4bKx\r\nVia: SIP/2.0/UDP pc33").replace(
+        b";received=192.0.2.1", b";received=192.0.2.1;wk=worker-9")
+    assert response_shard(lower) is None
+
+
+def _setup():
+    ctx = zmq.Context()
+    inboxes = {w: Inbox(ctx, "tcp://127.0.0.1:0") for w in ("w1", "w2")}
+    outbox = Outbox(ctx)
+    fwd = Forwarder("edge-t", outbox, max_message=4000, server="test")
+    fwd.update(Ring(["w1"]), {w: i.endpoint for w, i in inboxes.items()})
+    deadline = time.monotonic() + 30
+    while not all(outbox.send(i.endpoint, b"warm") for i in inboxes.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for inbox in inboxes.values():
+        while inbox.socket.poll(1000):
+            if inbox.socket.recv() == b"warm":
+                break
+    return ctx, inboxes, outbox, fwd
+
+
+def test_requests_go_to_the_ring_owner_and_responses_to_their_shard():
+    ctx, inboxes, outbox, fwd = _setup()
+    src, local = ("192.0.2.1", 5060), ("127.0.0.1", 5060)
+    assert fwd.ingress(OPTIONS, "UDP", src, local, None) is None
+    assert inboxes["w1"].socket.poll(5000)
+    env = unpack(inboxes["w1"].socket.recv())
+    assert env.data == OPTIONS and env.peer == src and env.kind == "in"
+    # w2 is draining (not in the ring) but still holds the transaction.
+    tagged = RESPONSE.replace(b";received=192.0.2.1", b";received=192.0.2.1;wk=w2")
+    assert fwd.ingress(tagged, "UDP", src, local, None) is None
+    assert inboxes["w2"].socket.poll(5000)
+    assert unpack(inboxes["w2"].socket.recv()).data == tagged
+    assert fwd.stats["forwarded"] == 2
+    for i in inboxes.values():
+        i.close()
+    outbox.close()
+    ctx.term()
+
+
+def test_oversized_garbage_and_unreachable_are_answered_or_counted():
+    ctx, inboxes, outbox, fwd = _setup()
+    src, local = ("192.0.2.1", 5060), ("127.0.0.1", 5060)
+    big = OPTIONS.replace(b"Accept: application/sdp", b"X-Pad: " + b"a" * 5000)
+    answer = fwd.ingress(big, "UDP", src, local, None)
+    assert answer.startswith(b"SIP/2.0 513 ")
+    assert fwd.ingress(b"\x00garbage", "UDP", src, local, None) is None
+    assert fwd.stats["drop_no_call_id"] == 1
+    fwd.update(Ring(["w3"]), {"w3": "tcp://127.0.0.1:1"})
+    answer = fwd.ingress(OPTIONS, "UDP", src, local, None)
+    assert answer.startswith(b"SIP/2.0 503 ") and b"Retry-After: 2" in answer
+    assert fwd.stats["unroutable_link_down"] == 1
+    for i in inboxes.values():
+        i.close()
+    outbox.close()
+    ctx.term()
