@@ -39,7 +39,11 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
   sleep 1
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
-  for host in "${!ADDR[@]}"; do ip netns del "$TAG-$host" 2>/dev/null; done
+  for host in "${!ADDR[@]}"; do
+    # Everything started inside the host, including daemonised SIPp.
+    ip netns pids "$TAG-$host" 2>/dev/null | xargs -r kill -9 2>/dev/null
+    ip netns del "$TAG-$host" 2>/dev/null
+  done
   ip netns del "$HUB" 2>/dev/null
   rm -rf "$WORK"
 }

@@ -28,3 +28,5 @@ def test_worker_host_cut_off_mid_run_calls_continue():
     # The script removed every namespace it made.
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "-hub" not in namespaces and "-w1" not in namespaces
+    leftovers = subprocess.run(["pgrep", "-f", "uas.xml -i 10.231."], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "the drill left SIPp running"
