@@ -3,9 +3,14 @@
 The JSON form (``--json``) is stable:
 
     {"etcd": URL, "prefix": P, "revision": int, "ring_epoch": int,
-     "members": [{"id", "role", "link", "http", "pid", "host", "started",
+     "members": [{"id", "role", "link", "http", "metrics", "ready", "pid", "host", "started",
                   "share" (workers only), "status" (the node's /status JSON or null)}],
      "rejected": {key: reason}}
+
+``http`` is the node's HTTP endpoint URL (``http://host:port``, empty when
+the node serves none); ``metrics`` is where Prometheus scrapes it
+(``<http>/metrics``, null without ``http``); ``ready`` is what the node's
+``/readyz`` answers (true, false, or null when the node could not be asked).
 """
 
 from __future__ import annotations
@@ -42,10 +47,12 @@ def cluster_status(target: ClusterTarget, *, fetch_nodes: bool = True) -> dict:
     members = []
     for member in sorted(view.members.values(), key=lambda m: (m.role, m.id)):
         entry = {"id": member.id, "role": member.role, "link": member.link, "http": member.http,
+                 "metrics": f"{member.http}/metrics" if member.http else None,
                  "pid": member.pid, "host": member.host, "started": member.started}
         if member.role == "worker":
             entry["share"] = round(ring.share(member.id), 6)
         entry["status"] = _node_status(member.http) if fetch_nodes else None
+        entry["ready"] = entry["status"].get("ready") if entry["status"] else None
         members.append(entry)
     return {"etcd": target.etcd, "prefix": target.prefix, "revision": revision,
             "ring_epoch": ring.epoch, "members": members, "rejected": dict(view.rejected)}

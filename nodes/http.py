@@ -1,5 +1,11 @@
 """Each node's small HTTP endpoint: /healthz, /readyz, /status (JSON), /metrics.
 
+- ``/healthz``: 200 while the process serves HTTP at all (liveness);
+- ``/readyz``: 200 when the node is a member of the ring and etcd is
+  reachable, else 503 with the reason (``node.readiness()``);
+- ``/status``: the node's JSON status (what ``sipcluster status`` shows);
+- ``/metrics``: Prometheus text format (``cluster.observability``).
+
 Plain HTTP/1.1 with one request per connection is all probes and Prometheus
 need; it runs in the node's trio loop and never blocks it (requests are
 bounded in size and time).
@@ -59,11 +65,17 @@ class StatusServer:
         if path == "/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
-            ready = bool(self.node.status().get("ready"))
-            return ("200 OK" if ready else "503 Service Unavailable"), "text/plain", (
-                b"ready\n" if ready else b"not ready\n")
+            # Ready = member of the ring and etcd reachable (DESIGN §9); the
+            # body says why not, for `kubectl describe` and people.
+            readiness = getattr(self.node, "readiness", None)
+            if readiness is not None:
+                ready, why = readiness()
+            else:
+                ready, why = bool(self.node.status().get("ready")), ""
+            body = b"ready\n" if ready else f"not ready: {why}\n".encode()
+            return ("200 OK" if ready else "503 Service Unavailable"), "text/plain", body
         if path in ("/status", "/"):
             return "200 OK", "application/json", json.dumps(self.node.status()).encode()
         if path == "/metrics" and self.metrics is not None:
-            return "200 OK", "text/plain; version=0.0.4", self.metrics()
+            return "200 OK", "text/plain; version=0.0.4; charset=utf-8", self.metrics()
         return "404 Not Found", "text/plain", b"not found\n"

@@ -3,6 +3,10 @@
 Graceful shutdown is a deadline, not a kill (STYLE §3): a worker leaves the
 ring at once and keeps serving its in-flight transactions up to the drain
 timeout; an edge leaves the membership so workers stop using it.
+
+Observability is wired here (DESIGN §9): tracing from the ``OTEL_*``
+environment (off unless an exporter is configured), the node's metrics on
+``/metrics``; spans still queued are flushed on the way out.
 """
 
 from __future__ import annotations
@@ -30,8 +34,31 @@ def make_node(role: str, config: Config):
     raise ValueError(f"unknown role {role!r}")
 
 
+def observe(role: str, node):
+    """Tracing (from the environment) and metrics for ``node``; returns the metrics endpoint."""
+    from cluster.observability.node_metrics import edge_metrics, worker_metrics
+    from cluster.observability.tracing import Tracing
+
+    tracing = Tracing.from_environment(role, node.node_id)
+    if tracing is not None:
+        node.set_tracing(tracing)
+        log.info("tracing on", extra={"sampling_bound": tracing.bound / float(1 << 64)})
+    return edge_metrics(node) if role == "edge" else worker_metrics(node)
+
+
 async def run_node(role: str, config: Config) -> int:
     node = make_node(role, config)
+    metrics = observe(role, node)
+    try:
+        return await _serve(role, config, node, metrics)
+    finally:
+        if node.tracing is not None:
+            # Off the loop: the exporter may wait for its endpoint.
+            await trio.to_thread.run_sync(node.tracing.shutdown)
+        metrics.shutdown()
+
+
+async def _serve(role: str, config: Config, node, metrics) -> int:
     # Per-message objects are short-lived and acyclic: a higher first
     # threshold keeps the cyclic collector off the hot path, and freezing
     # start-up objects keeps them out of every later collection.
@@ -40,7 +67,7 @@ async def run_node(role: str, config: Config) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             if config.http.listen:
-                server = StatusServer(node)
+                server = StatusServer(node, metrics.render)
                 node.http_url = await nursery.start(server.run, config.http.listen)
             await nursery.start(node.run)
             async for signum in signals:

@@ -5,6 +5,11 @@ datagram inside the UDP drain loop, so it must never wait. A message that
 cannot be forwarded is answered on the spot when it is a request (503 with
 Retry-After when no worker can take it, 513 when it is too large) and counted
 in every case (DESIGN §3: nothing disappears silently).
+
+Tracing (DESIGN §9) costs one attribute test here when it is off; when it is
+on, a message whose call is not sampled costs one hash of its Call-ID, and a
+sampled one takes ``_forward_traced``, which puts the edge span's
+``traceparent`` in the envelope.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from hashlib import blake2b as _blake2b
 
 from cluster.link import Envelope, Outbox, pack
+from cluster.observability.tracing import traceparent
 from cluster.sharding.ring import EmptyRing, Ring
 from cluster.sip import ParseError, extract_call_id, reject_malformed
 
 Address = tuple[str, int]
 
 RETRY_AFTER_SECONDS = "2"
+
+_from_bytes = int.from_bytes
 
 # The top Via of a response to a request one of our workers forwarded names
 # that worker (``wk``, set by cluster.proxy.routing.proxy_via).
@@ -46,6 +55,11 @@ class Forwarder:
         self.worker_links: dict[str, str] = {}
         self.advertise: dict[str, str] = {}
         self.stats: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        """Messages read from the network by transport (keep-alives excluded);
+        the listeners count, UDP once per drained batch."""
+        self.tracing = None
+        """``cluster.observability.Tracing`` when tracing is on."""
 
     def update(self, ring: Ring, worker_links: dict[str, str]) -> None:
         for endpoint in worker_links.values():
@@ -70,12 +84,13 @@ class Forwarder:
             stats["drop_no_call_id"] += 1
             return None
         endpoint = None
+        worker = None
         if data[:4] == b"SIP/":
             # A response goes to the worker holding its client transaction
             # while that worker is a member (even draining): DESIGN §4.
-            shard = response_shard(data)
-            if shard is not None:
-                endpoint = self.worker_links.get(shard)
+            worker = response_shard(data)
+            if worker is not None:
+                endpoint = self.worker_links.get(worker)
         if endpoint is None:
             ring = self.ring
             try:
@@ -86,6 +101,14 @@ class Forwarder:
                 stats["unroutable_no_worker"] += 1
                 return self._unavailable(data, "no worker in the ring")
             endpoint = self.worker_links.get(worker)
+        tracing = self.tracing
+        # The sampling decision inline (the ratio sampler's test on the low 64
+        # bits of the call's trace id): an unsampled call costs one hash.
+        if tracing is not None and _from_bytes(_blake2b(call_id, digest_size=16).digest()[8:], "big") \
+                < tracing.bound:
+            span = tracing.edge_receive(call_id, data, transport, source, worker)
+            if span is not None:
+                return self._forward_traced(span, data, transport, source, local, conn, endpoint)
         envelope = pack(Envelope(
             "in", self.node_id, transport, source, local, data, conn, time.time_ns(),
             None, self.advertise.get(transport), self.node_id,
@@ -95,6 +118,23 @@ class Forwarder:
             return None
         stats["unroutable_link_down"] += 1
         return self._unavailable(data, "worker link unavailable")
+
+    def _forward_traced(self, span, data: bytes, transport: str, source: Address, local: Address,
+                        conn: int | None, endpoint: str | None) -> bytes | None:
+        """``ingress`` for a sampled call: the envelope carries the span's traceparent."""
+        envelope = pack(Envelope(
+            "in", self.node_id, transport, source, local, data, conn, time.time_ns(),
+            traceparent(span), self.advertise.get(transport), self.node_id,
+        ))
+        try:
+            if endpoint is not None and self.outbox.send(endpoint, envelope):
+                self.stats["forwarded"] += 1
+                return None
+            self.stats["unroutable_link_down"] += 1
+            span.set_attribute("sip.edge.outcome", "link_down")
+            return self._unavailable(data, "worker link unavailable")
+        finally:
+            span.end()
 
     def _unavailable(self, data: bytes, why: str) -> bytes | None:
         answer = reject_malformed(

@@ -18,6 +18,8 @@ import zmq
 from cluster.config import Config
 from cluster.coordination import EtcdMembership
 from cluster.link import Envelope, Inbox, LinkError, Outbox, unpack
+from cluster.observability.etcd import EtcdErrors, instrument_store
+from cluster.observability.metrics import ETCD_BOUNDS, LATENCY_BOUNDS, HistogramFamily, HotHistogram
 from cluster.sharding.membership import EDGE, Member, MembershipView
 
 from .forwarder import Forwarder
@@ -52,6 +54,18 @@ class EdgeNode:
         self.membership: EtcdMembership | None = None
         self.view: MembershipView | None = None
         self.http_url = ""
+        # Observability (DESIGN §9): plain values the metrics read at scrape time.
+        self.tracing = None
+        self.turnaround = HotHistogram(LATENCY_BOUNDS)
+        """Edge receive → the answer or forwarded copy written by an edge (one clock)."""
+        self.etcd_latency = HistogramFamily("sipcluster_etcd_request_duration_seconds", "etcd operations",
+                                            ETCD_BOUNDS, threaded=True)
+        self.etcd_errors = EtcdErrors()
+
+    def set_tracing(self, tracing) -> None:
+        """Turn tracing on (``cluster.observability.Tracing``) before ``run``."""
+        self.tracing = tracing
+        self.forwarder.tracing = tracing
 
     # -- addresses -------------------------------------------------------------
 
@@ -83,6 +97,7 @@ class EdgeNode:
                 await nursery.start(self.tcp.run, tcp)
             self.forwarder.advertise = self._advertise()
             self.membership = EtcdMembership.from_config(config, self.member())
+            instrument_store(self.membership.store, "membership", self.etcd_latency, self.etcd_errors)
             await nursery.start(self.membership.run)
             nursery.start_soon(self._follow_membership)
             nursery.start_soon(self._link_loop)
@@ -113,6 +128,12 @@ class EdgeNode:
         if env.kind != "out":
             self.stats["link_unexpected_kind"] += 1
             return
+        if env.ts_ns:
+            # The worker copies the ts_ns of the envelope it was processing:
+            # edge receive → edge write, measured on the edges' clock.
+            self.turnaround.observe_ns(time.time_ns() - env.ts_ns)
+        if env.trace is not None and self.tracing is not None:
+            self.tracing.edge_send(env)
         if env.transport == "UDP":
             listener = self.udp.get(env.local) or self._udp_for(env.peer[0])
             if listener is None:
@@ -133,10 +154,25 @@ class EdgeNode:
                 return listener
         return None
 
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why): registered in etcd, following the membership, and a
+        ring with at least one worker to forward to."""
+        membership = self.membership
+        if membership is None:
+            return False, "starting"
+        if not membership.ready:
+            return False, "etcd unreachable or membership not current"
+        ring = self.forwarder.ring
+        if ring is None or not len(ring):
+            return False, "no worker in the ring"
+        return True, "ready"
+
     def status(self) -> dict:
+        ready, why = self.readiness()
         return {
             "id": self.node_id, "role": EDGE, "pid": os.getpid(),
-            "ready": bool(self.membership and self.membership.ready),
+            "ready": ready, "ready_reason": why,
+            "http": self.http_url, "metrics": f"{self.http_url}/metrics" if self.http_url else None,
             "ring_epoch": self.forwarder.ring.epoch if self.forwarder.ring else None,
             "workers": sorted(self.forwarder.worker_links),
             "udp": [f"{h}:{p}" for h, p in self.udp], "tcp": [f"{h}:{p}" for h, p in self.tcp.locals],

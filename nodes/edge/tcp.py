@@ -99,6 +99,7 @@ class TcpTransport:
         framer = StreamFramer(self.forwarder.max_message)
         ingress = self.forwarder.ingress
         stats = self.forwarder.stats
+        received = self.forwarder.received
         while True:
             with trio.move_on_after(self.idle_timeout) as scope:
                 data = await conn.stream.receive_some(65536)
@@ -126,6 +127,7 @@ class TcpTransport:
                     stats["tcp_keepalive"] += 1
                     self._queue(conn, PONG)
                     continue
+                received["TCP"] += 1
                 reply = ingress(message, "TCP", conn.peer, conn.local, conn.id)
                 if reply is not None:
                     self._queue(conn, reply)

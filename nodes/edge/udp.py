@@ -54,11 +54,13 @@ class UdpListener:
         recvfrom = sock.recvfrom
         ingress = self.forwarder.ingress
         stats = self.forwarder.stats
+        received = self.forwarder.received
         local = self.local
         task_status.started()
         try:
             while True:
                 await trio.lowlevel.wait_readable(sock)
+                count = 0
                 for _ in range(self.batch):
                     try:
                         data, addr = recvfrom(65536)
@@ -71,10 +73,14 @@ class UdpListener:
                     if data in _EMPTY:
                         stats["udp_keepalive"] += 1
                         continue
+                    count += 1
                     reply = ingress(data, "UDP", (addr[0], addr[1]), local, None)
                     if reply is not None:
                         self.send(reply, addr[:2])
                 else:
+                    received["UDP"] += count
                     await trio.lowlevel.checkpoint()
+                    continue
+                received["UDP"] += count
         finally:
             sock.close()

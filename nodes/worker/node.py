@@ -5,6 +5,13 @@ request that fails to parse is answered 400 with the reason (RFC 3261
 §8.2.6, via ``reject_malformed``) through the edge it came from; a broken
 response is dropped and counted. Transaction timers are driven by one task
 that sleeps until the layer's next deadline.
+
+Observability (DESIGN §9) on the message path is plain counting (requests
+and responses by method and code, link and processing latency, the
+transaction layer's own counts), one ``tracing is None`` test when tracing is
+off and one ``sip_log.active`` test when no SIP message logging is selected.
+An outbound envelope copies the ``ts_ns`` of the inbound one being processed,
+so the edge measures edge → worker → edge on its own clock.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 import socket
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import trio
@@ -24,9 +32,14 @@ import zmq
 from cluster.config import Config
 from cluster.coordination import EtcdMembership
 from cluster.link import Envelope, Inbox, LinkError, Outbox, pack, unpack
+from cluster.logs import CALL_ID
+from cluster.observability.etcd import EtcdErrors, instrument_kv, instrument_store
+from cluster.observability.metrics import ETCD_BOUNDS, LATENCY_BOUNDS, HistogramFamily, HotHistogram
+from cluster.observability.node_metrics import KNOWN_METHODS
+from cluster.observability.sip_logging import SipLogSelection
+from cluster.observability.transactions import ObservedTransactionLayer
 from cluster.sharding.membership import WORKER, Member, MembershipView
 from cluster.sip import Message, ParseError, Request, parse_message, reject_malformed
-from cluster.sip.transaction import TransactionLayer
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
 
@@ -58,7 +71,7 @@ class WorkerNode:
         self.inbox = Inbox(self.context, config.worker.link)
         self.outbox = Outbox(self.context)
         w = config.worker
-        self.transactions = TransactionLayer(TimerConfig(t1=w.t1, t2=w.t2, t4=w.t4))
+        self.transactions = ObservedTransactionLayer(TimerConfig(t1=w.t1, t2=w.t2, t4=w.t4))
         self.application = application or load_application(w.app, self.node_id)
         self.stats: Counter[str] = Counter()
         self.edges: dict[str, str] = {}
@@ -74,6 +87,27 @@ class WorkerNode:
         self.users = None
         self.tu = TransactionUser(self)
         self._nursery: trio.Nursery | None = None
+        # Observability: plain values the metrics read at scrape time.
+        self.tracing = None
+        self.sip_log = SipLogSelection()
+        self.sip_counts = SipCounts()
+        self.link_latency = HotHistogram(LATENCY_BOUNDS)
+        """Edge → worker link (the edge's ts_ns against this clock)."""
+        self.processing_latency = HotHistogram(LATENCY_BOUNDS)
+        """Receive → done with one inbound message (parse, transaction, application)."""
+        self.etcd_latency = HistogramFamily("sipcluster_etcd_request_duration_seconds", "etcd operations",
+                                            ETCD_BOUNDS, threaded=True)
+        self.etcd_errors = EtcdErrors()
+        self.link_batch = 0
+        self._origin_ns = 0
+        self._untraced = False
+        self._ring: tuple = (None, None)
+
+    def set_tracing(self, tracing) -> None:
+        """Turn tracing on (``cluster.observability.Tracing``) before ``run``."""
+        self.tracing = tracing
+        if tracing is not None:
+            tracing.instrument_application(self.application)
 
     def member(self) -> Member:
         return Member(id=self.node_id, role=WORKER, link=self.inbox.endpoint, http=self.http_url,
@@ -105,6 +139,7 @@ class WorkerNode:
         kv_store = EtcdStore.from_config(c.cluster)
         self.store = EtcdLocationStore(list(c.cluster.etcd), prefix=c.cluster.prefix)
         self.locations = LocationCache(list(c.cluster.etcd), prefix=c.cluster.prefix)
+        self._instrument(kv_store)
         self.users = UserFeed(kv_store, c.cluster.prefix)
         self.services = Services(domains=w.domains, trusted=w.trusted, nonce_secret=self._secret(),
                                  nonce_ttl=w.nonce_ttl, locations=self.locations,
@@ -118,12 +153,58 @@ class WorkerNode:
             nursery.start_soon(self.locations.run)
             await nursery.start(self.users.run)
             self.membership = EtcdMembership.from_config(self.config, self.member())
+            instrument_store(self.membership.store, "membership", self.etcd_latency, self.etcd_errors)
             await nursery.start(self.membership.run)
+            from cluster.observability.sip_logging import follow_selection
+            nursery.start_soon(follow_selection, kv_store, c.cluster.prefix, self.sip_log)
             nursery.start_soon(self._follow_membership)
             nursery.start_soon(self._link_loop)
             nursery.start_soon(self._timer_loop)
             log.info("worker ready", extra={"node": self.node_id, "link": self.inbox.endpoint})
             task_status.started()
+
+    def _instrument(self, kv_store) -> None:
+        """etcd latency and errors for every client; spans for a call's etcd work."""
+        from cluster.observability.etcd import trace_location_cache, trace_location_store
+        latency, errors = self.etcd_latency, self.etcd_errors
+        instrument_store(kv_store, "users", latency, errors)
+        for client, owner in (("registrar", self.store), ("location_cache", self.locations)):
+            kv = getattr(owner, "_kv", None)
+            if kv is not None:
+                instrument_kv(kv, client, latency, errors)
+        if self.tracing is not None:
+            trace_location_store(self.store, self.tracing)
+            trace_location_cache(self.locations, self.tracing)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why): in the ring (registered, following the membership,
+        etcd reachable) and not draining."""
+        membership = self.membership
+        if membership is None:
+            return False, "starting"
+        if self.draining:
+            return False, "draining"
+        if not membership.ready:
+            return False, "etcd unreachable or membership not current"
+        ring = self._current_ring()
+        if ring is None or self.node_id not in ring.members:
+            return False, "not in the ring yet"
+        return True, "ready"
+
+    def _current_ring(self):
+        view = self.view
+        if view is None:
+            return None
+        if self._ring[0] is not view:
+            self._ring = (view, view.ring())
+        return self._ring[1]
+
+    def ring_share(self) -> float | None:
+        """This shard's share of the Call-ID hash space in the current view."""
+        ring = self._current_ring()
+        if ring is None:
+            return None
+        return ring.share(self.node_id)
 
     def in_flight(self) -> int:
         """Transactions still waiting for a final response, and proxied calls."""
@@ -157,6 +238,7 @@ class WorkerNode:
     async def _link_loop(self) -> None:
         while True:
             batch = await self.inbox.receive_batch()
+            self.link_batch = len(batch)
             now = trio.current_time()
             for raw in batch:
                 try:
@@ -190,15 +272,43 @@ class WorkerNode:
     # -- message path --------------------------------------------------------------
 
     def receive(self, env: Envelope, now: float) -> None:
+        received = time.time_ns()
+        if env.ts_ns:
+            self.link_latency.observe_ns(received - env.ts_ns)
+        self._origin_ns = env.ts_ns
         try:
-            message = parse_message(env.data, datagram=env.transport == "UDP")
-        except ParseError as error:
-            self.stats["parse_error"] += 1
-            answer = reject_malformed(env.data, error, server=SERVER)
-            if answer is not None:
-                self.stats["answered_malformed"] += 1
-                self.send_raw(env.edge, env.transport, env.peer, env.local, env.conn, answer)
-            return
+            try:
+                message = parse_message(env.data, datagram=env.transport == "UDP")
+            except ParseError as error:
+                self.stats["parse_error"] += 1
+                answer = reject_malformed(env.data, error, server=SERVER)
+                if answer is not None:
+                    self.stats["answered_malformed"] += 1
+                    self.send_raw(env.edge, env.transport, env.peer, env.local, env.conn, answer)
+                return
+            self.sip_counts.count(message, self.sip_counts.requests_in, self.sip_counts.responses_in)
+            if self.sip_log.active:
+                self.sip_log.record("in", message, env.data, env.transport, env.peer)
+            token = CALL_ID.set(message.call_id)
+            try:
+                tracing = self.tracing
+                span = None if tracing is None else tracing.worker_receive(message, env)
+                if span is None:
+                    # What this message makes us send belongs to the same
+                    # unsampled call: no need to ask the tracer again.
+                    self._untraced = tracing is not None
+                    self._process(message, env, now)
+                else:
+                    with tracing.use(span):
+                        self._process(message, env, now)
+            finally:
+                CALL_ID.reset(token)
+        finally:
+            self._origin_ns = 0
+            self._untraced = False
+            self.processing_latency.observe_ns(time.time_ns() - received)
+
+    def _process(self, message: Message, env: Envelope, now: float) -> None:
         if self.services is not None:
             self.services.learn_advertise(env.advertise)
         source = Peer(env.transport, env.peer[0], env.peer[1],
@@ -220,17 +330,28 @@ class WorkerNode:
 
     def start_register(self, request: Request, source: Peer) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._register, request, source)
+        # The task inherits this context: the call's span and Call-ID for logs.
+        self._nursery.start_soon(self._register, request, source, self._origin_ns)
 
-    async def _register(self, request: Request, source: Peer) -> None:
+    async def _register(self, request: Request, source: Peer, origin_ns: int = 0) -> None:
         from cluster.registrar import Source, register
         route = source.context if isinstance(source.context, EdgeRoute) else None
-        result = await register(
-            self.store, request, now=time.time(), policy=self.policy,
-            source=Source(source.transport, source.host, source.port),
-            edge=route.edge if route else None, conn=route.conn if route else None)
-        self.stats[f"register_{result.status}"] += 1
-        self.tu.respond(result.response(request), self.now())
+        tracing = self.tracing
+        scope = tracing.child("registrar.register", {"sip.aor": str(request.to.uri)}) \
+            if tracing is not None else nullcontext()
+        with scope as span:
+            result = await register(
+                self.store, request, now=time.time(), policy=self.policy,
+                source=Source(source.transport, source.host, source.port),
+                edge=route.edge if route else None, conn=route.conn if route else None)
+            self.stats[f"register_{result.status}"] += 1
+            if span is not None:
+                span.set_attribute("sip.response.status_code", result.status)
+            self._origin_ns = origin_ns
+            try:
+                self.tu.respond(result.response(request), self.now())
+            finally:
+                self._origin_ns = 0
 
     # -- sending ------------------------------------------------------------------------
 
@@ -252,17 +373,25 @@ class WorkerNode:
 
     def send_message(self, message: Message, dest: Peer, key, now: float) -> None:
         route = dest.context if isinstance(dest.context, EdgeRoute) else self.route_to(None, None, None)
+        counts = self.sip_counts
+        counts.count(message, counts.requests_out, counts.responses_out)
+        data = message.to_bytes()
+        if self.sip_log.active:
+            self.sip_log.record("out", message, data, dest.transport, (dest.host, dest.port))
+        tracing = self.tracing
+        trace = None if tracing is None or self._untraced else tracing.outbound(message)
         if not self.send_raw(route.edge, dest.transport, (dest.host, dest.port), route.local,
-                             route.conn, message.to_bytes()) and key is not None:
+                             route.conn, data, trace) and key is not None:
             self.tu.perform(self.transactions.transport_error(key, now), now)
 
     def send_raw(self, edge: str, transport: str, peer: tuple[str, int], local: tuple[str, int],
-                 conn: int | None, data: bytes) -> bool:
+                 conn: int | None, data: bytes, trace: str | None = None) -> bool:
         endpoint = self.edges.get(edge)
         if endpoint is None:
             self.stats["drop_unknown_edge"] += 1
             return False
-        env = Envelope("out", edge, transport, peer, local, data, conn, sender=self.node_id)
+        env = Envelope("out", edge, transport, peer, local, data, conn, self._origin_ns, trace,
+                       sender=self.node_id)
         if self.outbox.send(endpoint, pack(env)):
             self.stats["sent"] += 1
             return True
@@ -270,12 +399,35 @@ class WorkerNode:
         return False
 
     def status(self) -> dict:
+        ready, why = self.readiness()
         return {
             "id": self.node_id, "role": WORKER, "pid": os.getpid(),
-            "ready": bool(self.membership and self.membership.ready) and not self.draining,
+            "ready": ready, "ready_reason": why,
+            "http": self.http_url, "metrics": f"{self.http_url}/metrics" if self.http_url else None,
             "draining": self.draining,
             "transactions": len(self.transactions),
             "proxy_contexts": len(self.tu.contexts),
             "edges": sorted(self.edges),
             "stats": dict(self.stats),
         }
+
+
+class SipCounts:
+    """Requests by method and responses by code, in and out (read by the metrics)."""
+
+    __slots__ = ("requests_in", "requests_out", "responses_in", "responses_out")
+
+    def __init__(self) -> None:
+        self.requests_in: Counter[str] = Counter()
+        self.requests_out: Counter[str] = Counter()
+        self.responses_in: Counter[int] = Counter()
+        self.responses_out: Counter[int] = Counter()
+
+    @staticmethod
+    def count(message: Message, requests: Counter, responses: Counter) -> None:
+        if type(message) is Request:
+            method = message.method
+            # Invented methods must not create time series.
+            requests[method if method in KNOWN_METHODS else "other"] += 1
+        else:
+            responses[message.status] += 1  # type: ignore[attr-defined]
