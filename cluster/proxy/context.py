@@ -134,23 +134,29 @@ class ResponseContext:
             branch.cancel_sent = True
             out.append(Cancel(branch))
         if status_forwardable(response) and not self.final_sent and not self.cancelled:
-            out.append(Upstream(_upstream(response)))
+            out.append(Upstream(_upstream(response, self.request)))
         return out
 
-    def _final(self, branch: Branch, response: Response, now: float) -> list[Output]:
+    def _final(self, branch: Branch, response: Response, now: float, *,
+               local: bool = False) -> list[Output]:
+        """A final response on ``branch``; ``local`` means we made it from the
+        server transaction's request (it carries no Via of ours)."""
         if branch.state == "done":
             # A 2xx retransmission or another fork's 2xx after the first:
             # forwarded all the same (§16.7 step 5, RFC 6026).
-            if 200 <= response.status < 300 and self.is_invite:
-                return [Upstream(_upstream(response))]
+            if 200 <= response.status < 300 and self.is_invite and not local:
+                return [Upstream(_upstream(response, self.request))]
             return []
         branch.state = "done"
-        branch.response = response
+        # Kept as it would go upstream (our Via removed, §16.7 step 3), so
+        # choosing among received and locally made responses is uniform.
+        upstream = response if local else _upstream(response, self.request)
+        branch.response = upstream
         branch.deadline = None
         out: list[Output] = []
         if 200 <= response.status < 300:
             self.final_sent = True
-            out.append(Upstream(_upstream(response)))
+            out.append(Upstream(upstream))
             out.extend(self._cancel_pending())  # §16.7 step 10
             self.serial.clear()
             return out
@@ -168,10 +174,15 @@ class ResponseContext:
 
     def on_timeout(self, branch: Branch, now: float) -> list[Output]:
         """The client transaction timed out or failed: §16.7 treats it as 408."""
+        return self.on_failure(branch, 408, now)
+
+    def on_failure(self, branch: Branch, status: int, now: float) -> list[Output]:
+        """The branch failed without a response from downstream (no route to
+        the target, timeout, transport error): it counts as a response with
+        ``status`` made here (§16.7 step 6, §16.8)."""
         if branch.state == "done":
             return []
-        assert branch.request is not None
-        return self._final(branch, make_response(branch.request, 408), now)
+        return self._final(branch, make_response(self.request, status), now, local=True)
 
     def on_deadline(self, now: float) -> list[Output]:
         """Per-branch timeout or Timer C fired (§16.8): CANCEL what rings,
@@ -184,6 +195,10 @@ class ResponseContext:
                     branch.extra["no_answer"] = True
                     out.extend(self._cancel(branch))
                 else:
+                    # §16.8: no provisional yet, so no CANCEL may be sent
+                    # (§9.1); it counts as a 408 now, and a provisional that
+                    # still arrives gets the CANCEL then.
+                    branch.cancel_wanted = self.is_invite
                     out.extend(self.on_timeout(branch, now))
         return out
 
@@ -217,9 +232,8 @@ class ResponseContext:
         self.done = True
         best = self.best or choose_best([b.response for b in self.branches if b.response])
         if best is None:
-            best = make_response(self.request, 408)
-            return [Upstream(best)]
-        response = _upstream(best)
+            return [Upstream(make_response(self.request, 408))]
+        response = best.copy()
         if response.status == 503:
             # §16.7 step 6: a 503 is not passed on (it would stop upstream
             # elements from trying elsewhere); 500 goes instead.
@@ -240,8 +254,8 @@ def status_forwardable(response: Response) -> bool:
 
 def choose_best(responses: list[Response]) -> Response | None:
     """§16.7 step 6: any 6xx first, else the lowest class; within the 4xx
-    class prefer an informative code over 408 (a branch that simply did not
-    answer), and 401/407 so the caller can authenticate."""
+    class prefer 401/407/415/420/484 (the caller can resubmit), then an
+    informative code over 408 (a branch that simply did not answer)."""
     if not responses:
         return None
     six = [r for r in responses if r.status >= 600]
@@ -251,7 +265,8 @@ def choose_best(responses: list[Response]) -> Response | None:
     def rank(r: Response) -> tuple[int, int]:
         klass = r.status // 100
         preference = 2
-        if r.status in (401, 407):
+        if r.status in (401, 407, 415, 420, 484):
+            # They tell the caller how to resubmit (§16.7 step 6).
             preference = 0
         elif r.status in (408, 503):
             preference = 3
@@ -262,10 +277,18 @@ def choose_best(responses: list[Response]) -> Response | None:
     return min(responses, key=rank)
 
 
-def _upstream(response: Response) -> Response:
-    """A copy of ``response`` without our own (topmost) Via (§16.7 step 3)."""
+def _upstream(response: Response, request: Request) -> Response:
+    """A copy of ``response`` without our own (topmost) Via (§16.7 step 3).
+
+    A response to a forwarded request always answers our server
+    transaction. If the next hop returned only our Via (it copied the Via of
+    a CANCEL, or dropped the rest), the request's Via list stands in for the
+    missing one, so the caller still gets its answer instead of waiting for
+    its Timer B."""
     out = response.copy()
     out.pop_via()
+    if not out.has("via"):
+        out.set_values("Via", request.get_all("via"))
     return out
 
 

@@ -8,6 +8,7 @@ so in-dialog requests reach whichever shard owns the Call-ID now.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -77,8 +78,12 @@ def preprocess_routes(request: Request, local: LocalAddresses) -> None:
         request.uri = last.uri
         request.set_values("Route", routes[:-1])
         routes = request.routes
-    if routes and local.is_us(routes[0].uri):
-        request.set_values("Route", routes[1:])
+    # RFC 5658 §4: with a double Record-Route both of our entries come back.
+    own = 0
+    while own < len(routes) and local.is_us(routes[own].uri):
+        own += 1
+    if own:
+        request.set_values("Route", routes[own:])
 
 
 def hop_for(uri: URI, *, default_transport: str = "UDP",
@@ -118,17 +123,22 @@ def forward_copy(
     target: URI | None,
     *,
     via: Via,
-    record_route: str | None,
+    record_route: str | tuple[str, ...] | None,
     path: Iterable[str] = (),
 ) -> Request:
-    """The request to send on one branch (§16.6 steps 1–8)."""
+    """The request to send on one branch (§16.6 steps 1–8).
+
+    ``record_route``: our Record-Route value, or several (topmost first,
+    see ``record_route_set``)."""
     out = request.copy()
     if target is not None:
         out.uri = target  # step 2
     mf = out.max_forwards
     out.set("Max-Forwards", 70 if mf is None else mf - 1)  # step 3
     if record_route is not None:
-        out.add("Record-Route", record_route, first=True)  # step 4
+        values = (record_route,) if isinstance(record_route, str) else record_route
+        for value in reversed(values):
+            out.add("Record-Route", value, first=True)  # step 4
     path = list(path)
     if path:
         # RFC 3327 §5.3: the stored Path becomes the route to the contact.
@@ -144,29 +154,72 @@ def proxy_via(request: Request, transport: str, advertise: str, salt: str = "",
               shard: str | None = None) -> Via:
     """Our Via for a forwarded request; the branch is derived from the
     incoming transaction (§16.11), so a shard that takes over after a failure
-    forwards a retransmission with the same branch. ``shard`` names the
-    worker holding the client transaction (``wk`` parameter): edges route the
-    responses there while it is a member, even draining, and to the ring
+    forwards a retransmission with the same branch. After a ``.`` it carries
+    ``loop_hash(request)`` for loop detection (§16.6 step 8). ``shard`` names
+    the worker holding the client transaction (``wk`` parameter): edges route
+    the responses there while it is a member, even draining, and to the ring
     owner otherwise."""
     host, port = split_hostport(advertise)
-    params: tuple = (("branch", branch_for(request, salt)), ("rport", None))
+    branch = f"{branch_for(request, salt)}.{loop_hash(request)}"
+    params: tuple = (("branch", branch), ("rport", None))
     if shard:
         params += ((SHARD_PARAM, shard),)
     return Via(transport, host, port, params)
 
 
-def loop_detected(request: Request, local: LocalAddresses, salt: str = "") -> bool:
-    """§16.3 step 4: our own Via with the branch we would use again."""
-    branch = branch_for(request, salt)
+def loop_hash(request: Request) -> str:
+    """What makes a request the same request when it comes back (§16.6 step
+    8): Request-URI as received, tags, Call-ID, CSeq number and the fields
+    that steer proxies (Route, Proxy-Require, Proxy-Authorization). Vias and
+    Max-Forwards change on every hop and are left out."""
+    material = "\x00".join((
+        str(request.uri), request.from_.tag or "", request.to.tag or "", request.call_id,
+        str(request.cseq.seq), *request.get_all("route"), *request.get_all("proxy-require"),
+        *request.get_all("proxy-authorization"),
+    ))
+    return hashlib.blake2s(material.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def loop_detected(request: Request, local: LocalAddresses) -> bool:
+    """§16.3 step 4: a Via of ours means we forwarded this request before.
+    It has looped if its loop hash is still the one we put in that Via's
+    branch; a different one means it is spiralling (its Request-URI or
+    route changed since), which is legitimate (RFC 5393 §4.2)."""
+    digest = None
+    addresses = local.addresses
     for via in request.vias:
-        if via.branch == branch and (via.host.lower(), via.port) in local.addresses:
+        host = via.host.lower()
+        if (host, via.port) not in addresses and (host, None) not in addresses:
+            continue
+        branch = via.branch or ""
+        _, dot, part = branch.rpartition(".")
+        if not dot:
+            continue
+        if digest is None:
+            digest = loop_hash(request)
+        if part == digest:
             return True
     return False
 
 
 def record_route_value(advertise: str, transport: str) -> str:
-    params = "" if transport == "UDP" else f";transport={transport.lower()}"
+    params = "" if transport.upper() == "UDP" else f";transport={transport.lower()}"
     return f"<sip:{advertise}{params};lr>"
+
+
+def record_route_set(advertise: str, inbound: str, outbound: str) -> tuple[str, ...]:
+    """Our Record-Route values for a request that arrived over ``inbound``
+    and leaves over ``outbound``, topmost first (§16.6 step 4).
+
+    Each side of the dialog must reach us over the transport it uses: the
+    callee takes the topmost entry, the caller the bottom one. With one
+    transport a single entry names it (a UA on TCP gets ``transport=tcp``
+    and keeps its in-dialog requests on TCP); when the transports differ,
+    RFC 5658 §3.2 double Record-Route gives each side its own entry."""
+    downstream = record_route_value(advertise, outbound)
+    if inbound.upper() == outbound.upper():
+        return (downstream,)
+    return (downstream, record_route_value(advertise, inbound))
 
 
 def strip_own_route(routes: list[NameAddress], local: LocalAddresses) -> list[NameAddress]:

@@ -11,21 +11,22 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from cluster.app.api import Call, Challenge, Proxy, Register, Reply, Target
 from cluster.proxy.context import Cancel, Exhausted, Forward, ResponseContext, Upstream
 from cluster.proxy.routing import (
+    DEFAULT_PORTS,
     forward_copy, hop_for, loop_detected, next_hop_uri, preprocess_routes, proxy_via,
-    record_route_value,
+    record_route_set,
 )
-from cluster.sip import AbsoluteURI, ParseError, Request, Response, SipURI, TelURI, make_response
+from cluster.sip import ParseError, Request, Response, SipURI, TelURI, make_response
 from cluster.sip.transaction.actions import (
     AckReceived, CancelReceived, RequestReceived, ResponseReceived, Send, StrayResponse,
     TransactionTerminated, TransactionTimeout, TransportError,
 )
 from cluster.sip.transaction.peer import Peer
-from cluster.sip.transaction.stateless import branch_for, forward_response_statelessly
+from cluster.sip.transaction.stateless import forward_response_statelessly
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import WorkerNode
@@ -120,7 +121,7 @@ class TransactionUser:
         if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and local.is_us(request.uri)):
             return 483, ()  # §16.3 step 3 (RFC 4475 zeromf)
         if request.method != "REGISTER" and self._may_have_looped(request, local) \
-                and loop_detected(request, local, self.worker.salt):
+                and loop_detected(request, local):
             return 482, ()
         return 0, ()
 
@@ -201,6 +202,14 @@ class TransactionUser:
             if target.edge and target.received and not target.path:
                 transport = (target.transport or "UDP").upper()
                 peer_host, peer_port = target.received
+                if transport != "UDP":
+                    # The edge writes on the registration's connection while
+                    # it is open; once it is closed the edge connects to this
+                    # address instead, which must be the Contact (a UA on TCP
+                    # listens there, RFC 3261 §18.2.2), not the closed
+                    # connection's ephemeral source port.
+                    peer_host, peer_port = _contact_address(
+                        target, transport, self.worker.resolve) or (peer_host, peer_port)
             else:
                 probe = forward_copy(ctx.request, branch.target, via=proxy_via(
                     ctx.request, "UDP", advertise, f"{self.worker.salt}{branch.index}"),
@@ -209,12 +218,15 @@ class TransactionUser:
                 transport, peer_host, peer_port = hop.transport, hop.host, hop.port
             via = proxy_via(ctx.request, transport, advertise, f"{self.worker.salt}{branch.index}",
                             shard=self.worker.node_id)
-            rr = record_route_value(advertise, "UDP") if ctx.extra["record_route"] else None  # type: ignore[attr-defined]
+            rr = record_route_set(advertise, call.source.transport, transport) \
+                if ctx.extra["record_route"] else None  # type: ignore[attr-defined]
             request = forward_copy(ctx.request, branch.target, via=via, record_route=rr, path=target.path)
         except ParseError as error:
+            # No way to the target (unresolvable host, unusable URI): the
+            # branch fails with the error's status, 404 for a plain 400.
             branch.request = ctx.request
-            self.run_outputs(ctx, ctx.on_response(branch, make_response(
-                ctx.request, error.status if error.status != 400 else 404), now), now)
+            self.run_outputs(ctx, ctx.on_failure(
+                branch, error.status if error.status != 400 else 404, now), now)
             return
         branch.request = request
         route = self.worker.route_to(target.edge or getattr(edge_route, "edge", None),
@@ -367,3 +379,12 @@ class TransactionUser:
             _, _, ctx = heapq.heappop(self._deadlines)
             if not ctx.finished:
                 self.run_outputs(ctx, ctx.on_deadline(now), now)
+
+
+def _contact_address(target: Target, transport: str, resolve) -> tuple[str, int] | None:
+    """Host and port of a registered Contact, reached over ``transport``."""
+    try:
+        hop = hop_for(target.uri, default_transport=transport, resolve=resolve)
+    except ParseError:
+        return None
+    return hop.host, target.uri.port or DEFAULT_PORTS.get(transport, 5060)  # type: ignore[union-attr]
