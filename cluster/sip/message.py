@@ -362,6 +362,19 @@ class Message:
     def push_via(self, via: Via | str) -> None:
         self.add("via", via, first=True)
 
+    def set_top_via(self, via: Via) -> None:
+        """Replace the topmost Via value (a server adding received/rport,
+        RFC 3261 §18.2.1, RFC 3581 §4)."""
+        for i, h in enumerate(self.headers):
+            if h.key == "via":
+                values = split_commas(h.value) if "," in h.value else [h.value]
+                values[0] = str(via)
+                self.headers[i] = Header("via", h.name, ", ".join(values))
+                self._touch("via")
+                self._cache[_TOP_VIA] = via
+                return
+        raise ParseError("missing Via")
+
     def pop_via(self) -> Via:
         """Remove the topmost Via value (which may share a field with others)."""
         for i, h in enumerate(self.headers):

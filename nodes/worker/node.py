@@ -311,6 +311,8 @@ class WorkerNode:
     def _process(self, message: Message, env: Envelope, now: float) -> None:
         if self.services is not None:
             self.services.learn_advertise(env.advertise)
+        if isinstance(message, Request):
+            _note_source(message, env.peer)
         source = Peer(env.transport, env.peer[0], env.peer[1],
                       EdgeRoute(env.edge, env.conn, env.local, env.advertise))
         try:
@@ -406,6 +408,7 @@ class WorkerNode:
             "http": self.http_url, "metrics": f"{self.http_url}/metrics" if self.http_url else None,
             "draining": self.draining,
             "transactions": len(self.transactions),
+            "location_revision": self.locations.revision if self.locations is not None else None,
             "proxy_contexts": len(self.tu.contexts),
             "edges": sorted(self.edges),
             "stats": dict(self.stats),
@@ -431,3 +434,22 @@ class SipCounts:
             requests[method if method in KNOWN_METHODS else "other"] += 1
         else:
             responses[message.status] += 1  # type: ignore[attr-defined]
+
+
+def _note_source(request: Request, peer: tuple[str, int]) -> None:
+    """RFC 3261 §18.2.1: add ``received`` when the top Via's host is not the
+    packet's source address; RFC 3581 §4: fill ``rport`` when asked. Responses
+    then follow the real path back, also when another shard forwards them
+    statelessly after a failover."""
+    try:
+        via = request.via
+    except ParseError:
+        return
+    host = via.host[1:-1] if via.host.startswith("[") else via.host
+    updated = via
+    if host != peer[0]:
+        updated = updated.with_param("received", peer[0])
+    if via.has_rport and via.rport is None:
+        updated = updated.with_param("rport", str(peer[1]))
+    if updated is not via:
+        request.set_top_via(updated)

@@ -147,3 +147,11 @@ def test_etcd_restart_cluster_recovers(cluster, etcd_server):
     # ... and recover without a restart: all members registered again.
     wait_for(lambda: len(cluster.worker_pids()) == 3, timeout=60, what="members after etcd restart")
     assert options(cluster.port)[0] == 200
+
+
+def test_responses_carry_rport_for_the_client(cluster):
+    import re
+    status, headers = options(cluster.port, f"rport-{uuid.uuid4().hex[:8]}")
+    assert status == 200
+    # RFC 3581 §4: the server fills rport with the source port it saw.
+    assert re.search(r";rport=\d+", headers["via"]), headers["via"]

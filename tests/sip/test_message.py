@@ -190,3 +190,13 @@ def test_stream_mode_requires_content_length():
     assert parse_message(data).body == b""
     with pytest.raises(ParseError):
         parse_message(data, datagram=False)
+
+
+def test_set_top_via_adds_received_and_rport():
+    m = parse_message(INVITE)
+    top = m.via.with_param("received", "198.51.100.7").with_param("rport", "40123")
+    m.set_top_via(top)
+    again = parse_message(m.to_bytes())
+    assert again.via.received == "198.51.100.7" and again.via.rport == 40123
+    assert again.vias[1].branch == "z9hG4bKnashds8"
+    assert make_response(again, 200).via.received == "198.51.100.7"
