@@ -279,24 +279,23 @@ class EtcdLocationStore:
         return count < self.max_batch and count + 1 + max(widest, item.size) <= MAX_TXN_OPS
 
     async def _read_batch(self, batch: list[_Pending]) -> None:
-        try:
-            states = await trio.to_thread.run_sync(self._read_sync, batch, abandon_on_cancel=True)
-        except StoreUnavailable as exc:
-            for pending in batch:
-                _finish(pending, error=exc)
-            return
-        for pending, state in zip(batch, states):
-            _finish(pending, result=state)
+        await self._run_batch(self._read_sync, batch)
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
+        await self._run_batch(self._write_sync, batch)
+
+    async def _run_batch(self, sync: Callable[[list[_Pending]], list[Any]],
+                         batch: list[_Pending]) -> None:
+        """One etcd transaction for the whole batch, in a thread; every
+        caller gets its own result, or the same StoreUnavailable."""
         try:
-            outcomes = await trio.to_thread.run_sync(self._write_sync, batch, abandon_on_cancel=True)
+            results = await trio.to_thread.run_sync(sync, batch, abandon_on_cancel=True)
         except StoreUnavailable as exc:
             for pending in batch:
                 _finish(pending, error=exc)
             return
-        for pending, revision in zip(batch, outcomes):
-            _finish(pending, result=revision)
+        for pending, result in zip(batch, results):
+            _finish(pending, result=result)
 
     # -- in the worker thread ---------------------------------------------------------
 

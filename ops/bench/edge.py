@@ -85,32 +85,6 @@ def edge_forwarding_rate(messages: int) -> float:
     return messages / elapsed
 
 
-class Cluster:
-    def __init__(self, workers: int, port: int, state: Path) -> None:
-        self.workers, self.port, self.state = workers, port, state
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SIPCLUSTER_")}
-        env["SIPCLUSTER_STATE_DIR"] = str(state)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "up", "--workers", str(workers),
-             "--listen", f"127.0.0.1:{port}", "--state-dir", str(state / "up")],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if "ready" in line:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("cluster did not become ready")
-        threading.Thread(target=lambda: [None for _ in self.process.stdout], daemon=True).start()
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
 def sipp_run(port: int, rate: int, count: int, workdir: Path, rtt: bool = False) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     stat = workdir / f"stat-{rate}.csv"
@@ -170,9 +144,11 @@ def main() -> None:
     forward = edge_forwarding_rate(50_000 if args.quick else 300_000)
     rows = []
     with tempfile.TemporaryDirectory(prefix="sipcluster-bench-") as tmp:
-        from tests.e2e.harness import free_port_pair
+        from tests.e2e.harness import UpCluster
         for workers in (1, 2):
-            cluster = Cluster(workers, free_port_pair(), Path(tmp) / f"w{workers}")
+            state = Path(tmp) / f"w{workers}"
+            state.mkdir()
+            cluster = UpCluster(state, workers=workers).start()
             try:
                 time.sleep(1.0)  # let every worker join the ring before loading it
                 best, _ = max_rate(cluster.port, rates, seconds, Path(tmp) / f"sipp{workers}")

@@ -43,41 +43,16 @@ CONFIGS = (("off", None), ("1%", "0.01"), ("100%", "1.0"))
 TARGET_LOSS = 0.05
 
 
-class Cluster:
-    """`sipcluster up` with tracing as ``ratio`` asks (None: off)."""
-
-    def __init__(self, workers: int, port: int, state: Path, ratio: str | None, endpoint: str) -> None:
-        self.port = port
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SIPCLUSTER_", "OTEL_"))}
-        env["SIPCLUSTER_STATE_DIR"] = str(state)
-        if ratio is not None:
-            env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-                    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                    "OTEL_TRACES_SAMPLER_ARG": ratio}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "up", "--workers", str(workers),
-             "--listen", f"127.0.0.1:{port}", "--state-dir", str(state / "up")],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                if "ready" in line:
-                    ready.set()
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(120):
-            self.stop()
-            raise RuntimeError("cluster did not become ready")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def start_cluster(workers: int, state: Path, ratio: str | None, endpoint: str):
+    """`sipcluster up` (the test harness's launcher) with tracing as ``ratio`` asks (None: off)."""
+    from tests.e2e.harness import UpCluster
+    otel = {"OTEL_TRACES_EXPORTER": "none"}
+    if ratio is not None:
+        otel = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio}
+    state.mkdir(parents=True, exist_ok=True)
+    return UpCluster(state, workers=workers, env=otel).start()
 
 
 def cluster_pids(state: Path) -> dict[str, list[int]]:
@@ -137,8 +112,6 @@ def main() -> None:
     calls = args.calls or (4000 if args.quick else 20000)
     rounds = args.rounds or (1 if args.quick else 3)
     from cluster.observability.otlp_sink import OtlpSink
-    from tests.e2e.harness import free_port_pair
-
     results: dict[str, list[float]] = {name: [] for name, _ in CONFIGS}
     cpu_per: dict[str, list[float]] = {name: [] for name, _ in CONFIGS}
     failures: dict[str, int] = {name: 0 for name, _ in CONFIGS}
@@ -148,7 +121,7 @@ def main() -> None:
         for round_no in range(rounds):
             for name, ratio in CONFIGS:
                 state = Path(tmp) / f"{name.strip('%')}-{round_no}"
-                cluster = Cluster(args.workers, free_port_pair(), state, ratio, sink.endpoint)
+                cluster = start_cluster(args.workers, state, ratio, sink.endpoint)
                 try:
                     sipp(cluster.port, min(2000, calls), args.limit, state / "warm")
                     pids = cluster_pids(state)
