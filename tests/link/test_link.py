@@ -84,3 +84,36 @@ def test_reconnect_after_peer_restart():
         assert batch[-1] == b"two"
         inbox.close(); outbox.close(); ctx.term()
     trio.run(main)
+
+
+def test_receive_batch_yields_under_sustained_load():
+    """A busy inbox must not starve other tasks (the lease keep-alive)."""
+    async def main():
+        ctx = zmq.Context()
+        inbox = Inbox(ctx, "tcp://127.0.0.1:0")
+        outbox = Outbox(ctx, hwm=100000)
+        with trio.fail_after(30):
+            while not outbox.send(inbox.endpoint, b"x"):
+                await trio.sleep(0.01)
+        ticks = 0
+
+        async def other_task():
+            nonlocal ticks
+            while True:
+                await trio.sleep(0)
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            for _ in range(200):
+                for _ in range(50):
+                    outbox.send(inbox.endpoint, b"y")
+                # Messages are always ready here: without a checkpoint inside
+                # receive_batch the other task would never run.
+                got = []
+                while len(got) < 1:
+                    got = await inbox.receive_batch(limit=10)
+            nursery.cancel_scope.cancel()
+        assert ticks > 50
+        inbox.close(); outbox.close(); ctx.term()
+    trio.run(main)
