@@ -344,6 +344,8 @@ class WorkerConfig(_Section):
                                             "for user agents that take the first challenge and know only MD5.")
     redirect_domains: tuple[str, ...] = _f((), "Local domains served as a redirect server (302 with the registered "
                                            "contacts) instead of proxying.")
+    outbound_proxy: str | None = _f(None, "SIP URI of a proxy that requests for foreign domains are sent through "
+                                          "(e.g. `sip:sbc.example.net:5060`); unset = straight to the Request-URI's host.")
     registrar_min_expires: int = _f(60, "Shortest registration accepted, seconds; shorter gets 423 (RFC 3261 §10.3 step 7).", lo=1)
     registrar_max_expires: int = _f(7200, "Longest registration granted, seconds; longer is shortened.")
     registrar_default_expires: int = _f(3600, "Expiry of a registration that asks for none, seconds.")
@@ -360,6 +362,14 @@ class WorkerConfig(_Section):
                 ipaddress.ip_network(network)
             except ValueError as exc:
                 raise ConfigError(f"worker.trusted[{i}]", f"{network!r} is not a CIDR network: {exc}") from None
+        if self.outbound_proxy is not None:
+            from .sip import ParseError, SipURI, parse_uri
+            try:
+                proxy = parse_uri(self.outbound_proxy)
+            except ParseError as exc:
+                raise ConfigError("worker.outbound_proxy", f"{self.outbound_proxy!r}: {exc.reason}") from None
+            if not isinstance(proxy, SipURI):
+                raise ConfigError("worker.outbound_proxy", f"{self.outbound_proxy!r} is not a sip: or sips: URI")
         for i, algorithm in enumerate(self.digest_algorithms):
             if algorithm.upper() not in ("SHA-256", "MD5", "SHA-256-SESS", "MD5-SESS"):
                 raise ConfigError(f"worker.digest_algorithms[{i}]", f"{algorithm!r} is not SHA-256 or MD5")

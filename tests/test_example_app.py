@@ -66,3 +66,29 @@ def test_example_app_decisions():
     assert app.on_failure(call, busy) is None  # only once
     app.on_response(call, busy)
     assert busy.get("X-Handled-By") == "worker-1"
+
+
+def test_default_app_relays_through_the_outbound_proxy_and_redirects_per_domain():
+    from cluster.app import default
+    services = FakeServices({"sip:bob@example.com": ["sip:bob@192.0.2.20:5062"]})
+    services.outbound_proxy = "sip:sbc.example.net:5070"
+    services.user = lambda uri: None
+    request = parse_message(_invite("sip:carol@foreign.test"))
+    trusted = SimpleNamespace(host="127.0.0.1", transport="UDP", port=5060, context=None)
+    decision = default.route(Call(request, trusted, services, "worker-1"))
+    assert isinstance(decision, Proxy)
+    assert str(decision.targets[0].uri) == "sip:carol@foreign.test"
+    assert decision.targets[0].path == ("<sip:sbc.example.net:5070;lr>",)
+    # From an untrusted network: never an open relay.
+    outsider = SimpleNamespace(host="192.0.2.99", transport="UDP", port=5060, context=None)
+    refused = default.route(Call(parse_message(_invite("sip:carol@foreign.test")), outsider, services, "w"))
+    assert isinstance(refused, Reply) and refused.status == 403
+    # A domain in redirect mode answers 302 with the registered contacts.
+    default.application.redirect_domains.add("example.com")
+    try:
+        request = parse_message(_invite("sip:bob@example.com"))
+        decision = default.route(Call(request, trusted, services, "worker-1"))
+    finally:
+        default.application.redirect_domains.discard("example.com")
+    assert isinstance(decision, Reply) and decision.status == 302
+    assert decision.headers == (("Contact", "<sip:bob@192.0.2.20:5062>"),)

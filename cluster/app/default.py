@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from cluster.sip import SipURI, parse_uri
 
-from .api import Application, Call
+from .api import Application, Call, Target
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER"
 SHARD_HEADER = "X-Sipcluster-Shard"
@@ -112,7 +112,13 @@ def proxy_to(call: Call, target: str):
 
 
 def relay(call: Call):
-    """Requests for other domains: only from trusted networks (no open relay)."""
+    """Requests for other domains: only from trusted networks (no open relay),
+    through the configured outbound proxy when there is one."""
     if not call.from_trusted:
         return call.reply(403, "Relaying Denied")
+    outbound = getattr(call.services, "outbound_proxy", None)
+    if outbound:
+        # The outbound proxy becomes the first Route (loose routing, §16.6
+        # step 6); the Request-URI stays the foreign target.
+        return call.proxy([Target(call.request.uri, path=(f"<{outbound};lr>",))])
     return call.proxy([call.request.uri])

@@ -143,7 +143,8 @@ class WorkerNode:
         self.users = UserFeed(kv_store, c.cluster.prefix)
         self.services = Services(domains=w.domains, trusted=w.trusted, nonce_secret=self._secret(),
                                  nonce_ttl=w.nonce_ttl, locations=self.locations,
-                                 users=self.users.cache, digest_algorithms=w.digest_algorithms)
+                                 users=self.users.cache, digest_algorithms=w.digest_algorithms,
+                                 outbound_proxy=w.outbound_proxy)
         from cluster.app.default import application as default_app
         if self.application is default_app or w.redirect_domains:
             self.application.redirect_domains.update(d.lower() for d in w.redirect_domains)

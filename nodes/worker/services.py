@@ -31,7 +31,8 @@ class WorkerLocal(LocalAddresses):
 class Services:
     def __init__(self, *, domains, trusted, nonce_secret: bytes, nonce_ttl: float,
                  locations: "LocationCache | None", users: UserCache | None,
-                 digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")) -> None:
+                 digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+                 outbound_proxy: str | None = None) -> None:
         self.domains = list(domains) or ["localhost"]
         self.local = WorkerLocal(domains=self.domains)
         self.trusted = [ipaddress.ip_network(n) for n in trusted]
@@ -40,6 +41,7 @@ class Services:
         self.users = users
         self.serial_forking = False
         self.digest_algorithms = tuple(a.upper() for a in digest_algorithms)
+        self.outbound_proxy = outbound_proxy
 
     # -- locality ------------------------------------------------------------------
 
