@@ -139,16 +139,15 @@ def _header_fields(lines: list[str], folded: bool) -> tuple[list[Header], dict[s
         if group is None:
             groups[key] = [value]
         else:
+            if key in SINGLE_HEADERS:
+                # RFC 4475 §3.1.2.16 multi01, §3.3.2 mcl01.
+                raise ParseError(f"more than one {name} header field")
             group.append(value)
     return headers, groups
 
 
 def _check_fields(message: Message, groups: dict[str, list[str]]) -> None:
     """Validate the fields every element relies on and fill the accessor cache."""
-    for key, values in groups.items():
-        if len(values) > 1 and key in SINGLE_HEADERS:
-            # RFC 4475 §3.1.2.16 multi01, §3.3.2 mcl01.
-            raise ParseError(f"more than one {key} header field")
     # RFC 3261 §8.1.1: To, From, CSeq, Call-ID and Via are mandatory.
     # Max-Forwards is too, but RFC 2543 elements omit it (RFC 4475 inv2543).
     for key in ("call-id", "cseq", "from", "to", "via"):
@@ -168,7 +167,11 @@ def _check_fields(message: Message, groups: dict[str, list[str]]) -> None:
         values = groups.get(key)
         cache[key] = None if values is None else parse(values[0])
     contacts = groups.get("contact")
-    if contacts is not None and contacts != ["*"]:
+    if contacts is not None and contacts != ["*"] and (
+            not isinstance(message, Request) or message.method == "REGISTER"):
+        # The registrar stores Contact values, so a REGISTER's are checked
+        # now (RFC 4475 §3.1.2.11 regbadct); elsewhere a proxy passes them on
+        # and they are parsed when read.
         cache["contact"] = [parse_name_addr(v) for v in _elements(contacts)]
     for key in ("route", "record-route"):
         values = groups.get(key)
