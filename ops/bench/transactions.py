@@ -91,47 +91,37 @@ def server_rate(method, transport, status, count, rounds) -> float:
     return count / min(run_server(method, transport, status, count) for _ in range(rounds))
 
 
+def _allocated_per_item(layer: TransactionLayer, items, feed) -> float:
+    """Bytes ``layer`` allocates per item while ``feed(layer, item)`` runs."""
+    items = list(items)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for item in items:
+        feed(layer, item)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(layer) == len(items)
+    return (after - before) / len(items)
+
+
+def _answer(layer: TransactionLayer, pair) -> None:
+    layer.receive(pair[0], UDP, 0.0)
+    layer.send_response(pair[1], 0.0)
+
+
 def memory_per_transaction(live: int) -> list[tuple[str, float]]:
     """Bytes the layer allocates per live transaction, messages excluded."""
-    results = []
-
     requests, responses, _ = pool("OPTIONS", live, "UDP", 200)
-    layer = TransactionLayer()
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for request, response in zip(requests, responses):
-        layer.receive(request, UDP, 0.0)
-        layer.send_response(response, 0.0)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    assert len(layer) == live
-    results.append(("non-INVITE server, Completed (Timer J armed)", (after - before) / live))
-    del requests, responses, layer
-
-    requests = [parsed("INVITE", i) for i in range(live)]
-    layer = TransactionLayer()
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for request in requests:
-        layer.receive(request, UDP, 0.0)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    assert len(layer) == live
-    results.append(("INVITE server, Proceeding (100 Trying kept)", (after - before) / live))
-    del layer
-
-    layer = TransactionLayer()  # the same INVITEs, sent this time
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for request in requests:
-        layer.send_request(request, UDP, 0.0)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    assert len(layer) == live
-    results.append(("INVITE client, Calling (Timers A and B armed)", (after - before) / live))
+    results = [("non-INVITE server, Completed (Timer J armed)",
+                _allocated_per_item(TransactionLayer(), zip(requests, responses), _answer))]
+    del requests, responses
+    invites = [parsed("INVITE", i) for i in range(live)]
+    results.append(("INVITE server, Proceeding (100 Trying kept)", _allocated_per_item(
+        TransactionLayer(), invites, lambda layer, r: layer.receive(r, UDP, 0.0))))
+    # The same INVITEs, sent this time.
+    results.append(("INVITE client, Calling (Timers A and B armed)", _allocated_per_item(
+        TransactionLayer(), invites, lambda layer, r: layer.send_request(r, UDP, 0.0))))
     return results
 
 
