@@ -2,8 +2,8 @@
 
 pyzmq has no trio integration. A ZeroMQ socket exposes a file descriptor that
 signals *changes* of its event state (edge-triggered), so the receive loop
-drains with non-blocking ``recv`` until ``zmq.Again``, re-reads ``EVENTS``
-(which also re-arms the descriptor) and only then waits on the descriptor
+drains with non-blocking ``recv`` while ``EVENTS`` reports input (reading
+``EVENTS`` also re-arms the descriptor) and only then waits on the descriptor
 (STYLE §3).
 
 Each node binds one PULL socket (its link endpoint, published in its
@@ -24,6 +24,7 @@ import zmq
 log = logging.getLogger("sipcluster.link")
 
 DEFAULT_HWM = 10000
+_EVENTS, _POLLIN, _NOBLOCK = zmq.EVENTS, zmq.POLLIN, zmq.NOBLOCK
 
 
 class Inbox:
@@ -47,10 +48,13 @@ class Inbox:
         sock = self.socket
         batch: list[bytes] = []
         waited = False
+        recv, events = sock.recv, sock.getsockopt
         while True:
+            # Ask ZMQ_EVENTS before each read: an empty queue then costs a
+            # flag test, not a raised and caught zmq.Again per batch.
             try:
-                while len(batch) < limit:
-                    batch.append(sock.recv(zmq.NOBLOCK))
+                while len(batch) < limit and events(_EVENTS) & _POLLIN:
+                    batch.append(recv(_NOBLOCK))
             except zmq.Again:
                 pass
             if batch:
@@ -58,7 +62,7 @@ class Inbox:
                 if not waited:
                     await trio.lowlevel.checkpoint()
                 return batch
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if events(_EVENTS) & _POLLIN:
                 continue
             waited = True
             await trio.lowlevel.wait_readable(sock.getsockopt(zmq.FD))

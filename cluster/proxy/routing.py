@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable
 
 from cluster.sip import NameAddress, ParseError, Request, SipURI, URI, Via
@@ -57,7 +58,20 @@ class LocalAddresses:
         return isinstance(uri, SipURI) and (uri.host.lower() in self.domains or self.is_us(uri))
 
 
+@lru_cache(maxsize=4096)
+def _is_numeric_host(host: str) -> bool:
+    """An IPv4 or IPv6 literal (brackets removed)? Hosts repeat from message
+    to message (edges, peers), so the answer is memoised."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=4096)
 def split_hostport(text: str) -> tuple[str, int | None]:
+    """``host[:port]`` (hosts repeat: the edges' advertised addresses): memoised."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         host = f"[{host}]"
@@ -99,12 +113,10 @@ def hop_for(uri: URI, *, default_transport: str = "UDP",
         transport = default_transport
     host = uri.maddr or uri.host
     bare = host[1:-1] if host.startswith("[") else host
-    try:
-        ipaddress.ip_address(bare)
-    except ValueError:
+    if not _is_numeric_host(bare):
         resolved = resolve(bare) if resolve is not None else None
         if resolved is None:
-            raise ParseError(f"cannot resolve {bare}", 404) from None
+            raise ParseError(f"cannot resolve {bare}", 404)
         bare = resolved
     port = uri.port or DEFAULT_PORTS.get(transport, 5060)
     return Hop(transport, bare, port)

@@ -37,7 +37,7 @@ class NameAddress:
     @property
     def expires(self) -> int | None:
         value = param_value(self.params, "expires")
-        if value is None or not value.isdigit():
+        if value is None or not (value.isascii() and value.isdigit()):
             return None
         return min(int(value), 0xFFFFFFFF)
 
@@ -63,7 +63,7 @@ class NameAddress:
     @property
     def reg_id(self) -> int | None:
         value = param_value(self.params, "reg-id")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and (value.isascii() and value.isdigit()) else None
 
     def with_param(self, name: str, value: str | None) -> "NameAddress":
         return replace(self, params=replace_param(self.params, name, value))
@@ -77,6 +77,15 @@ class NameAddress:
         else:
             head = f"<{self.uri}>"
         return head + format_params(self.params)
+
+
+class _NameAddressDraft:
+    """Writable twin of NameAddress (same slots), for the parser's hot path:
+    a frozen dataclass's __init__ pays object.__setattr__ per field; a
+    draft is filled with plain slot stores and retyped, which CPython
+    allows between classes of identical layout."""
+
+    __slots__ = NameAddress.__slots__
 
 
 # The common shape, ``["display" | token words] <uri> params``, in one match.
@@ -102,7 +111,13 @@ def parse_name_addr(value: str, *, brackets_required: bool = False) -> NameAddre
         if m is not None:
             end = m.end()
             params = parse_params(value, end) if end < len(value) else ()
-            return NameAddress(parse_uri(uri_text), display, params, True)
+            address = _NameAddressDraft()
+            address.uri = parse_uri(uri_text)
+            address.display_name = display
+            address.params = params
+            address.bracketed = True
+            address.__class__ = NameAddress  # type: ignore[assignment]
+            return address  # type: ignore[return-value]
     return _parse_name_addr_careful(value, brackets_required)
 
 

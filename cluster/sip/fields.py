@@ -34,6 +34,12 @@ class CSeq:
         return f"{self.seq} {self.method}"
 
 
+class _CSeqDraft:
+    """Writable twin of CSeq (same slots); see via._ViaDraft for why."""
+
+    __slots__ = CSeq.__slots__
+
+
 def parse_cseq(value: str) -> CSeq:
     m = _CSEQ_RE.match(value)
     if m is None:
@@ -42,7 +48,11 @@ def parse_cseq(value: str) -> CSeq:
     if seq > MAX_CSEQ:
         # RFC 4475 §3.1.2.4 scalar02 / §3.1.2.5 scalarlg.
         raise ParseError("CSeq number out of range")
-    return CSeq(seq, m.group(2))
+    cseq = _CSeqDraft()
+    cseq.seq = seq
+    cseq.method = m.group(2)
+    cseq.__class__ = CSeq  # type: ignore[assignment]
+    return cseq  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +66,7 @@ class RetryAfter:
     @property
     def duration(self) -> int | None:
         value = param_value(self.params, "duration")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and (value.isascii() and value.isdigit()) else None
 
     def __str__(self) -> str:
         text = str(self.seconds)
@@ -76,10 +86,26 @@ def parse_retry_after(value: str) -> RetryAfter:
     return RetryAfter(seconds, m.group(2), params)
 
 
+def parse_max_forwards(value: str) -> int:
+    """RFC 3261 §20.22: 1*DIGIT; values past 255 are read as 255."""
+    text = value.strip(" \t")
+    if not (text.isascii() and text.isdigit()):
+        raise ParseError("malformed Max-Forwards")
+    return min(int(text), 255)
+
+
+def parse_content_length(value: str) -> int:
+    """RFC 3261 §20.14: 1*DIGIT."""
+    text = value.strip(" \t")
+    if not (text.isascii() and text.isdigit()):
+        raise ParseError("malformed Content-Length")
+    return int(text)
+
+
 def parse_delta_seconds(value: str, field: str) -> int:
     """Expires / Min-Expires: delta-seconds, values past 2**32-1 clamp to it."""
     text = value.strip(" \t")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ParseError(f"malformed {field}")
     return min(int(text), MAX_CSEQ)
 

@@ -82,7 +82,7 @@ class StreamFramer:
             if len(values) != 1:
                 raise ParseError("conflicting Content-Length values")
             text = values.pop()
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):
                 raise ParseError("malformed Content-Length")
             total = end + 4 + int(text)
             if total > self.max_message:

@@ -73,6 +73,8 @@ SINGLE_HEADERS = frozenset({
     "content-type", "expires", "min-expires", "date",
 })
 
+# Only names that passed the token check are cached: the parser relies on a
+# cache miss to notice continuation lines, which start with whitespace.
 _KEY_CACHE: dict[str, str] = {}
 _KEY_CACHE_LIMIT = 4096
 

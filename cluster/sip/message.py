@@ -19,7 +19,10 @@ from typing import Callable, Iterable, TypeVar
 from .address import NameAddress, parse_name_addr
 from .auth import AuthField, parse_auth
 from .errors import ParseError
-from .fields import CSeq, RetryAfter, parse_cseq, parse_delta_seconds, parse_retry_after
+from .fields import (
+    CSeq, RetryAfter, parse_content_length, parse_cseq, parse_delta_seconds,
+    parse_max_forwards, parse_retry_after,
+)
 from .grammar import split_commas
 from .headers import LIST_HEADERS, canonical_name, header_key
 from .uri import URI, parse_uri
@@ -190,37 +193,53 @@ class Message:
         return value  # type: ignore[return-value]
 
     def _single(self, key: str, parse: Callable[[str], T]) -> T | None:
-        return self._cached(key, lambda values: parse(values[0]) if values else None)
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            values = self._values(key)
+            value = parse(values[0]) if values else None
+            self._cache[key] = value
+        return value  # type: ignore[return-value]
 
     # -- typed accessors ------------------------------------------------------
 
+    # The mandatory fields below are read for every message a transaction
+    # touches, and a parsed message always has them cached: look there first.
+
     @property
     def call_id(self) -> str:
-        value = self._single("call-id", str)
+        value = self._cache.get("call-id")
         if value is None:
-            raise ParseError("missing Call-ID")
-        return value
+            value = self._single("call-id", str)
+            if value is None:
+                raise ParseError("missing Call-ID")
+        return value  # type: ignore[return-value]
 
     @property
     def cseq(self) -> CSeq:
-        value = self._single("cseq", parse_cseq)
+        value = self._cache.get("cseq")
         if value is None:
-            raise ParseError("missing CSeq")
-        return value
+            value = self._single("cseq", parse_cseq)
+            if value is None:
+                raise ParseError("missing CSeq")
+        return value  # type: ignore[return-value]
 
     @property
     def from_(self) -> NameAddress:
-        value = self._single("from", parse_name_addr)
+        value = self._cache.get("from")
         if value is None:
-            raise ParseError("missing From")
-        return value
+            value = self._single("from", parse_name_addr)
+            if value is None:
+                raise ParseError("missing From")
+        return value  # type: ignore[return-value]
 
     @property
     def to(self) -> NameAddress:
-        value = self._single("to", parse_name_addr)
+        value = self._cache.get("to")
         if value is None:
-            raise ParseError("missing To")
-        return value
+            value = self._single("to", parse_name_addr)
+            if value is None:
+                raise ParseError("missing To")
+        return value  # type: ignore[return-value]
 
     @property
     def vias(self) -> list[Via]:
@@ -251,21 +270,11 @@ class Message:
 
     @property
     def max_forwards(self) -> int | None:
-        def parse(value: str) -> int:
-            text = value.strip(" \t")
-            if not text.isdigit():
-                raise ParseError("malformed Max-Forwards")
-            return min(int(text), 255)
-        return self._single("max-forwards", parse)
+        return self._single("max-forwards", parse_max_forwards)
 
     @property
     def content_length(self) -> int | None:
-        def parse(value: str) -> int:
-            text = value.strip(" \t")
-            if not text.isdigit():
-                raise ParseError("malformed Content-Length")
-            return int(text)
-        return self._single("content-length", parse)
+        return self._single("content-length", parse_content_length)
 
     @property
     def contacts(self) -> list[NameAddress]:

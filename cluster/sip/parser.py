@@ -43,35 +43,37 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         if not data:
             raise ParseError("empty message")
         raise ParseError("header section not terminated by an empty line")
-    try:
-        head = data[:end].decode("utf-8", "surrogateescape")
-    except UnicodeDecodeError:  # pragma: no cover - surrogateescape never fails
-        raise ParseError("undecodable header section") from None
-    lines = head.split("\r\n")
+    lines = data[:end].decode("utf-8", "surrogateescape").split("\r\n")
     message = _start_line(lines[0])
-    folded = "\r\n " in head or "\r\n\t" in head
-    message.headers, groups = _header_fields(lines, folded)
+    headers, groups = _header_fields(lines)
+    message.headers = headers
+    _check_fields(message, groups)
 
     body_start = end + 4
     body = data[body_start:]
-    _check_fields(message, groups)
-    length = message.content_length
+    length = message._cache["content-length"]
     if length is None:
         if not datagram:
             raise ParseError("Content-Length required on stream transports")
-        raw = data
-    else:
+    elif length != len(body):
         if length > len(body):
             # RFC 3261 §18.3: a datagram shorter than Content-Length is an error.
             raise ParseError("Content-Length larger than the message body")
-        if length < len(body):
-            body = body[:length]
-            data = data[: body_start + length]
-        raw = data
+        body = body[:length]
+        data = data[: body_start + length]
     message.body = body
-    message._raw = raw
+    message._raw = data
     message._index = groups
     return message
+
+
+# Methods seen on nearly every message skip the token check (RFC 3261 §25.1
+# Method is a token; these are all tokens).
+_COMMON_METHODS = frozenset((
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE",
+    "INFO", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
+))
+_new = object.__new__
 
 
 def _start_line(line: str) -> Request | Response:
@@ -79,7 +81,10 @@ def _start_line(line: str) -> Request | Response:
         m = _STATUS_RE.match(line)
         if m is None:
             raise ParseError("malformed Status-Line")
-        response = Response(int(m.group(1)), m.group(2))
+        response = _new(Response)
+        response.status = int(m.group(1))
+        response.reason = m.group(2)
+        response._cache = {}
         return response
     parts = line.split(" ")
     # RFC 3261 §25.1: Method SP Request-URI SP SIP-Version, single spaces
@@ -87,9 +92,9 @@ def _start_line(line: str) -> Request | Response:
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise ParseError("malformed Request-Line")
     method, uri_text, version = parts
-    if not is_token(method):
+    if method not in _COMMON_METHODS and not is_token(method):
         raise ParseError("malformed method")
-    if version.upper() != SIP_VERSION:
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
         if _VERSION_RE.match(version):
             raise ParseError("SIP version not supported", 505)
         raise ParseError("malformed Request-Line")
@@ -98,86 +103,138 @@ def _start_line(line: str) -> Request | Response:
         # RFC 3261 §19.1.1: headers are not allowed in a Request-URI
         # (RFC 4475 §3.1.2.7 escruri).
         raise ParseError("headers not allowed in the Request-URI")
-    request = Request.__new__(Request)
-    Message.__init__(request)
+    # parse_message fills headers, body, _raw and _index once they are known.
+    request = _new(Request)
     request.method = method
     request._uri = uri
     request._start = line
+    request._cache = {}
     return request
 
 
-def _header_fields(lines: list[str], folded: bool) -> tuple[list[Header], dict[str, list[str]]]:
-    """Header fields in order, plus their values grouped by field key."""
+def _header_fields(lines: list[str]) -> tuple[list[Header], dict[str, list[str]]]:
+    """Header fields in order, plus their values grouped by field key.
+
+    ``lines[0]`` is the start line and is skipped.
+    """
     headers: list[Header] = []
     groups: dict[str, list[str]] = {}
     append = headers.append
     known = _KEY_CACHE
-    for i in range(1, len(lines)):
-        line = lines[i]
-        if folded and line[:1] in (" ", "\t"):
-            # RFC 3261 §7.3.1: a line starting with whitespace continues the
-            # previous field; the fold is equivalent to a single SP.
-            if not headers:
-                raise ParseError("continuation line before any header field")
-            h = headers[-1]
-            tail = line.strip(" \t")
-            if tail:
-                h.value = f"{h.value} {tail}" if h.value else tail
-                groups[h.key][-1] = h.value
-            h.raw = f"{h.raw}\r\n{line}"
-            continue
+    single = SINGLE_HEADERS
+    new_header = _new
+    lines_iter = iter(lines)
+    next(lines_iter)
+    for line in lines_iter:
         name, sep, value = line.partition(":")
-        if not sep:
-            raise ParseError("header line without a colon")
         key = known.get(name)
-        if key is None:
+        if key is None or not sep:
+            # Cached names are tokens, so a continuation line (which starts
+            # with whitespace) always lands here.
+            if line[:1] in (" ", "\t"):
+                _continue_field(headers, groups, line)
+                continue
+            if not sep:
+                raise ParseError("header line without a colon")
             name = name.rstrip(" \t")
             key = header_key(name)
         value = value.strip(" \t")
-        append(Header(key, name, value, line))
+        # Header.__init__ by hand: one Python call less per line.
+        h = new_header(Header)
+        h.key = key
+        h.name = name
+        h.value = value
+        h.raw = line
+        append(h)
         group = groups.get(key)
         if group is None:
             groups[key] = [value]
+        elif key in single:
+            # RFC 4475 §3.1.2.16 multi01, §3.3.2 mcl01.
+            raise ParseError(f"more than one {name} header field")
         else:
-            if key in SINGLE_HEADERS:
-                # RFC 4475 §3.1.2.16 multi01, §3.3.2 mcl01.
-                raise ParseError(f"more than one {name} header field")
             group.append(value)
     return headers, groups
 
 
+def _continue_field(headers: list[Header], groups: dict[str, list[str]], line: str) -> None:
+    # RFC 3261 §7.3.1: a line starting with whitespace continues the previous
+    # field; the fold is equivalent to a single SP.
+    if not headers:
+        raise ParseError("continuation line before any header field")
+    h = headers[-1]
+    tail = line.strip(" \t")
+    if tail:
+        h.value = f"{h.value} {tail}" if h.value else tail
+        groups[h.key][-1] = h.value
+    h.raw = f"{h.raw}\r\n{line}"
+
+
+# RFC 3261 §8.1.1: To, From, CSeq, Call-ID and Via are mandatory.
+# Max-Forwards is too, but RFC 2543 elements omit it (RFC 4475 inv2543).
+_MANDATORY = ("call-id", "cseq", "from", "to", "via")
+
+
 def _check_fields(message: Message, groups: dict[str, list[str]]) -> None:
     """Validate the fields every element relies on and fill the accessor cache."""
-    # RFC 3261 §8.1.1: To, From, CSeq, Call-ID and Via are mandatory.
-    # Max-Forwards is too, but RFC 2543 elements omit it (RFC 4475 inv2543).
-    for key in ("call-id", "cseq", "from", "to", "via"):
-        if key not in groups:
-            raise ParseError(f"missing {canonical_name(key)} header field")
-    cache = message._cache
-    call_id = groups["call-id"][0]
+    try:
+        call_id = groups["call-id"][0]
+        cseq_value = groups["cseq"][0]
+        from_value = groups["from"][0]
+        to_value = groups["to"][0]
+        vias = groups["via"]
+    except KeyError:
+        for key in _MANDATORY:
+            if key not in groups:
+                raise ParseError(f"missing {canonical_name(key)} header field") from None
+        raise  # pragma: no cover - every KeyError above is a missing field
     if not call_id or " " in call_id or "\t" in call_id:
         raise ParseError("malformed Call-ID")
+    cache = message._cache
     cache["call-id"] = call_id
-    cseq = cache["cseq"] = parse_cseq(groups["cseq"][0])
-    cache["from"] = parse_name_addr(groups["from"][0])
-    cache["to"] = parse_name_addr(groups["to"][0])
+    cseq = cache["cseq"] = parse_cseq(cseq_value)
+    cache["from"] = parse_name_addr(from_value)
+    cache["to"] = parse_name_addr(to_value)
     # The top Via is validated now; the rest when a proxy routes a response.
-    cache[_TOP_VIA] = parse_via(_elements(groups["via"])[0])
-    for key, parse in _OPTIONAL:
-        values = groups.get(key)
-        cache[key] = None if values is None else parse(values[0])
+    for value in vias:
+        if not value or "," in value:
+            top = _elements(vias)[0]
+            break
+    else:
+        top = vias[0]
+    cache[_TOP_VIA] = parse_via(top)
+    values = groups.get("max-forwards")
+    if values is None:
+        cache["max-forwards"] = None
+    else:
+        value = values[0]
+        if not (value.isascii() and value.isdigit()):
+            raise ParseError("malformed Max-Forwards")
+        hops = int(value)
+        cache["max-forwards"] = hops if hops < 255 else 255
+    values = groups.get("content-length")
+    if values is None:
+        cache["content-length"] = None
+    else:
+        value = values[0]
+        if not (value.isascii() and value.isdigit()):
+            raise ParseError("malformed Content-Length")
+        cache["content-length"] = int(value)
+    is_request = type(message) is Request
     contacts = groups.get("contact")
     if contacts is not None and contacts != ["*"] and (
-            not isinstance(message, Request) or message.method == "REGISTER"):
+            not is_request or message.method == "REGISTER"):  # type: ignore[attr-defined]
         # The registrar stores Contact values, so a REGISTER's are checked
         # now (RFC 4475 §3.1.2.11 regbadct); elsewhere a proxy passes them on
         # and they are parsed when read.
         cache["contact"] = [parse_name_addr(v) for v in _elements(contacts)]
-    for key in ("route", "record-route"):
-        values = groups.get(key)
-        if values is not None:
-            cache[key] = [parse_name_addr(v, brackets_required=True) for v in _elements(values)]
-    if isinstance(message, Request) and cseq.method != message.method:
+    values = groups.get("route")
+    if values is not None:
+        cache["route"] = [parse_name_addr(v, brackets_required=True) for v in _elements(values)]
+    values = groups.get("record-route")
+    if values is not None:
+        cache["record-route"] = [parse_name_addr(v, brackets_required=True) for v in _elements(values)]
+    if is_request and cseq.method != message.method:  # type: ignore[attr-defined]
         # RFC 3261 §8.1.1.5 (RFC 4475 §3.1.2.14 mismatch01).
         raise ParseError("CSeq method does not match the Request-Line")
     date = groups.get("date")
@@ -199,15 +256,3 @@ def _elements(values: list[str]) -> list[str]:
         else:
             raise ParseError("empty header list value")
     return out
-
-
-def _digits(field: str):
-    def parse(value: str) -> int:
-        if not value.isdigit():
-            raise ParseError(f"malformed {field}")
-        return int(value)
-    return parse
-
-
-_OPTIONAL = (("max-forwards", lambda v: min(_digits("Max-Forwards")(v), 255)),
-             ("content-length", _digits("Content-Length")))

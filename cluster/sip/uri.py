@@ -398,17 +398,32 @@ def parse_uri(text: str) -> URI:
     return _parse_careful(text)
 
 
+class _SipURIDraft:
+    """Writable twin of SipURI with the same slots.
+
+    A frozen dataclass's __init__ sets each of its eight fields through
+    object.__setattr__; _parse_fast runs for most URIs of most messages, so
+    it fills a draft with plain slot stores and retypes it to SipURI, which
+    CPython allows between classes of identical layout.
+    """
+
+    __slots__ = SipURI.__slots__
+
+
 def _parse_fast(match: re.Match[str]) -> SipURI:
     scheme, user, host, port_text, param_text = match.groups()
     _check_hostname(host)
-    return SipURI(
-        scheme,
-        user,
-        None,
-        host,
-        None if port_text is None else _parse_port(port_text),
-        _parse_params(param_text[1:]) if param_text else (),
-    )
+    uri = _SipURIDraft()
+    uri.scheme = scheme
+    uri.user = user
+    uri.password = None
+    uri.host = host
+    uri.port = None if port_text is None else _parse_port(port_text)
+    uri.params = _parse_params(param_text[1:]) if param_text else ()
+    uri.headers = ()
+    uri._key = None
+    uri.__class__ = SipURI  # type: ignore[assignment]
+    return uri  # type: ignore[return-value]
 
 
 def _parse_careful(text: str) -> URI:
@@ -494,10 +509,10 @@ def _check_hostname(host: str) -> None:
     if not name or name[0] in ".-" or name[-1] == "-" or ".." in name or ".-" in name or "-." in name:
         raise ParseError(f"invalid host name {_shown(host)}")
     toplabel = name[name.rfind(".") + 1 :]
-    if toplabel.isdigit():
+    if (toplabel.isascii() and toplabel.isdigit()):
         # An all-digit last label is not a toplabel: it must be an IPv4 address.
         octets = host.split(".")
-        if len(octets) != 4 or not all(o.isdigit() and len(o) <= 3 and int(o) <= 255 for o in octets):
+        if len(octets) != 4 or not all((o.isascii() and o.isdigit()) and len(o) <= 3 and int(o) <= 255 for o in octets):
             raise ParseError(f"invalid IPv4 address {_shown(host)}")
 
 

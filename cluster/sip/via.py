@@ -51,7 +51,7 @@ class Via:
     @property
     def ttl(self) -> int | None:
         value = param_value(self.params, "ttl")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and (value.isascii() and value.isdigit()) else None
 
     @property
     def has_rport(self) -> bool:
@@ -62,7 +62,7 @@ class Via:
     def rport(self) -> int | None:
         """The rport value filled in by a server, None if absent or empty."""
         value = param_value(self.params, "rport")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and (value.isascii() and value.isdigit()) else None
 
     @property
     def rfc3261_branch(self) -> bool:
@@ -84,6 +84,18 @@ class Via:
         return f"{self.protocol}/{self.transport} {self.sent_by}{format_params(self.params)}"
 
 
+class _ViaDraft:
+    """Writable twin of Via with the same slots, for the parser's hot path.
+
+    A frozen dataclass's __init__ sets every field through
+    object.__setattr__, which costs about four times a plain slot store.
+    parse_via runs once per message, so it fills a draft and then retypes
+    it to Via, which CPython allows between classes of identical layout.
+    """
+
+    __slots__ = Via.__slots__
+
+
 def parse_via(value: str) -> Via:
     """One via-parm (the caller splits the list at commas)."""
     m = _VIA_RE.match(value)
@@ -100,4 +112,11 @@ def parse_via(value: str) -> Via:
         protocol = "SIP/2.0"
     else:
         protocol = f"{name}/{version}"
-    return Via(transport.upper(), host, port_num, params, protocol)
+    via = _ViaDraft()
+    via.transport = transport.upper()
+    via.host = host
+    via.port = port_num
+    via.params = params
+    via.protocol = protocol
+    via.__class__ = Via  # type: ignore[assignment]
+    return via  # type: ignore[return-value]

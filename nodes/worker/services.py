@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from cluster.registrar.cache import LocationCache
 
 
+_MEMO_LIMIT = 4096
+
+
 class WorkerLocal(LocalAddresses):
     def is_us_via(self, via: Via) -> bool:
         host = via.host.lower()
@@ -42,24 +45,39 @@ class Services:
         self.serial_forking = False
         self.digest_algorithms = tuple(a.upper() for a in digest_algorithms)
         self.outbound_proxy = outbound_proxy
+        # Every request asks about its source, and sources repeat (edges, a
+        # few peers): answers are memoised, bounded so a scan of many
+        # addresses cannot grow them without end.
+        self._trusted_hosts: dict[str, bool] = {}
+        self._advertised: set[str] = set()
 
     # -- locality ------------------------------------------------------------------
 
     def learn_advertise(self, advertise: str | None) -> None:
-        if advertise:
+        if advertise and advertise not in self._advertised:
             host, port = split_hostport(advertise)
             if (host.lower(), port) not in self.local.addresses:
                 self.local.add(advertise)
+            if len(self._advertised) < _MEMO_LIMIT:
+                self._advertised.add(advertise)
 
     def is_local_domain(self, uri: URI) -> bool:
         return self.local.is_local_domain(uri)
 
     def is_trusted(self, host: str) -> bool:
+        known = self._trusted_hosts.get(host)
+        if known is not None:
+            return known
         try:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
-            return False
-        return any(address in network for network in self.trusted)
+            trusted = False
+        else:
+            trusted = any(address in network for network in self.trusted)
+        if len(self._trusted_hosts) >= _MEMO_LIMIT:
+            self._trusted_hosts.clear()
+        self._trusted_hosts[host] = trusted
+        return trusted
 
     # -- location service ---------------------------------------------------------------
 

@@ -810,7 +810,7 @@ class Bench:
 
     FIGURES = {"calls_ip": "calls/s", "calls_user": "calls/s to a registered user",
                "calls_unpinned": "calls/s unpinned", "regs": "registrations/s",
-               "regs_auth": "registrations/s digest"}
+               "regs_auth": "registrations/s digest", "regs_unpinned": "registrations/s unpinned"}
 
     def measure(self, label: str, key: str, trial, start: float, cap: float, sut=None) -> float:
         best = self.search(label, self.FIGURES[key], trial, start, cap, sut)
@@ -889,6 +889,11 @@ class Bench:
                 hint = best
             scaling = self.measure(label, "calls_unpinned", self.calls(load, sut, label, by_ip),
                                    max(hint, self.start_rate("cluster", 0)), CAP[0], sut)
+            # Registrations with the cluster on every core: what the store
+            # takes when a second worker can use the second core.
+            self.measure(label, "regs_unpinned", self.registrations(load, sut, False),
+                         max(self.results.get((label, "regs")) or 0.0, self.start_rate("cluster", 1)),
+                         CAP[1], sut)
         finally:
             load.stop_uas()
             self.failures += [f"{label} nodes: {line}" for line in sut.diagnostics()]
@@ -922,8 +927,9 @@ ROWS = (
     ("calls_ip", "Max calls/s, callee by IP, < 0.1 % failed (pinned: proxy core 0, SIPp core 1)", 0),
     ("calls_user", "Max calls/s, callee a registered user (location lookup), pinned", 0),
     ("calls_unpinned", "Max calls/s, callee by IP, nothing pinned (cluster scaling)", 0),
-    ("regs", "Registrations/s, new bindings, no auth", 0),
+    ("regs", "Registrations/s, new bindings, no auth, pinned", 0),
     ("regs_auth", "Registrations/s, new bindings, digest MD5", 0),
+    ("regs_unpinned", "Registrations/s, new bindings, no auth, nothing pinned (cluster scaling)", 0),
     ("p50", "Set-up latency INVITE→200 p50 at half max (ms)", 2),
     ("p99", "Set-up latency INVITE→200 p99 at half max (ms)", 2),
     ("cpu", "CPU seconds per 1,000 calls, proxy processes, at half max", 3),
@@ -946,8 +952,14 @@ def render(bench: Bench, machine: list[str]) -> str:
     r = bench.results
     get = lambda label, key: r.get((label, key))  # noqa: E731
     lines = ["| Figure | " + " | ".join(COLUMNS) + " | Target |", "|---" * (len(COLUMNS) + 2) + "|"]
-    targets = {"regs": f"≥ 3,000 stored in etcd: {verdict(None if get('Cluster 1e+1w', 'regs') is None else get('Cluster 1e+1w', 'regs') >= 3000)}",
+    stored = [(v, f"{c}{' unpinned' if k == 'regs_unpinned' else ''}")
+              for c in ("Cluster 1e+1w", "Cluster 1e+2w") for k in ("regs", "regs_unpinned")
+              if (v := get(c, k)) is not None]
+    best_regs = max(stored) if stored else None
+    targets = {"regs": f"≥ 3,000 stored in etcd (pinned 1e+1w): {verdict(None if get('Cluster 1e+1w', 'regs') is None else get('Cluster 1e+1w', 'regs') >= 3000)}",
                "regs_auth": f"≥ 3,000 stored in etcd: {verdict(None if get('Cluster 1e+1w', 'regs_auth') is None else get('Cluster 1e+1w', 'regs_auth') >= 3000)}",
+               "regs_unpinned": f"≥ 3,000 stored in etcd (best cluster figure, {best_regs[1] if best_regs else 'n/a'}): "
+                                f"{verdict(None if best_regs is None else best_regs[0] >= 3000)}",
                "p99": f"cluster ≤ 20 ms: {verdict(None if get('Cluster 1e+1w', 'p99') is None else get('Cluster 1e+1w', 'p99') <= 20)}"}
     for key, title, digits in ROWS:
         lines.append(f"| {title} | " + " | ".join(fmt(get(c, key), digits, (c, key) in bench.capped) for c in COLUMNS)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?")
 CLUSTER_ROWS = ("Max calls/s, callee by IP, <", "Max calls/s, callee a registered user",
-                "Max calls/s, callee by IP, nothing pinned", "Registrations/s, new bindings, no auth",
+                "Max calls/s, callee by IP, nothing pinned", "Registrations/s, new bindings, no auth, pinned",
+                "Registrations/s, new bindings, no auth, nothing pinned",
                 "Registrations/s, new bindings, digest", "p50 at half max", "p99 at half max",
                 "CPU seconds per 1,000 calls", "Memory per 10,000 registrations",
                 "Memory per 10,000 established calls")
@@ -62,7 +63,8 @@ def test_quick_cluster_run_prints_the_table_with_numbers(tmp_path):
     assert float(row(body, "Max calls/s, callee by IP, <")[one].replace(",", "")) > 0
     assert float(row(body, "p99 at half max")[one]) > 0
     assert float(row(body, "CPU seconds per 1,000 calls")[one]) > 0
-    assert NUMBER.fullmatch(row(body, "nothing pinned")[two])
+    assert NUMBER.fullmatch(row(body, "callee by IP, nothing pinned")[two])
+    assert NUMBER.fullmatch(row(body, "no auth, nothing pinned")[two])
     # Kamailio was not run: its cells are empty and the ratios say so.
     assert row(body, "Max calls/s, callee by IP, <")[header.index("Kamailio TLSF")] == "—"
     assert "n/a" in row(body, "Ratio: cluster max calls/s")[-1]
