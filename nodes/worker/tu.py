@@ -211,10 +211,20 @@ class TransactionUser:
                     peer_host, peer_port = _contact_address(
                         target, transport, self.worker.resolve) or (peer_host, peer_port)
             else:
-                probe = forward_copy(ctx.request, branch.target, via=proxy_via(
-                    ctx.request, "UDP", advertise, f"{self.worker.salt}{branch.index}"),
-                    record_route=None, path=target.path)
-                hop = hop_for(next_hop_uri(probe), resolve=self.worker.resolve)
+                if target.path:
+                    # RFC 3327 §5.3: the Path goes first in the route set;
+                    # the request as it will leave says where that is.
+                    probe = forward_copy(ctx.request, branch.target, via=proxy_via(
+                        ctx.request, "UDP", advertise, f"{self.worker.salt}{branch.index}"),
+                        record_route=None, path=target.path)
+                    next_hop = next_hop_uri(probe)
+                else:
+                    # §16.6 steps 6-7 without building the request: the top
+                    # Route, else the branch's target.
+                    routes = ctx.request.routes
+                    next_hop = routes[0].uri if routes else (
+                        branch.target if branch.target is not None else ctx.request.uri)
+                hop = hop_for(next_hop, resolve=self.worker.resolve)
                 transport, peer_host, peer_port = hop.transport, hop.host, hop.port
             via = proxy_via(ctx.request, transport, advertise, f"{self.worker.salt}{branch.index}",
                             shard=self.worker.node_id)
@@ -335,7 +345,7 @@ class TransactionUser:
             self.worker.stats["ack_unroutable"] += 1
             return
         via = proxy_via(request, hop.transport, advertise, self.worker.salt + "ack")
-        out = forward_copy(request, None, via=via, record_route=None)
+        out = forward_copy(request, None, via=via, record_route=None, in_place=True)
         route = self.worker.route_to(getattr(edge_route, "edge", None), None, advertise)
         self.worker.send_message(out, Peer(hop.transport, hop.host, hop.port, route), None, now)
 

@@ -68,6 +68,17 @@ def cluster_pids(state: Path) -> dict[str, list[int]]:
     return pids
 
 
+def first_export(sink, before: int, bound_s: float = 30.0) -> None:
+    """Wait (bounded) until spans of the warm-up reached the receiver from
+    the edge and the worker, i.e. each node's exporter has run once."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        if sink.requests >= before + 2:  # one export request from each node
+            return
+        time.sleep(0.2)
+    print("warning: no export from both nodes after the warm-up", file=sys.stderr)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of ``pids`` so far (/proc/PID/stat fields 14 and 15)."""
     total = 0
@@ -123,7 +134,14 @@ def main() -> None:
                 state = Path(tmp) / f"{name.strip('%')}-{round_no}"
                 cluster = start_cluster(args.workers, state, ratio, sink.endpoint)
                 try:
+                    warm_requests = sink.requests
                     sipp(cluster.port, min(2000, calls), args.limit, state / "warm")
+                    if ratio is not None:
+                        # The first export initialises the exporter (HTTP
+                        # connection, lazily imported encoders): a one-off
+                        # cost per process, not a per-message one. Measure
+                        # after both nodes have exported once.
+                        first_export(sink, warm_requests)
                     pids = cluster_pids(state)
                     before = sink.count
                     edge_before, worker_before = cpu_seconds(pids["edge"]), cpu_seconds(pids["worker"])

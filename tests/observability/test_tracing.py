@@ -266,3 +266,19 @@ def test_child_outside_a_recorded_span_creates_nothing():
     with worker.child("etcd read") as span:
         assert span is None
     assert spans.get_finished_spans() == ()
+
+
+def test_an_undecodable_call_id_is_exported_with_replacement_characters():
+    from cluster.observability.otlp_encode import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    worker, spans = tracing("worker")
+    data = INVITE.replace(b"Call-ID: ", b"Call-ID: \xff\xfe")
+    message = parse_message(data)
+    env = Envelope("in", "e1", "UDP", ("192.0.2.4", 5060), ("127.0.0.1", 5060), data)
+    worker.worker_receive(message, env).end()
+    (found,) = spans.get_finished_spans()
+    call_id = found.attributes["sip.call_id"]
+    assert call_id.startswith("\ufffd\ufffd") and call_id.encode("utf-8")
+    decoded = ExportTraceServiceRequest.FromString(encode_spans([found]))
+    exported = {a.key: a.value.string_value for a in decoded.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert exported["sip.call_id"] == call_id

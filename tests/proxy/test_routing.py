@@ -174,6 +174,15 @@ def test_forward_copy_rewrites_uri_decrements_max_forwards_and_pushes_our_via():
     assert original.record_routes == []
 
 
+def test_forward_in_place_modifies_the_request_itself_with_the_same_result():
+    copied = forward_copy(request(), None, via=via(), record_route=None)
+    original = request()
+    out = forward_copy(original, None, via=via(), record_route=None, in_place=True)
+    assert out is original
+    assert out.to_bytes() == copied.to_bytes()
+    assert out.max_forwards == 69 and [v.branch for v in out.vias] == ["z9hG4bKproxy1", "z9hG4bKcaller1"]
+
+
 def test_forward_copy_without_max_forwards_adds_70_and_keeps_the_uri_when_none():
     out = forward_copy(request(max_forwards=None), None, via=via(), record_route=None)
     assert out.max_forwards == 70
