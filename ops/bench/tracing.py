@@ -120,8 +120,10 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("sipp"):
         sys.exit("SIPp is required (apt-get install sip-tester)")
-    calls = args.calls or (4000 if args.quick else 20000)
-    rounds = args.rounds or (1 if args.quick else 3)
+    # Runs of a few seconds and three rounds moved the CPU figure by ±5 %
+    # between runs of the same code: the default is long enough to judge 5 %.
+    calls = args.calls or (4000 if args.quick else 60000)
+    rounds = args.rounds or (1 if args.quick else 7)
     from cluster.observability.otlp_sink import OtlpSink
     results: dict[str, list[float]] = {name: [] for name, _ in CONFIGS}
     cpu_per: dict[str, list[float]] = {name: [] for name, _ in CONFIGS}
