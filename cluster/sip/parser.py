@@ -15,7 +15,7 @@ import re
 
 from .address import parse_name_addr
 from .errors import ParseError
-from .fields import check_date, parse_cseq
+from .fields import check_date, parse_content_length, parse_cseq, parse_max_forwards
 from .grammar import is_token, split_commas
 from .headers import _KEY_CACHE, SINGLE_HEADERS, canonical_name, header_key
 from .message import _TOP_VIA, SIP_VERSION, Header, Message, Request, Response
@@ -204,22 +204,9 @@ def _check_fields(message: Message, groups: dict[str, list[str]]) -> None:
         top = vias[0]
     cache[_TOP_VIA] = parse_via(top)
     values = groups.get("max-forwards")
-    if values is None:
-        cache["max-forwards"] = None
-    else:
-        value = values[0]
-        if not (value.isascii() and value.isdigit()):
-            raise ParseError("malformed Max-Forwards")
-        hops = int(value)
-        cache["max-forwards"] = hops if hops < 255 else 255
+    cache["max-forwards"] = None if values is None else parse_max_forwards(values[0])
     values = groups.get("content-length")
-    if values is None:
-        cache["content-length"] = None
-    else:
-        value = values[0]
-        if not (value.isascii() and value.isdigit()):
-            raise ParseError("malformed Content-Length")
-        cache["content-length"] = int(value)
+    cache["content-length"] = None if values is None else parse_content_length(values[0])
     is_request = type(message) is Request
     contacts = groups.get("contact")
     if contacts is not None and contacts != ["*"] and (
