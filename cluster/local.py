@@ -90,6 +90,10 @@ class Child:
     log_path: Path | None = None
 
 
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+IPC_PATH_MAX = 107
+
+
 class LocalCluster:
     def __init__(self, options: UpOptions) -> None:
         self.options = options
@@ -117,6 +121,13 @@ class LocalCluster:
             overrides["edge.listen"] = [f"udp:{host}:{port}", f"tcp:{host}:{port}"]
         if o.app:
             overrides["worker.app"] = o.app
+        assert self.workdir is not None
+        # Every node of `up` is on this host: links over Unix sockets cost
+        # the ZeroMQ I/O threads less kernel time than loopback TCP. A socket
+        # path has a length limit (sun_path); beyond it, loopback TCP.
+        socket_path = self.workdir / f"{node_id}.link"
+        if len(str(socket_path).encode()) <= IPC_PATH_MAX:
+            overrides[f"{role}.link"] = f"ipc://{socket_path}"
         config = load_config(None, env={}, overrides=overrides)
         assert self.workdir is not None
         path = self.workdir / f"{node_id}.toml"

@@ -11,7 +11,6 @@ environment (off unless an exporter is configured), the node's metrics on
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 
@@ -19,6 +18,7 @@ import trio
 
 from cluster.config import Config
 
+from .collector import Collector
 from .http import StatusServer
 
 log = logging.getLogger("sipcluster.node")
@@ -48,10 +48,12 @@ def observe(role: str, node):
 
 async def run_node(role: str, config: Config) -> int:
     node = make_node(role, config)
+    node.collector = Collector()
     metrics = observe(role, node)
     try:
         return await _serve(role, config, node, metrics)
     finally:
+        node.collector.uninstall()
         if node.tracing is not None:
             # Off the loop: the exporter may wait for its endpoint.
             await trio.to_thread.run_sync(node.tracing.shutdown)
@@ -59,13 +61,12 @@ async def run_node(role: str, config: Config) -> int:
 
 
 async def _serve(role: str, config: Config, node, metrics) -> int:
-    # Per-message objects are short-lived and acyclic: a higher first
-    # threshold keeps the cyclic collector off the hot path, and freezing
-    # start-up objects keeps them out of every later collection.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    # Short collector pauses whatever the number of live transactions
+    # (nodes/collector.py).
+    node.collector.install()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.collector.run)
             if config.http.listen:
                 server = StatusServer(node, metrics.render)
                 node.http_url = await nursery.start(server.run, config.http.listen)

@@ -78,6 +78,7 @@ def _common(endpoint: MetricsEndpoint, node) -> EtcdErrors:
     endpoint.counter("sipcluster_node_events_total",
                      "Every event the node counts (its /status 'stats'), by event name.",
                      lambda: _events(node.stats))
+    _collector(endpoint, node)
     errors = EtcdErrors()
     node.etcd_latency = endpoint.histogram(
         "sipcluster_etcd_request_duration_seconds",
@@ -87,6 +88,26 @@ def _common(endpoint: MetricsEndpoint, node) -> EtcdErrors:
     endpoint.counter("sipcluster_etcd_errors_total", "Failed etcd operations by client and operation.",
                      lambda: [(v, {"client": c, "op": o}) for (c, o), v in errors.snapshot().items()])
     return errors
+
+
+def _collector(endpoint: MetricsEndpoint, node) -> None:
+    """The garbage collector policy of nodes/collector.py, when the node runs one."""
+    def stats():
+        collector = getattr(node, "collector", None)
+        return None if collector is None else collector.stats
+
+    def collections():
+        s = stats()
+        return [] if s is None else [(s.collections, {"kind": "automatic"}), (s.sweeps, {"kind": "sweep"})]
+
+    def pauses():
+        s = stats()
+        return [] if s is None else [(s.pause_total_s, {"kind": "automatic"}),
+                                     (s.sweep_pause_total_s, {"kind": "sweep"})]
+    endpoint.counter("sipcluster_gc_collections_total",
+                     "Cyclic garbage collections: automatic (young objects only) and full sweeps.", collections)
+    endpoint.counter("sipcluster_gc_pause_seconds_total",
+                     "Time the node stood still in the garbage collector, by kind.", pauses)
 
 
 def edge_metrics(node: EdgeNode) -> MetricsEndpoint:

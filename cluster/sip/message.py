@@ -51,6 +51,19 @@ class Header:
         return f"Header({self.name!r}, {self.value!r})"
 
 
+def _without_line(raw: bytes, line: str | None) -> bytes | None:
+    """``raw`` without the header line ``line`` (as the parser kept it), or
+    None when it cannot be found. The needle is a whole line and header
+    lines precede the body, so the first match is the field itself."""
+    if line is None:
+        return None
+    needle = f"\r\n{line}\r\n".encode("utf-8", "surrogateescape")
+    at = raw.find(needle)
+    if at < 0:
+        return None
+    return raw[:at] + raw[at + len(needle) - 2:]
+
+
 def _list_of(parser: Callable[[str], T]) -> Callable[[list[str]], list[T]]:
     def parse_all(values: list[str]) -> list[T]:
         out = []
@@ -390,11 +403,20 @@ class Message:
             if h.key == "via":
                 values = split_commas(h.value)
                 top = parse_via(values[0])
+                raw = self._raw
                 if len(values) == 1:
                     del self.headers[i]
+                    spliced = _without_line(raw, h.raw) \
+                        if raw is not None and self._cache.get("content-length") is not None else None
                 else:
                     self.headers[i] = Header("via", h.name, ", ".join(values[1:]))
+                    spliced = None
                 self._touch("via")
+                if spliced is not None:
+                    # §16.7 step 3 on the bytes as received: a relayed
+                    # response is the received one minus a line, so it
+                    # is not rendered again.
+                    self._raw = spliced
                 return top
         raise ParseError("missing Via")
 

@@ -36,6 +36,8 @@ log = logging.getLogger("sipcluster.worker")
 # Option tags this proxy understands in Proxy-Require (§16.3 step 5) and, as a
 # registrar, in Require (§8.2.2.3).
 SUPPORTED = frozenset({"path", "outbound"})
+# The counter name of each action type, built once rather than per action.
+_STAT_NAMES: dict[type, str] = {}
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER"
 
 
@@ -75,7 +77,10 @@ class TransactionUser:
                 self.on_client_failure(action.key, now, timer="transport")
             elif kind is TransactionTerminated:
                 self.branches.pop(action.key, None)
-            self.worker.stats[f"tu_{kind.__name__}"] += 1
+            name = _STAT_NAMES.get(kind)
+            if name is None:
+                name = _STAT_NAMES[kind] = f"tu_{kind.__name__}"
+            self.worker.stats[name] += 1
 
     def respond(self, response: Response, now: float) -> None:
         self.perform(self.transactions.send_response(response, now), now)

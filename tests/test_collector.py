@@ -1,0 +1,107 @@
+"""The node's garbage collection policy (nodes/collector.py)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import trio
+
+import nodes.collector as collector_module
+from nodes.collector import Collector, resident_bytes
+
+
+class Node:
+    """A cycle: an object that refers to itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def installed():
+    thresholds = gc.get_threshold()
+    collector = Collector(threshold=200, floor=0)
+    collector.install()
+    try:
+        yield collector
+    finally:
+        collector.uninstall()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        gc.collect()
+
+
+def test_survivors_of_a_collection_are_frozen_and_scans_stay_small(installed):
+    frozen = gc.get_freeze_count()
+    keep = [[i] for i in range(5_000)]  # tracked containers: collections run as they are made
+    assert installed.stats.collections > 0
+    assert installed.stats.pause_max_s > 0
+    assert gc.get_freeze_count() >= frozen + 4_000
+    # What later collections scan is only what was made since the last one.
+    young = sum(len(gc.get_objects(generation)) for generation in range(3))
+    assert young < 2_000
+    del keep
+
+
+def test_frozen_objects_still_die_by_reference_count(installed):
+    survivor = Node.__new__(Node)  # no cycle
+    probe = weakref.ref(survivor)
+    gc.collect()  # survivor is frozen now
+    assert gc.get_freeze_count() > 0
+    del survivor
+    assert probe() is None
+
+
+def test_a_sweep_reclaims_cycles_among_frozen_objects(installed):
+    cycle = Node()
+    probe = weakref.ref(cycle)
+    gc.collect()  # frozen
+    del cycle
+    gc.collect()
+    assert probe() is not None, "a frozen cycle is out of reach of ordinary collections"
+    collected = installed.sweep()
+    assert probe() is None
+    assert collected >= 1
+    assert installed.stats.sweeps == 1 and installed.stats.sweep_collected >= 1
+
+
+def test_sweep_is_due_on_growth_and_waits_for_a_quiet_moment():
+    collector = Collector(floor=100, growth=2.0)
+    collector.baseline = 1_000
+    assert not collector.sweep_due(1_500, quiet=True)        # not doubled
+    assert collector.sweep_due(2_500, quiet=True)            # doubled, quiet
+    assert not collector.sweep_due(2_500, quiet=False)       # doubled, busy: later
+    assert collector.sweep_due(4_500, quiet=False)           # quadrupled: now, busy or not
+    collector.floor = 10_000
+    assert not collector.sweep_due(4_500, quiet=True)        # below the floor
+
+
+def test_bad_settings_are_refused():
+    for kwargs in ({"threshold": 0}, {"growth": 1.0}, {"floor": -1}, {"interval": 0}):
+        with pytest.raises(ValueError):
+            Collector(**kwargs)
+
+
+def test_resident_bytes_reads_this_process():
+    assert resident_bytes() > 1 << 20
+
+
+def test_the_sweep_task_sweeps_when_memory_has_grown(installed, monkeypatch):
+    readings = iter([10 << 30] + [1 << 30] * 100)
+    monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(readings))
+    installed.baseline = 1 << 30
+    installed.interval = 0.01
+
+    async def main():
+        with trio.move_on_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(installed.run)
+                while installed.stats.sweeps == 0:
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert installed.stats.sweeps == 1
+    assert installed.baseline == 1 << 30

@@ -1,0 +1,50 @@
+"""The worker wakes its timer task only for a deadline earlier than its sleep."""
+
+from __future__ import annotations
+
+import math
+
+from cluster.config import load_config
+from nodes.worker.node import WorkerNode
+
+
+class Owner:
+    """A transaction's two timer slots, as the timer queue sees them."""
+
+    def __init__(self) -> None:
+        self._retransmit = None
+        self._timeout = None
+
+
+def _arm(worker: WorkerNode, deadline: float) -> None:
+    owner = Owner()
+    owner._timeout = worker.transactions._queue.push(deadline, owner, "K")
+
+
+def _worker() -> WorkerNode:
+    worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": "w-kick"}))
+    worker.inbox.close()
+    return worker
+
+
+def test_kick_only_for_an_earlier_deadline():
+    worker = _worker()
+    worker._timer_wake = 10.0                       # the task sleeps until t=10
+    _arm(worker, 20.0)
+    worker.kick_timers()
+    assert not worker._timer_kick.is_set(), "a later deadline needs no wake-up"
+    _arm(worker, 5.0)
+    worker.kick_timers()
+    assert worker._timer_kick.is_set(), "an earlier deadline must wake the task"
+
+
+def test_no_kick_while_the_timer_task_runs_and_none_without_deadlines():
+    worker = _worker()
+    worker._timer_wake = -math.inf                  # running: it recomputes before sleeping
+    _arm(worker, 1.0)
+    worker.kick_timers()
+    assert not worker._timer_kick.is_set()
+    idle = _worker()
+    assert idle._next_deadline() == math.inf
+    idle.kick_timers()
+    assert not idle._timer_kick.is_set()
