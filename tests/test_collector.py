@@ -68,7 +68,7 @@ def test_a_sweep_reclaims_cycles_among_frozen_objects(installed):
 
 
 def test_sweep_is_due_on_growth_and_waits_for_a_quiet_moment():
-    collector = Collector(floor=100, growth=2.0)
+    collector = Collector(floor=100, growth=2.0, limit=0)
     collector.baseline = 1_000
     assert not collector.sweep_due(1_500, quiet=True)        # not doubled
     assert collector.sweep_due(2_500, quiet=True)            # doubled, quiet
@@ -76,6 +76,31 @@ def test_sweep_is_due_on_growth_and_waits_for_a_quiet_moment():
     assert collector.sweep_due(4_500, quiet=False)           # quadrupled: now, busy or not
     collector.floor = 10_000
     assert not collector.sweep_due(4_500, quiet=True)        # below the floor
+
+
+def test_growth_from_the_start_up_baseline_is_urgent_only_past_twice_the_floor():
+    # A worker starts at ~60 MiB and legitimately holds ~300 MiB of calls at
+    # a few hundred calls/s: no pause in the middle of that traffic.
+    mib = 1 << 20
+    collector = Collector(floor=256 * mib, growth=2.0, limit=0)
+    collector.baseline = 60 * mib
+    assert not collector.sweep_due(300 * mib, quiet=False)
+    assert collector.sweep_due(300 * mib, quiet=True)        # but when it is quiet, yes
+    assert collector.sweep_due(520 * mib, quiet=False)       # twice the floor: now
+
+
+def test_a_container_limit_makes_the_sweep_urgent_before_the_oom_killer():
+    mib = 1 << 20
+    collector = Collector(floor=256 * mib, growth=2.0, limit=512 * mib)
+    collector.baseline = 100 * mib
+    assert not collector.sweep_due(400 * mib, quiet=False)   # under 80 % of the limit
+    assert collector.sweep_due(420 * mib, quiet=False)       # past it: now
+    collector.baseline = 300 * mib                           # live set near the limit:
+    assert not collector.sweep_due(450 * mib, quiet=False)   # no sweep after sweep
+
+
+def test_memory_limit_reads_a_number_or_nothing():
+    assert collector_module.memory_limit() >= 0
 
 
 def test_bad_settings_are_refused():
@@ -105,3 +130,32 @@ def test_the_sweep_task_sweeps_when_memory_has_grown(installed, monkeypatch):
     trio.run(main)
     assert installed.stats.sweeps == 1
     assert installed.baseline == 1 << 30
+
+
+def _sweeps_with(installed, monkeypatch, resident: int, cpu_per_tick: float, ticks: int = 40) -> int:
+    """Runs the sweep task for ``ticks`` check intervals with a fake resident
+    size and a fake CPU clock that advances ``cpu_per_tick`` per reading."""
+    monkeypatch.setattr(collector_module, "resident_bytes", lambda: resident)
+    monkeypatch.setattr(collector_module, "QUIET_LOOK", 0.01)
+    clock = iter(i * cpu_per_tick for i in range(10_000))
+    installed.cpu_clock = lambda: next(clock)
+    installed.baseline = 1 << 30
+    installed.floor = 0
+    installed.limit = 0
+    installed.interval = 0.01
+
+    async def main():
+        with trio.move_on_after(ticks * 0.01):
+            await installed.run()
+
+    trio.run(main)
+    return installed.stats.sweeps
+
+
+def test_a_busy_node_is_not_swept_until_memory_is_urgent(installed, monkeypatch):
+    # Doubled but busy (a full core's worth of CPU per interval): wait.
+    assert _sweeps_with(installed, monkeypatch, 3 << 30, cpu_per_tick=0.01) == 0
+
+
+def test_an_idle_node_is_swept_once_memory_has_doubled(installed, monkeypatch):
+    assert _sweeps_with(installed, monkeypatch, 3 << 30, cpu_per_tick=0.0) >= 1
