@@ -33,6 +33,14 @@ T = TypeVar("T")
 SIP_VERSION = "SIP/2.0"
 _MISSING = object()
 _TOP_VIA = "via:top"  # cache slot for the top Via alone
+_PARSED_STATE = frozenset(("headers", "_index", "_cache"))
+_RESTORES = [0]
+"""How many compacted messages were parsed again (a test's and a benchmark's
+check that the call path does not wake what it put to rest)."""
+
+
+def restores() -> int:
+    return _RESTORES[0]
 
 
 class Header:
@@ -94,6 +102,47 @@ class Message:
         if headers:
             for name, value in headers:
                 self.add(name, value)
+
+    # -- rest and wake ----------------------------------------------------------
+
+    def compact(self) -> None:
+        """Keep only the message's bytes (and start line and body) until it is
+        used again: the parsed header list, index and typed values are
+        dropped and rebuilt from the bytes on the next access.
+
+        A transaction outlives its last real use by up to 64×T1 = 32 s
+        (Timers J, L and M, RFC 3261 §17 and RFC 6026), waiting only for
+        retransmissions, which it answers from its key and the response's
+        bytes. Parsed, a call's messages take ~27 KB; held as bytes, a few.
+        The bytes are rendered first if the message was modified, so the
+        send that usually follows costs nothing more."""
+        if self.compacted:
+            return
+        self.to_bytes()
+        del self.headers
+        del self._index
+        del self._cache
+
+    @property
+    def compacted(self) -> bool:
+        try:
+            object.__getattribute__(self, "_cache")
+        except AttributeError:
+            return True
+        return False
+
+    def __getattr__(self, name: str):
+        # Only reached when a slot is empty, i.e. after compact(): parse the
+        # bytes again and take their header list, index and typed values.
+        if name in _PARSED_STATE:
+            from .parser import parse_message
+            parsed = parse_message(self._raw, datagram=True)  # type: ignore[arg-type]
+            self.headers = parsed.headers
+            self._index = parsed._index
+            self._cache = parsed._cache
+            _RESTORES[0] += 1
+            return object.__getattribute__(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- generic header access ------------------------------------------------
 

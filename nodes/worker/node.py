@@ -254,6 +254,7 @@ class WorkerNode:
                     self.receive(env, now)
                 else:
                     self.stats["link_unexpected_kind"] += 1
+            self.transactions.rest()
             self.kick_timers()
 
     async def _timer_loop(self) -> None:
@@ -267,6 +268,7 @@ class WorkerNode:
             now = trio.current_time()
             self.tu.perform(self.transactions.handle_timer(now), now)
             self.tu.handle_timer(now)
+            self.transactions.rest()
 
     def _next_deadline(self) -> float:
         ours, tu = self.transactions.next_deadline(), self.tu.next_deadline()

@@ -127,6 +127,7 @@ class Bench:
         start = len(sent)
         t0 = time.perf_counter()
         worker.receive(unpack(raw), self.clock)
+        worker.transactions.rest()  # as the link loop does after each batch
         self.busy += time.perf_counter() - t0
         self.messages += 1
         return [unpack(out).data for out in sent[start:]]
@@ -136,6 +137,7 @@ class Bench:
         t0 = time.perf_counter()
         worker.tu.perform(worker.transactions.handle_timer(self.clock), self.clock)
         worker.tu.handle_timer(self.clock)
+        worker.transactions.rest()
         self.busy += time.perf_counter() - t0
 
     def call(self, n: int) -> None:

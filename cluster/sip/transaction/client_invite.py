@@ -56,6 +56,7 @@ class ClientInviteTransaction(Transaction):
                 self.state = ACCEPTED
                 self._stop_timers()
                 self._arm_timeout(self.env.timers.m, now, "M")
+                self._rest()
                 out.append(ResponseReceived(self.key, response))
             else:
                 self.state = COMPLETED
@@ -63,6 +64,7 @@ class ClientInviteTransaction(Transaction):
                 ack = self.ack = _ack_for(self.request, response)
                 out.append(Send(ack, self.peer, self.key))
                 out.append(ResponseReceived(self.key, response))
+                self._rest(ack)
                 self._linger(self.env.timers.d, now, "D", out)
         elif state is COMPLETED:
             if status >= 300 and self.ack is not None:

@@ -38,6 +38,7 @@ class ClientNonInviteTransaction(Transaction):
                 self.state = COMPLETED
                 self._stop_timers()
                 out.append(ResponseReceived(self.key, response))
+                self._rest()
                 self._linger(self.env.timers.k, now, "K", out)
                 return
             out.append(ResponseReceived(self.key, response))

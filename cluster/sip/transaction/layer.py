@@ -51,16 +51,33 @@ class TransactionLayer:
         self.config = config if config is not None else TimerConfig()
         self.counters = TransactionCounters()
         self._queue = TimerQueue()
-        self._reliable = Environment(self.config.for_transport(True), self._queue, self.counters)
-        self._unreliable = Environment(self.config.for_transport(False), self._queue, self.counters)
+        self._resting: list = []
+        self._reliable = Environment(self.config.for_transport(True), self._queue, self.counters,
+                                     self._resting)
+        self._unreliable = Environment(self.config.for_transport(False), self._queue, self.counters,
+                                       self._resting)
         self._send_trying = send_trying
         self._reject_merged = reject_merged
         self._client: dict[TransactionKey, Transaction] = {}
         self._server: dict[TransactionKey, Transaction] = {}
         # §8.2.2.2: (From tag, Call-ID, CSeq number, method) -> server key.
         self._merged: dict[tuple, TransactionKey] = {}
+        # Each transaction's own merge key, kept so that forgetting it does
+        # not read its (by then compacted) request again.
+        self._merged_of: dict[TransactionKey, tuple] = {}
 
     # -- introspection ------------------------------------------------------------
+
+    def rest(self) -> int:
+        """Compact the messages of transactions that started waiting since the
+        last call (Message.compact); the caller invokes it when it is done
+        with the current inputs' actions. Returns how many were compacted."""
+        resting = self._resting
+        count = len(resting)
+        for message in resting:
+            message.compact()
+        resting.clear()
+        return count
 
     def __len__(self) -> int:
         """Live transactions, client and server."""
@@ -232,6 +249,7 @@ class TransactionLayer:
             other.start(now, out, event)
         if merged_key is not None:
             self._merged[merged_key] = key
+            self._merged_of[key] = merged_key
         return out
 
     def _cancelled(self, cancel: Request) -> TransactionKey | None:
@@ -303,8 +321,8 @@ class TransactionLayer:
             return
         if self._server.get(key) is txn:
             del self._server[key]
-        if self._merged:
-            merged_key = self._merged_key(txn.request)
+        if self._merged_of:
+            merged_key = self._merged_of.pop(key, None)
             if merged_key is not None and self._merged.get(merged_key) == key:
                 del self._merged[merged_key]
 

@@ -59,12 +59,16 @@ class Environment:
     transport class, the shared timer queue and the shared counters. One
     instance per transport class, shared by every transaction of that class."""
 
-    __slots__ = ("timers", "queue", "counters")
+    __slots__ = ("timers", "queue", "counters", "resting")
 
-    def __init__(self, timers: Timers, queue: TimerQueue, counters: TransactionCounters) -> None:
+    def __init__(self, timers: Timers, queue: TimerQueue, counters: TransactionCounters,
+                 resting: list | None = None) -> None:
         self.timers = timers
         self.queue = queue
         self.counters = counters
+        self.resting: list = [] if resting is None else resting
+        """Messages of transactions that now only wait, to be compacted once
+        the current input is fully handled (TransactionLayer.rest)."""
 
 
 class Transaction:
@@ -108,6 +112,17 @@ class Transaction:
         if self._timeout is not None:
             self._timeout = None
             self.env.queue.abandon()
+
+    def _rest(self, other: Request | Response | None = None) -> None:
+        """The transaction now only waits (Timers D, I, J, K, L, M): its
+        messages are to be kept as bytes until something reads them again
+        (see Message.compact; retransmissions are matched by key and
+        answered from bytes). Not at once: the TU and the observers still
+        read them while this input's actions are performed."""
+        resting = self.env.resting
+        resting.append(self.request)
+        if other is not None:
+            resting.append(other)
 
     def _linger(self, delay: float, now: float, name: str, out: list[Action]) -> None:
         """Wait ``delay`` for stray retransmissions, or end now when it is 0

@@ -82,6 +82,7 @@ class ServerInviteTransaction(Transaction):
                 if timers.g is not None:
                     self._arm_retransmit(timers.g, now, "G")
                 self._arm_timeout(timers.h, now, "H")
+            self._rest(response)
         elif state is ACCEPTED and 200 <= status < 300:
             # RFC 6026 §7.1: the TU's 2xx retransmissions pass straight through.
             out.append(Send(response, self.peer, self.key, True))

@@ -44,6 +44,7 @@ class ServerNonInviteTransaction(Transaction):
             out.append(Send(response, self.peer, self.key))
             if response.status >= 200:
                 self.state = COMPLETED
+                self._rest(response)
                 self._linger(self.env.timers.j, now, "J", out)
             else:
                 self.state = PROCEEDING
