@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, replace
 
 from .errors import ParseError
+from .memo import remember
 from .grammar import (
     Params, format_params, is_token_words, param_value, parse_params,
     quote, quoted_string_end, remove_param, replace_param, unquote,
@@ -96,8 +97,16 @@ _FAST_RE = re.compile(
 )
 
 
+_MEMO: dict[str, NameAddress] = {}
+
+
 def parse_name_addr(value: str, *, brackets_required: bool = False) -> NameAddress:
     """Parse ``( name-addr / addr-spec ) *( SEMI param )``."""
+    # Only <bracketed> values parsed on the fast path are remembered, and for
+    # those brackets_required makes no difference.
+    address = _MEMO.get(value)
+    if address is not None:
+        return address
     m = _FAST_RE.match(value)
     if m is not None:
         quoted, words, uri_text = m.groups()
@@ -117,7 +126,7 @@ def parse_name_addr(value: str, *, brackets_required: bool = False) -> NameAddre
             address.params = params
             address.bracketed = True
             address.__class__ = NameAddress  # type: ignore[assignment]
-            return address  # type: ignore[return-value]
+            return remember(_MEMO, value, address)  # type: ignore[arg-type]
     return _parse_name_addr_careful(value, brackets_required)
 
 

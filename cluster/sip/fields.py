@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ParseError
+from .memo import remember
 from .grammar import TOKEN_CHARS, Params, param_value, parse_params
 
 # RFC 3261 §8.1.1.5: the sequence number is a 32-bit unsigned integer.
@@ -40,7 +41,13 @@ class _CSeqDraft:
     __slots__ = CSeq.__slots__
 
 
+_CSEQ_MEMO: dict[str, CSeq] = {}
+
+
 def parse_cseq(value: str) -> CSeq:
+    cseq = _CSEQ_MEMO.get(value)
+    if cseq is not None:
+        return cseq
     m = _CSEQ_RE.match(value)
     if m is None:
         raise ParseError(f"malformed CSeq {value[:40]!r}")
@@ -52,7 +59,7 @@ def parse_cseq(value: str) -> CSeq:
     cseq.seq = seq
     cseq.method = m.group(2)
     cseq.__class__ = CSeq  # type: ignore[assignment]
-    return cseq  # type: ignore[return-value]
+    return remember(_CSEQ_MEMO, value, cseq)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from .fields import (
 from .grammar import split_commas
 from .headers import LIST_HEADERS, canonical_name, header_key
 from .uri import URI, parse_uri
-from .via import Via, parse_via
+from .via import Via, parse_via, via_text
 
 T = TypeVar("T")
 
@@ -431,7 +431,7 @@ class Message:
     # -- Via stack (RFC 3261 §16.6 step 8, §16.7 step 3) -------------------------
 
     def push_via(self, via: Via | str) -> None:
-        self.add("via", via, first=True)
+        self.add("via", via_text(via) if type(via) is Via else via, first=True)
 
     def set_top_via(self, via: Via) -> None:
         """Replace the topmost Via value (a server adding received/rport,
@@ -439,7 +439,7 @@ class Message:
         for i, h in enumerate(self.headers):
             if h.key == "via":
                 values = split_commas(h.value) if "," in h.value else [h.value]
-                values[0] = str(via)
+                values[0] = via_text(via)
                 self.headers[i] = Header("via", h.name, ", ".join(values))
                 self._touch("via")
                 self._cache[_TOP_VIA] = via

@@ -11,6 +11,8 @@ from .grammar import (
     replace_param,
 )
 
+from .memo import remember
+
 # sent-protocol LWS sent-by: SLASH is SWS "/" SWS, so spaces may surround each
 # slash (RFC 4475 §3.1.1.1 wsinv). Hosts are names, IPv4, or bracketed IPv6.
 _VIA_RE = re.compile(
@@ -96,8 +98,14 @@ class _ViaDraft:
     __slots__ = Via.__slots__
 
 
+_MEMO: dict[str, Via] = {}
+
+
 def parse_via(value: str) -> Via:
     """One via-parm (the caller splits the list at commas)."""
+    via = _MEMO.get(value)
+    if via is not None:
+        return via
     m = _VIA_RE.match(value)
     if m is None:
         raise ParseError(f"malformed Via {value[:60]!r}")
@@ -119,4 +127,13 @@ def parse_via(value: str) -> Via:
     via.params = params
     via.protocol = protocol
     via.__class__ = Via  # type: ignore[assignment]
-    return via  # type: ignore[return-value]
+    return remember(_MEMO, value, via)  # type: ignore[arg-type]
+
+
+def via_text(via: Via) -> str:
+    """The Via value we write, remembered as its own parse: the responses
+    that come back carry exactly this text at the top (§16.7 step 3), so
+    matching them needs no parse."""
+    text = str(via)
+    remember(_MEMO, text, via)
+    return text
