@@ -204,33 +204,8 @@ class TransactionUser:
         edge_route = call.source.context
         advertise = getattr(edge_route, "advertise", None) or self.worker.default_advertise()
         try:
-            if target.edge and target.received and not target.path:
-                transport = (target.transport or "UDP").upper()
-                peer_host, peer_port = target.received
-                if transport != "UDP":
-                    # The edge writes on the registration's connection while
-                    # it is open; once it is closed the edge connects to this
-                    # address instead, which must be the Contact (a UA on TCP
-                    # listens there, RFC 3261 §18.2.2), not the closed
-                    # connection's ephemeral source port.
-                    peer_host, peer_port = _contact_address(
-                        target, transport, self.worker.resolve) or (peer_host, peer_port)
-            else:
-                if target.path:
-                    # RFC 3327 §5.3: the Path goes first in the route set;
-                    # the request as it will leave says where that is.
-                    probe = forward_copy(ctx.request, branch.target, via=proxy_via(
-                        ctx.request, "UDP", advertise, f"{self.worker.salt}{branch.index}"),
-                        record_route=None, path=target.path)
-                    next_hop = next_hop_uri(probe)
-                else:
-                    # §16.6 steps 6-7 without building the request: the top
-                    # Route, else the branch's target.
-                    routes = ctx.request.routes
-                    next_hop = routes[0].uri if routes else (
-                        branch.target if branch.target is not None else ctx.request.uri)
-                hop = hop_for(next_hop, resolve=self.worker.resolve)
-                transport, peer_host, peer_port = hop.transport, hop.host, hop.port
+            transport, peer_host, peer_port = self._hop(
+                ctx.request, target, branch.target, advertise, f"{self.worker.salt}{branch.index}")
             via = proxy_via(ctx.request, transport, advertise, f"{self.worker.salt}{branch.index}",
                             shard=self.worker.node_id)
             rr = record_route_set(advertise, call.source.transport, transport) \
@@ -320,8 +295,11 @@ class TransactionUser:
     def on_cancel(self, action: CancelReceived, now: float) -> None:
         # §9.2 / §16.10: answer the CANCEL, then cancel the pending branches;
         # the callee's 487 comes back as the best response.
-        status = 200 if action.key is not None else 481
-        self.respond(make_response(action.request, status), now)
+        if action.key is None:
+            if not self.cancel_without_context(action.request, action.source, now):
+                self.respond(make_response(action.request, 481), now)
+            return
+        self.respond(make_response(action.request, 200), now)
         ctx = self.contexts.get(action.key) if action.key is not None else None
         if ctx is not None:
             self.run_outputs(ctx, ctx.cancel(), now)
@@ -332,6 +310,79 @@ class TransactionUser:
             request = self.transactions.request_of(action.key)
             if request is not None:
                 self.respond(make_response(request, 487), now)
+
+    def _hop(self, request: Request, target: Target, uri, advertise: str,
+             salt: str) -> tuple[str, str, int]:
+        """Transport, host and port of the next hop towards ``target``
+        (§16.6 steps 6-7, RFC 3327 Path, RFC 5626 flows); ParseError when
+        there is no way there."""
+        if target.edge and target.received and not target.path:
+            transport = (target.transport or "UDP").upper()
+            peer_host, peer_port = target.received
+            if transport != "UDP":
+                # The edge writes on the registration's connection while
+                # it is open; once it is closed the edge connects to this
+                # address instead, which must be the Contact (a UA on TCP
+                # listens there, RFC 3261 §18.2.2), not the closed
+                # connection's ephemeral source port.
+                peer_host, peer_port = _contact_address(
+                    target, transport, self.worker.resolve) or (peer_host, peer_port)
+            return transport, peer_host, peer_port
+        if target.path:
+            # RFC 3327 §5.3: the Path goes first in the route set; the
+            # request as it will leave says where that is.
+            probe = forward_copy(request, uri, via=proxy_via(request, "UDP", advertise, salt),
+                                 record_route=None, path=target.path)
+            next_hop = next_hop_uri(probe)
+        else:
+            # Without building the request: the top Route, else the target.
+            routes = request.routes
+            next_hop = routes[0].uri if routes else (uri if uri is not None else request.uri)
+        hop = hop_for(next_hop, resolve=self.worker.resolve)
+        return hop.transport, hop.host, hop.port
+
+    def cancel_without_context(self, cancel: Request, source: Peer, now: float) -> bool:
+        """§16.10: a CANCEL with no response context here — its INVITE was
+        handled by a shard that has since failed (the ring moved the call to
+        us), or never reached us. The RFC has such a CANCEL forwarded on,
+        not answered 481, so the callee stops ringing. It goes where routing
+        sends the INVITE's first branch, with the branch that branch had:
+        both derive from the same incoming transaction key (§16.11), so the
+        next hop matches it to the INVITE (§9.2) whichever shard forwarded
+        that. As for any CANCEL (§16.10) it is answered 200 here and sent in
+        a client transaction of its own (retransmitted over UDP; its
+        response ends there). False when routing offers no target."""
+        if self.check(cancel)[0]:
+            return False
+        handler_name, handler = self.worker.application.handler_for(cancel.method)
+        if handler is None:
+            return False
+        call = Call(cancel, source, self.worker.services, self.worker.node_id, handler_name)
+        try:
+            decision = handler(call)
+        except ParseError:
+            return False
+        if not isinstance(decision, Proxy) or not decision.targets:
+            return False
+        target = decision.targets[0]
+        edge_route = source.context
+        advertise = getattr(edge_route, "advertise", None) or self.worker.default_advertise()
+        salt = f"{self.worker.salt}0"
+        try:
+            transport, host, port = self._hop(cancel, target, target.uri, advertise, salt)
+            via = proxy_via(cancel, transport, advertise, salt, shard=self.worker.node_id)
+            out = forward_copy(cancel, target.uri, via=via, record_route=None, path=target.path)
+        except ParseError:
+            return False
+        self.respond(make_response(cancel, 200), now)
+        route = self.worker.route_to(target.edge or getattr(edge_route, "edge", None), target.conn, advertise)
+        self.worker.stats["cancel_without_context_forwarded"] += 1
+        try:
+            _, actions = self.transactions.send_request(out, Peer(transport, host, port, route), now)
+        except ValueError:
+            return True  # already forwarding this very CANCEL
+        self.perform(actions, now)
+        return True
 
     # -- stateless paths -------------------------------------------------------------------
 
