@@ -1,6 +1,9 @@
 """The wire between nodes: msgpack envelopes over ZeroMQ (DESIGN §3)."""
 
-from .envelope import Envelope, LinkError, pack, unpack
+from .envelope import (
+    READS, Envelope, LinkError, pack, pack_array, pack_frame, pack_v2, unpack, unpack_frame,
+)
 from .zmq_trio import Inbox, Outbox
 
-__all__ = ["Envelope", "Inbox", "LinkError", "Outbox", "pack", "unpack"]
+__all__ = ["READS", "Envelope", "Inbox", "LinkError", "Outbox", "pack", "pack_array", "pack_frame",
+           "pack_v2", "unpack", "unpack_frame"]

@@ -118,6 +118,9 @@ class Member:
     draining: bool = False
     """A worker leaving on purpose: out of the ring (no new calls), still a
     member so responses for its in-flight transactions reach it (DESIGN §4)."""
+    link_version: int = 1
+    """The highest link envelope version the node reads (cluster.link); a
+    record without it is from a node that reads version 1 only."""
 
     def __post_init__(self) -> None:
         _check_id(self.id)
@@ -156,6 +159,9 @@ class Member:
         if isinstance(started, bool) or not isinstance(started, (int, float)) \
                 or not math.isfinite(started):
             raise BadMemberRecord(f"'started' must be a number, got {started!r}")
+        link_version = record.get("link_version", 1)
+        if isinstance(link_version, bool) or not isinstance(link_version, int) or link_version < 1:
+            raise BadMemberRecord(f"'link_version' must be a positive integer, got {link_version!r}")
         return cls(
             id=node_id,
             role=role,
@@ -165,6 +171,7 @@ class Member:
             host=_text(record, "host", required=False),
             started=float(started),
             draining=record.get("draining") is True,
+            link_version=link_version,
         )
 
     def to_value(self) -> bytes:
@@ -173,6 +180,8 @@ class Member:
                   "pid": self.pid, "host": self.host, "started": self.started}
         if self.draining:
             record["draining"] = True
+        if self.link_version != 1:
+            record["link_version"] = self.link_version
         return json.dumps(record, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from hashlib import blake2b as _blake2b
 
-from cluster.link import Envelope, Outbox, pack
+from cluster.link import Envelope, Outbox, pack, pack_v2
 from cluster.observability.tracing import traceparent
 from cluster.sharding.ring import EmptyRing, Ring
 from cluster.sip import ParseError, extract_call_id, reject_malformed
@@ -53,6 +53,8 @@ class Forwarder:
         self.server = server
         self.ring: Ring | None = None
         self.worker_links: dict[str, str] = {}
+        self.array_links: set[str] = set()
+        """Worker endpoints that read version-2 envelopes (cluster.link)."""
         self.advertise: dict[str, str] = {}
         self.stats: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
@@ -61,7 +63,8 @@ class Forwarder:
         self.tracing = None
         """``cluster.observability.Tracing`` when tracing is on."""
 
-    def update(self, ring: Ring, worker_links: dict[str, str]) -> None:
+    def update(self, ring: Ring, worker_links: dict[str, str], array_links: set[str] | None = None) -> None:
+        self.array_links = set(array_links or ())
         for endpoint in worker_links.values():
             self.outbox.connect(endpoint)
         for endpoint in set(self.outbox.endpoints()) - set(worker_links.values()):
@@ -109,7 +112,7 @@ class Forwarder:
             span = tracing.edge_receive(call_id, data, transport, source, worker)
             if span is not None:
                 return self._forward_traced(span, data, transport, source, local, conn, endpoint)
-        envelope = pack(Envelope(
+        envelope = (pack_v2 if endpoint in self.array_links else pack)(Envelope(
             "in", self.node_id, transport, source, local, data, conn, time.time_ns(),
             None, self.advertise.get(transport), self.node_id,
         ))
@@ -122,7 +125,7 @@ class Forwarder:
     def _forward_traced(self, span, data: bytes, transport: str, source: Address, local: Address,
                         conn: int | None, endpoint: str | None) -> bytes | None:
         """``ingress`` for a sampled call: the envelope carries the span's traceparent."""
-        envelope = pack(Envelope(
+        envelope = (pack_v2 if endpoint in self.array_links else pack)(Envelope(
             "in", self.node_id, transport, source, local, data, conn, time.time_ns(),
             traceparent(span), self.advertise.get(transport), self.node_id,
         ))

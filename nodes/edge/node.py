@@ -17,7 +17,8 @@ import zmq
 
 from cluster.config import Config
 from cluster.coordination import EtcdMembership
-from cluster.link import Envelope, Inbox, LinkError, Outbox, unpack
+from cluster.link import READS as LINK_READS
+from cluster.link import Envelope, Inbox, LinkError, Outbox, unpack_frame
 from cluster.observability.etcd import EtcdErrors, instrument_store
 from cluster.observability.metrics import ETCD_BOUNDS, LATENCY_BOUNDS, HistogramFamily, HotHistogram
 from cluster.sharding.membership import EDGE, Member, MembershipView
@@ -83,7 +84,8 @@ class EdgeNode:
 
     def member(self) -> Member:
         return Member(id=self.node_id, role=EDGE, link=self.inbox.endpoint, http=self.http_url,
-                      pid=os.getpid(), host=socket.gethostname(), started=time.time())
+                      pid=os.getpid(), host=socket.gethostname(), started=time.time(),
+                      link_version=LINK_READS)
 
     # -- running -----------------------------------------------------------------
 
@@ -110,19 +112,21 @@ class EdgeNode:
         async for view in self.membership.views():
             self.view = view
             ring = view.ring()
-            links = {m.id: m.link for m in view.workers()}
-            self.forwarder.update(ring, links)
+            workers = view.workers()
+            links = {m.id: m.link for m in workers}
+            self.forwarder.update(ring, links, {m.link for m in workers if m.link_version >= 2})
 
     async def _link_loop(self) -> None:
         stats = self.stats
         while True:
             for raw in await self.inbox.receive_batch():
                 try:
-                    env = unpack(raw)
+                    envelopes = unpack_frame(raw)
                 except LinkError:
                     stats["link_bad_envelope"] += 1
                     continue
-                self.egress(env)
+                for env in envelopes:
+                    self.egress(env)
 
     def egress(self, env: Envelope) -> None:
         if env.kind != "out":

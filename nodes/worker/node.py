@@ -32,7 +32,10 @@ import zmq
 
 from cluster.config import Config
 from cluster.coordination import EtcdMembership
-from cluster.link import Envelope, Inbox, LinkError, Outbox, pack, unpack
+from cluster.link import READS as LINK_READS
+from cluster.link import (
+    Envelope, Inbox, LinkError, Outbox, pack, pack_array, pack_frame, pack_v2, unpack_frame,
+)
 from cluster.logs import CALL_ID
 from cluster.observability.etcd import EtcdErrors, instrument_kv, instrument_store
 from cluster.observability.metrics import ETCD_BOUNDS, LATENCY_BOUNDS, HistogramFamily, HotHistogram
@@ -50,6 +53,8 @@ from .tu import TransactionUser
 log = logging.getLogger("sipcluster.worker")
 
 SERVER = "sipcluster-worker"
+FRAME_EVERY = 16
+"""Inbound messages handled before the frames they produced are sent, at most."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,13 @@ class WorkerNode:
         self.application = application or load_application(w.app, self.node_id)
         self.stats: Counter[str] = Counter()
         self.edges: dict[str, str] = {}
+        self.array_edges: set[str] = set()
+        """Edges that read version-2 envelopes and frames (cluster.link)."""
+        # While a link batch or a timer run is handled, what goes to an edge
+        # that reads frames waits here and leaves as one ZeroMQ message per
+        # edge (flush_frames): endpoint -> [(envelope array, client key)].
+        self._frames: dict[str, list[tuple[list, object]]] = {}
+        self._framing = False
         self.membership: EtcdMembership | None = None
         self.view: MembershipView | None = None
         self.http_url = ""
@@ -114,7 +126,8 @@ class WorkerNode:
 
     def member(self) -> Member:
         return Member(id=self.node_id, role=WORKER, link=self.inbox.endpoint, http=self.http_url,
-                      pid=os.getpid(), host=socket.gethostname(), started=time.time())
+                      pid=os.getpid(), host=socket.gethostname(), started=time.time(),
+                      link_version=LINK_READS)
 
     def _secret(self) -> bytes:
         configured = self.config.worker.nonce_secret
@@ -234,26 +247,37 @@ class WorkerNode:
         assert self.membership is not None
         async for view in self.membership.views():
             self.view = view
-            edges = {m.id: m.link for m in view.edges()}
+            members = view.edges()
+            edges = {m.id: m.link for m in members}
             for endpoint in edges.values():
                 self.outbox.connect(endpoint)
             self.edges = edges
+            self.array_edges = {m.id for m in members if m.link_version >= 2}
 
     async def _link_loop(self) -> None:
         while True:
             batch = await self.inbox.receive_batch()
             self.link_batch = len(batch)
             now = trio.current_time()
-            for raw in batch:
-                try:
-                    env = unpack(raw)
-                except LinkError:
-                    self.stats["link_bad_envelope"] += 1
-                    continue
-                if env.kind == "in":
-                    self.receive(env, now)
-                else:
-                    self.stats["link_unexpected_kind"] += 1
+            self._framing = True
+            try:
+                for n, raw in enumerate(batch, 1):
+                    try:
+                        envelopes = unpack_frame(raw)
+                    except LinkError:
+                        self.stats["link_bad_envelope"] += 1
+                        continue
+                    for env in envelopes:
+                        if env.kind == "in":
+                            self.receive(env, now)
+                        else:
+                            self.stats["link_unexpected_kind"] += 1
+                    if n % FRAME_EVERY == 0:
+                        # A long batch does not hold its first answers back.
+                        self.flush_frames(now)
+            finally:
+                self._framing = False
+                self.flush_frames(now)
             self.transactions.rest()
             self.kick_timers()
 
@@ -266,8 +290,13 @@ class WorkerNode:
             self._timer_wake = -math.inf
             self._timer_kick = trio.Event()
             now = trio.current_time()
-            self.tu.perform(self.transactions.handle_timer(now), now)
-            self.tu.handle_timer(now)
+            self._framing = True
+            try:
+                self.tu.perform(self.transactions.handle_timer(now), now)
+                self.tu.handle_timer(now)
+            finally:
+                self._framing = False
+                self.flush_frames(now)
             self.transactions.rest()
 
     def _next_deadline(self) -> float:
@@ -401,22 +430,53 @@ class WorkerNode:
         tracing = self.tracing
         trace = None if tracing is None or self._untraced else tracing.outbound(message)
         if not self.send_raw(route.edge, dest.transport, (dest.host, dest.port), route.local,
-                             route.conn, data, trace) and key is not None:
+                             route.conn, data, trace, key) and key is not None:
             self.tu.perform(self.transactions.transport_error(key, now), now)
 
     def send_raw(self, edge: str, transport: str, peer: tuple[str, int], local: tuple[str, int],
-                 conn: int | None, data: bytes, trace: str | None = None) -> bool:
+                 conn: int | None, data: bytes, trace: str | None = None, key=None) -> bool:
+        """Hand one message to ``edge``. False when it cannot go now (the
+        caller reports a transport error). While framing, a message for an
+        edge that reads frames is queued and True returned: a failure then
+        surfaces in flush_frames, which reports ``key``'s transport error."""
         endpoint = self.edges.get(edge)
         if endpoint is None:
             self.stats["drop_unknown_edge"] += 1
             return False
         env = Envelope("out", edge, transport, peer, local, data, conn, self._origin_ns, trace,
                        sender=self.node_id)
-        if self.outbox.send(endpoint, pack(env)):
+        if edge in self.array_edges:
+            if self._framing:
+                queued = self._frames.get(endpoint)
+                if queued is None:
+                    self._frames[endpoint] = queued = []
+                queued.append((pack_array(env), key))
+                return True
+            frame = pack_v2(env)
+        else:
+            frame = pack(env)
+        if self.outbox.send(endpoint, frame):
             self.stats["sent"] += 1
             return True
         self.stats["drop_edge_link_down"] += 1
         return False
+
+    def flush_frames(self, now: float) -> None:
+        """Send what framing queued: one frame per edge. Messages an edge
+        link refuses count as dropped, and their client transactions get a
+        transport error (§17.1.4), whose own messages are sent here too."""
+        while self._frames:
+            frames, self._frames = self._frames, {}
+            for endpoint, queued in frames.items():
+                frame = pack_frame([array for array, _ in queued])
+                if self.outbox.send(endpoint, frame):
+                    self.stats["sent"] += len(queued)
+                    self.stats["sent_frames"] += 1
+                    continue
+                self.stats["drop_edge_link_down"] += len(queued)
+                for _, key in queued:
+                    if key is not None:
+                        self.tu.perform(self.transactions.transport_error(key, now), now)
 
     def status(self) -> dict:
         ready, why = self.readiness()

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from cluster.config import load_config  # noqa: E402
-from cluster.link import Envelope, pack, unpack  # noqa: E402
+from cluster.link import Envelope, pack_v2, unpack  # noqa: E402
 from cluster.sip import Request, make_response, parse_message  # noqa: E402
 
 EDGE = "edge-1"
@@ -94,8 +94,8 @@ def callee_response(forwarded: bytes, status: int, to_tag: str, body: bytes = b"
 
 
 def inbound(data: bytes, peer: tuple[str, int]) -> bytes:
-    return pack(Envelope("in", EDGE, "UDP", peer, EDGE_ADDR, data, None, time.time_ns(),
-                         None, ADVERTISE, EDGE))
+    return pack_v2(Envelope("in", EDGE, "UDP", peer, EDGE_ADDR, data, None, time.time_ns(),
+                            None, ADVERTISE, EDGE))
 
 
 def make_worker():
@@ -107,6 +107,7 @@ def make_worker():
     worker.inbox.close()
     worker.outbox = CollectingOutbox()
     worker.edges = {EDGE: "sink"}
+    worker.array_edges = {EDGE}  # edges of this version read version-2 envelopes
     worker.services = Services(domains=["localhost"], trusted=["127.0.0.0/8"], nonce_secret=b"bench-nonce-secret-0123",
                                nonce_ttl=300, locations=None, users=None)
     return worker

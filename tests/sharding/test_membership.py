@@ -323,3 +323,19 @@ def test_draining_worker_stays_a_member_but_leaves_the_ring():
     assert _json.loads(leaving.to_value())["draining"] is True
     assert _Member.from_kv(kvs[1][0], kvs[1][1]).draining is True
     assert "draining" not in _json.loads(live.to_value())
+
+
+def test_link_version_is_published_and_defaults_to_one():
+    member = Member(id="e1", role="edge", link="ipc:///tmp/e1", link_version=2)
+    key = member_key(PREFIX, "edge", "e1")
+    assert json.loads(member.to_value())["link_version"] == 2
+    assert Member.from_kv(key, member.to_value()).link_version == 2
+    older = json.dumps({"id": "e1", "role": "edge", "link": "ipc:///tmp/e1"}).encode()
+    assert Member.from_kv(key, older).link_version == 1  # a node that reads maps only
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", True, 1.5, None])
+def test_a_bad_link_version_is_refused(bad):
+    value = json.dumps({"id": "e1", "role": "edge", "link": "ipc:///tmp/e1", "link_version": bad}).encode()
+    with pytest.raises(BadMemberRecord, match="link_version"):
+        Member.from_kv(member_key(PREFIX, "edge", "e1"), value)

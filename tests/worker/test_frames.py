@@ -1,0 +1,119 @@
+"""A worker sends what one link batch produces for an edge as one frame.
+
+While framing (a link batch or a timer run), messages for an edge that reads
+version-2 envelopes queue up and leave in one ZeroMQ message per edge; an
+edge of an older version still gets one version-1 envelope per message. A
+frame the link refuses counts its messages as dropped and gives the client
+transactions among them a transport error (§17.1.4).
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+
+from cluster.config import load_config
+from cluster.link import Envelope, pack_v2, unpack_frame
+from nodes.worker.node import WorkerNode
+from nodes.worker.services import Services
+
+EDGE = "edge-1"
+
+
+class Link:
+    def __init__(self, up: bool = True) -> None:
+        self.up = up
+        self.frames: list[bytes] = []
+
+    def send(self, endpoint: str, data: bytes) -> bool:
+        if self.up:
+            self.frames.append(data)
+        return self.up
+
+    def connect(self, endpoint: str) -> None:
+        return None
+
+
+def _worker(link: Link, *, reads_frames: bool = True) -> WorkerNode:
+    worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": "w-frames"}))
+    worker.inbox.close()
+    worker.outbox = link
+    worker.edges = {EDGE: "sink"}
+    worker.array_edges = {EDGE} if reads_frames else set()
+    worker.services = Services(domains=["localhost"], trusted=["127.0.0.0/8"],
+                               nonce_secret=b"test-nonce-secret-0123456", nonce_ttl=300,
+                               locations=None, users=None)
+    return worker
+
+
+def _invite(n: int) -> Envelope:
+    data = (
+        f"INVITE sip:bob@127.0.0.1:5070 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-frames-{n}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:alice@bench.invalid>;tag=a1\r\nTo: <sip:bob@localhost>\r\n"
+        f"Call-ID: frames-{n}@127.0.0.1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    return Envelope("in", EDGE, "UDP", ("127.0.0.1", 5061), ("127.0.0.1", 5060), data, None,
+                    time.time_ns(), None, "127.0.0.1:5060", EDGE)
+
+
+def _handle_batch(worker: WorkerNode, envelopes: list[Envelope]) -> None:
+    """What _link_loop does around one batch, without the socket."""
+    worker._framing = True
+    try:
+        for env in envelopes:
+            worker.receive(env, 1000.0)
+    finally:
+        worker._framing = False
+        worker.flush_frames(1000.0)
+
+
+def test_one_batch_leaves_as_one_frame():
+    link = Link()
+    worker = _worker(link)
+    _handle_batch(worker, [_invite(1), _invite(2), _invite(3)])
+    assert len(link.frames) == 1
+    sent = unpack_frame(link.frames[0])
+    starts = [env.data.split(b"\r\n", 1)[0] for env in sent]
+    assert starts.count(b"SIP/2.0 100 Trying") == 3
+    assert sum(s.startswith(b"INVITE ") for s in starts) == 3
+    assert worker.stats["sent"] == 6 and worker.stats["sent_frames"] == 1
+
+
+def test_an_edge_of_an_older_version_gets_version_1_envelopes():
+    link = Link()
+    worker = _worker(link, reads_frames=False)
+    _handle_batch(worker, [_invite(1), _invite(2)])
+    assert len(link.frames) == 4
+    assert all(isinstance(msgpack.unpackb(frame), dict) for frame in link.frames)
+
+
+def test_outside_a_batch_messages_leave_at_once():
+    link = Link()
+    worker = _worker(link)
+    worker.receive(_invite(1), 1000.0)
+    assert len(link.frames) == 2
+    assert [len(unpack_frame(frame)) for frame in link.frames] == [1, 1]
+
+
+def test_a_refused_frame_is_a_transport_error_for_its_client_transactions():
+    framed = _worker(Link(up=False))
+    _handle_batch(framed, [_invite(1)])
+    # The same as when each message is refused on its own, outside a batch.
+    single = _worker(Link(up=False))
+    single.receive(_invite(1), 1000.0)
+    assert framed.stats["drop_edge_link_down"] == single.stats["drop_edge_link_down"] >= 2
+    assert framed.transactions.counters.transport_errors == single.transactions.counters.transport_errors
+    assert framed.transactions.counters.transport_errors >= 1
+    # The branch failed at once: the proxy gave up on it rather than waiting for Timer B.
+    assert not framed.tu.contexts and not single.tu.contexts
+    assert not framed._frames
+
+
+def test_version_2_in_and_out_through_receive():
+    link = Link()
+    worker = _worker(link)
+    raw = pack_v2(_invite(9))
+    _handle_batch(worker, unpack_frame(raw))
+    assert len(unpack_frame(link.frames[0])) == 2
