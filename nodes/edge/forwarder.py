@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from hashlib import blake2b as _blake2b
 
-from cluster.link import Envelope, Outbox, pack, pack_v2
+from cluster.link import Envelope, Outbox, pack, pack_array, pack_frame, pack_v2
 from cluster.observability.tracing import traceparent
 from cluster.sharding.ring import EmptyRing, Ring
 from cluster.sip import ParseError, extract_call_id, reject_malformed
@@ -73,9 +73,15 @@ class Forwarder:
         self.worker_links = worker_links
 
     def ingress(
-        self, data: bytes, transport: str, source: Address, local: Address, conn: int | None
+        self, data: bytes, transport: str, source: Address, local: Address, conn: int | None,
+        frames: dict[str, list] | None = None,
     ) -> bytes | None:
-        """Forward one message; returns an immediate answer to send back, if any."""
+        """Forward one message; returns an immediate answer to send back, if any.
+
+        With ``frames`` (a listener draining several datagrams), a message
+        for a worker that reads version-2 frames is queued there by
+        endpoint instead of sent; ``flush`` sends each endpoint's queue as
+        one ZeroMQ message and returns the answers for what it could not."""
         stats = self.stats
         if len(data) > self.max_message:
             stats["drop_oversize"] += 1
@@ -112,15 +118,43 @@ class Forwarder:
             span = tracing.edge_receive(call_id, data, transport, source, worker)
             if span is not None:
                 return self._forward_traced(span, data, transport, source, local, conn, endpoint)
-        envelope = (pack_v2 if endpoint in self.array_links else pack)(Envelope(
-            "in", self.node_id, transport, source, local, data, conn, time.time_ns(),
-            None, self.advertise.get(transport), self.node_id,
-        ))
+        env = Envelope("in", self.node_id, transport, source, local, data, conn, time.time_ns(),
+                       None, self.advertise.get(transport), self.node_id)
+        if endpoint in self.array_links:
+            if frames is not None:
+                queued = frames.get(endpoint)  # type: ignore[arg-type]
+                if queued is None:
+                    frames[endpoint] = queued = []  # type: ignore[index]
+                queued.append((pack_array(env), data, source))
+                return None
+            envelope = pack_v2(env)
+        else:
+            envelope = pack(env)
         if endpoint is not None and self.outbox.send(endpoint, envelope):
             stats["forwarded"] += 1
             return None
         stats["unroutable_link_down"] += 1
         return self._unavailable(data, "worker link unavailable")
+
+    def flush(self, frames: dict[str, list]) -> list[tuple[bytes, Address]]:
+        """Send what ``ingress`` queued, one frame per worker endpoint, and
+        empty ``frames``. Returns (answer, source) for each queued request a
+        worker link refused (503, as ``ingress`` answers one at a time)."""
+        answers: list[tuple[bytes, Address]] = []
+        stats = self.stats
+        send = self.outbox.send
+        for endpoint, queued in frames.items():
+            if send(endpoint, pack_frame([array for array, _, _ in queued])):
+                stats["forwarded"] += len(queued)
+                stats["forwarded_frames"] += 1
+                continue
+            stats["unroutable_link_down"] += len(queued)
+            for _, data, source in queued:
+                answer = self._unavailable(data, "worker link unavailable")
+                if answer is not None:
+                    answers.append((answer, source))
+        frames.clear()
+        return answers
 
     def _forward_traced(self, span, data: bytes, transport: str, source: Address, local: Address,
                         conn: int | None, endpoint: str | None) -> bytes | None:

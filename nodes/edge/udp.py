@@ -18,6 +18,8 @@ from .forwarder import Forwarder
 log = logging.getLogger("sipcluster.edge")
 
 _EMPTY = frozenset({b"\r\n", b"\r\n\r\n", b"\n", b""})
+FRAME_EVERY = 32
+"""Datagrams read before what they forward is sent, at most (latency bound)."""
 
 
 def _family(host: str) -> int:
@@ -49,6 +51,10 @@ class UdpListener:
             self.forwarder.stats["drop_udp_send"] += 1
             return False
 
+    def _answer(self, answers: list[tuple[bytes, tuple[str, int]]]) -> None:
+        for answer, peer in answers:
+            self.send(answer, peer)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         sock = self.sock
         recvfrom = sock.recvfrom
@@ -57,6 +63,10 @@ class UdpListener:
         received = self.forwarder.received
         local = self.local
         task_status.started()
+        flush = self.forwarder.flush
+        # What one drain forwards to each worker leaves as one frame when the
+        # worker reads them (Forwarder.ingress / flush).
+        frames: dict[str, list] = {}
         try:
             while True:
                 await trio.lowlevel.wait_readable(sock)
@@ -74,13 +84,19 @@ class UdpListener:
                         stats["udp_keepalive"] += 1
                         continue
                     count += 1
-                    reply = ingress(data, "UDP", (addr[0], addr[1]), local, None)
+                    reply = ingress(data, "UDP", (addr[0], addr[1]), local, None, frames)
                     if reply is not None:
                         self.send(reply, addr[:2])
+                    if count % FRAME_EVERY == 0 and frames:
+                        self._answer(flush(frames))
                 else:
+                    if frames:
+                        self._answer(flush(frames))
                     received["UDP"] += count
                     await trio.lowlevel.checkpoint()
                     continue
+                if frames:
+                    self._answer(flush(frames))
                 received["UDP"] += count
         finally:
             sock.close()
