@@ -29,6 +29,9 @@ from .udp import UdpListener
 
 log = logging.getLogger("sipcluster.edge")
 
+YIELD_EVERY = 512
+"""Messages written out before the link loop lets other tasks run."""
+
 SERVER = "sipcluster-edge"
 
 
@@ -119,6 +122,7 @@ class EdgeNode:
     async def _link_loop(self) -> None:
         stats = self.stats
         while True:
+            sent = 0
             for raw in await self.inbox.receive_batch():
                 try:
                     envelopes = unpack_frame(raw)
@@ -127,6 +131,12 @@ class EdgeNode:
                     continue
                 for env in envelopes:
                     self.egress(env)
+                sent += len(envelopes)
+                if sent >= YIELD_EVERY:
+                    # Frames hold many messages: let the UDP listeners and
+                    # the lease keeper run within a long batch.
+                    sent = 0
+                    await trio.lowlevel.checkpoint()
 
     def egress(self, env: Envelope) -> None:
         if env.kind != "out":

@@ -54,7 +54,9 @@ log = logging.getLogger("sipcluster.worker")
 
 SERVER = "sipcluster-worker"
 FRAME_EVERY = 16
-"""Inbound messages handled before the frames they produced are sent, at most."""
+"""Inbound frames handled before the frames they produced are sent, at most."""
+YIELD_EVERY = 256
+"""Inbound messages handled before the link loop lets other tasks run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +261,7 @@ class WorkerNode:
             batch = await self.inbox.receive_batch()
             self.link_batch = len(batch)
             now = trio.current_time()
+            handled = 0
             self._framing = True
             try:
                 for n, raw in enumerate(batch, 1):
@@ -272,9 +275,23 @@ class WorkerNode:
                             self.receive(env, now)
                         else:
                             self.stats["link_unexpected_kind"] += 1
+                    handled += len(envelopes)
                     if n % FRAME_EVERY == 0:
                         # A long batch does not hold its first answers back.
                         self.flush_frames(now)
+                    if handled >= YIELD_EVERY:
+                        # Frames carry many messages each: under overload a
+                        # batch is seconds of work, and the lease keeper and
+                        # the timers must still run within it (a worker whose
+                        # lease lapses leaves the ring exactly when busiest).
+                        handled = 0
+                        self._framing = False
+                        self.flush_frames(now)
+                        self.transactions.rest()
+                        self.kick_timers()
+                        await trio.lowlevel.checkpoint()
+                        now = trio.current_time()
+                        self._framing = True
             finally:
                 self._framing = False
                 self.flush_frames(now)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 
 import msgpack
+import trio
 
 from cluster.config import load_config
-from cluster.link import Envelope, pack_v2, unpack_frame
+from cluster.link import Envelope, pack_array, pack_frame, pack_v2, unpack_frame
 from nodes.worker.node import WorkerNode
 from nodes.worker.services import Services
 
@@ -117,3 +118,56 @@ def test_version_2_in_and_out_through_receive():
     raw = pack_v2(_invite(9))
     _handle_batch(worker, unpack_frame(raw))
     assert len(unpack_frame(link.frames[0])) == 2
+
+
+class OneBatchInbox:
+    """Hands the link loop one batch, then nothing more."""
+
+    def __init__(self, batch: list[bytes]) -> None:
+        self.batch = batch
+
+    async def receive_batch(self, limit: int = 512) -> list[bytes]:
+        if self.batch:
+            batch, self.batch = self.batch, []
+            return batch
+        await trio.sleep_forever()
+
+
+def test_a_long_batch_lets_other_tasks_run_within_it():
+    from nodes.worker import node as node_module
+
+    # Frames of many messages each: a batch far longer than YIELD_EVERY.
+    frames = [pack_frame([pack_array(_invite(f * 100 + n)) for n in range(100)]) for f in range(6)]
+    total = 600
+    assert total > 2 * node_module.YIELD_EVERY
+    worker = _worker(Link())
+    worker.inbox = OneBatchInbox(frames)
+    seen: list[int] = []
+    handled = [0]
+    receive = worker.receive
+
+    def counting(env, now):
+        handled[0] += 1
+        receive(env, now)
+
+    worker.receive = counting
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker._link_loop)
+
+            async def other_task():
+                # Like the lease keeper: it must get a turn while the batch runs.
+                while handled[0] < total:
+                    seen.append(handled[0])
+                    await trio.lowlevel.checkpoint()
+
+            nursery.start_soon(other_task)
+            with trio.fail_after(60):
+                while handled[0] < total:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert handled[0] == total
+    assert any(0 < n < total for n in seen), f"no other task ran mid-batch: {seen[:5]}"
