@@ -137,9 +137,12 @@ def test_a_long_batch_lets_other_tasks_run_within_it():
     from nodes.worker import node as node_module
 
     # Frames of many messages each: a batch far longer than YIELD_EVERY.
-    frames = [pack_frame([pack_array(_invite(f * 100 + n)) for n in range(100)]) for f in range(6)]
-    total = 600
-    assert total > 2 * node_module.YIELD_EVERY
+    # Trio runs each ready task once per scheduling batch in no fixed order,
+    # so the other task may see each step's end rather than its start: with
+    # four or more steps it still sees the batch unfinished at least once.
+    frames = [pack_frame([pack_array(_invite(f * 100 + n)) for n in range(100)]) for f in range(12)]
+    total = 1200
+    assert total > 4 * node_module.YIELD_EVERY
     worker = _worker(Link())
     worker.inbox = OneBatchInbox(frames)
     seen: list[int] = []
