@@ -1,9 +1,10 @@
 """The wire between nodes: msgpack envelopes over ZeroMQ (DESIGN §3)."""
 
 from .envelope import (
-    READS, Envelope, LinkError, pack, pack_array, pack_frame, pack_v2, unpack, unpack_frame,
+    READS, Envelope, FrameQueue, LinkError, pack, pack_array, pack_frame, pack_v2, unpack,
+    unpack_frame,
 )
 from .zmq_trio import Inbox, Outbox
 
-__all__ = ["READS", "Envelope", "Inbox", "LinkError", "Outbox", "pack", "pack_array", "pack_frame",
-           "pack_v2", "unpack", "unpack_frame"]
+__all__ = ["READS", "Envelope", "FrameQueue", "Inbox", "LinkError", "Outbox", "pack", "pack_array",
+           "pack_frame", "pack_v2", "unpack", "unpack_frame"]

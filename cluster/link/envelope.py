@@ -117,6 +117,33 @@ def pack_frame(arrays: list[list]) -> bytes:
     return _packb(arrays)
 
 
+class FrameQueue:
+    """Version-2 envelopes waiting to leave, by endpoint: each endpoint's
+    go out as one frame. ``tag`` travels with each envelope so the sender
+    can account for a frame the link refuses (the edge answers the request,
+    the worker reports its transaction's transport error)."""
+
+    __slots__ = ("_queued",)
+
+    def __init__(self) -> None:
+        self._queued: dict[str, tuple[list, list]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._queued)
+
+    def add(self, endpoint: str, env: Envelope, tag: object = None) -> None:
+        queued = self._queued.get(endpoint)
+        if queued is None:
+            self._queued[endpoint] = queued = ([], [])
+        queued[0].append(pack_array(env))
+        queued[1].append(tag)
+
+    def take(self) -> list[tuple[str, bytes, list]]:
+        """(endpoint, frame, tags) for everything queued; the queue is empty after."""
+        queued, self._queued = self._queued, {}
+        return [(endpoint, pack_frame(arrays), tags) for endpoint, (arrays, tags) in queued.items()]
+
+
 def _address(value: object, name: str) -> Address:
     if (type(value) is list and len(value) == 2 and type(value[0]) is str
             and type(value[1]) is int):

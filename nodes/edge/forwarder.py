@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from hashlib import blake2b as _blake2b
 
-from cluster.link import Envelope, Outbox, pack, pack_array, pack_frame, pack_v2
+from cluster.link import Envelope, FrameQueue, Outbox, pack, pack_v2
 from cluster.observability.tracing import traceparent
 from cluster.sharding.ring import EmptyRing, Ring
 from cluster.sip import ParseError, extract_call_id, reject_malformed
@@ -74,7 +74,7 @@ class Forwarder:
 
     def ingress(
         self, data: bytes, transport: str, source: Address, local: Address, conn: int | None,
-        frames: dict[str, list] | None = None,
+        frames: FrameQueue | None = None,
     ) -> bytes | None:
         """Forward one message; returns an immediate answer to send back, if any.
 
@@ -122,10 +122,7 @@ class Forwarder:
                        None, self.advertise.get(transport), self.node_id)
         if endpoint in self.array_links:
             if frames is not None:
-                queued = frames.get(endpoint)  # type: ignore[arg-type]
-                if queued is None:
-                    frames[endpoint] = queued = []  # type: ignore[index]
-                queued.append((pack_array(env), data, source))
+                frames.add(endpoint, env, (data, source))  # type: ignore[arg-type]
                 return None
             envelope = pack_v2(env)
         else:
@@ -136,24 +133,23 @@ class Forwarder:
         stats["unroutable_link_down"] += 1
         return self._unavailable(data, "worker link unavailable")
 
-    def flush(self, frames: dict[str, list]) -> list[tuple[bytes, Address]]:
+    def flush(self, frames: FrameQueue) -> list[tuple[bytes, Address]]:
         """Send what ``ingress`` queued, one frame per worker endpoint, and
         empty ``frames``. Returns (answer, source) for each queued request a
         worker link refused (503, as ``ingress`` answers one at a time)."""
         answers: list[tuple[bytes, Address]] = []
         stats = self.stats
         send = self.outbox.send
-        for endpoint, queued in frames.items():
-            if send(endpoint, pack_frame([array for array, _, _ in queued])):
+        for endpoint, frame, queued in frames.take():
+            if send(endpoint, frame):
                 stats["forwarded"] += len(queued)
                 stats["forwarded_frames"] += 1
                 continue
             stats["unroutable_link_down"] += len(queued)
-            for _, data, source in queued:
+            for data, source in queued:
                 answer = self._unavailable(data, "worker link unavailable")
                 if answer is not None:
                     answers.append((answer, source))
-        frames.clear()
         return answers
 
     def _forward_traced(self, span, data: bytes, transport: str, source: Address, local: Address,

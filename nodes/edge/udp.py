@@ -13,6 +13,8 @@ import socket
 
 import trio
 
+from cluster.link import FrameQueue
+
 from .forwarder import Forwarder
 
 log = logging.getLogger("sipcluster.edge")
@@ -66,15 +68,17 @@ class UdpListener:
         flush = self.forwarder.flush
         # What one drain forwards to each worker leaves as one frame when the
         # worker reads them (Forwarder.ingress / flush).
-        frames: dict[str, list] = {}
+        frames = FrameQueue()
         try:
             while True:
                 await trio.lowlevel.wait_readable(sock)
                 count = 0
+                drained = False
                 for _ in range(self.batch):
                     try:
                         data, addr = recvfrom(65536)
                     except BlockingIOError:
+                        drained = True
                         break
                     except OSError:
                         # ICMP errors surface here on Linux; nothing to read.
@@ -89,14 +93,11 @@ class UdpListener:
                         self.send(reply, addr[:2])
                     if count % FRAME_EVERY == 0 and frames:
                         self._answer(flush(frames))
-                else:
-                    if frames:
-                        self._answer(flush(frames))
-                    received["UDP"] += count
-                    await trio.lowlevel.checkpoint()
-                    continue
                 if frames:
                     self._answer(flush(frames))
                 received["UDP"] += count
+                if not drained:
+                    # The batch limit, not an empty queue, ended the drain.
+                    await trio.lowlevel.checkpoint()
         finally:
             sock.close()

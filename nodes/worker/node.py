@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import trio
@@ -34,7 +34,7 @@ from cluster.config import Config
 from cluster.coordination import EtcdMembership
 from cluster.link import READS as LINK_READS
 from cluster.link import (
-    Envelope, Inbox, LinkError, Outbox, pack, pack_array, pack_frame, pack_v2, unpack_frame,
+    Envelope, FrameQueue, Inbox, LinkError, Outbox, pack, pack_v2, unpack_frame,
 )
 from cluster.logs import CALL_ID
 from cluster.observability.etcd import EtcdErrors, instrument_kv, instrument_store
@@ -85,10 +85,10 @@ class WorkerNode:
         self.edges: dict[str, str] = {}
         self.array_edges: set[str] = set()
         """Edges that read version-2 envelopes and frames (cluster.link)."""
-        # While a link batch or a timer run is handled, what goes to an edge
-        # that reads frames waits here and leaves as one ZeroMQ message per
-        # edge (flush_frames): endpoint -> [(envelope array, client key)].
-        self._frames: dict[str, list[tuple[list, object]]] = {}
+        # While a link batch or a timer run is handled (_framed), what goes
+        # to an edge that reads frames waits here, tagged with its client
+        # transaction key, and leaves as one ZeroMQ message per edge.
+        self._frames = FrameQueue()
         self._framing = False
         self.membership: EtcdMembership | None = None
         self.view: MembershipView | None = None
@@ -260,43 +260,52 @@ class WorkerNode:
         while True:
             batch = await self.inbox.receive_batch()
             self.link_batch = len(batch)
-            now = trio.current_time()
-            handled = 0
-            self._framing = True
+            start = 0
+            while start < len(batch):
+                if start:
+                    # Frames carry many messages each: under overload a batch
+                    # is seconds of work, and the lease keeper and the timers
+                    # must still run within it (a worker whose lease lapses
+                    # leaves the ring exactly when it is busiest).
+                    await trio.lowlevel.checkpoint()
+                now = trio.current_time()
+                with self._framed(now):
+                    start = self._handle_frames(batch, start, now)
+                self.transactions.rest()
+                self.kick_timers()
+
+    def _handle_frames(self, batch: list[bytes], start: int, now: float) -> int:
+        """Handle ``batch`` from ``start`` until YIELD_EVERY messages are done;
+        returns where to go on from."""
+        handled = 0
+        for n in range(start, len(batch)):
             try:
-                for n, raw in enumerate(batch, 1):
-                    try:
-                        envelopes = unpack_frame(raw)
-                    except LinkError:
-                        self.stats["link_bad_envelope"] += 1
-                        continue
-                    for env in envelopes:
-                        if env.kind == "in":
-                            self.receive(env, now)
-                        else:
-                            self.stats["link_unexpected_kind"] += 1
-                    handled += len(envelopes)
-                    if n % FRAME_EVERY == 0:
-                        # A long batch does not hold its first answers back.
-                        self.flush_frames(now)
-                    if handled >= YIELD_EVERY:
-                        # Frames carry many messages each: under overload a
-                        # batch is seconds of work, and the lease keeper and
-                        # the timers must still run within it (a worker whose
-                        # lease lapses leaves the ring exactly when busiest).
-                        handled = 0
-                        self._framing = False
-                        self.flush_frames(now)
-                        self.transactions.rest()
-                        self.kick_timers()
-                        await trio.lowlevel.checkpoint()
-                        now = trio.current_time()
-                        self._framing = True
-            finally:
-                self._framing = False
+                envelopes = unpack_frame(batch[n])
+            except LinkError:
+                self.stats["link_bad_envelope"] += 1
+                continue
+            for env in envelopes:
+                if env.kind == "in":
+                    self.receive(env, now)
+                else:
+                    self.stats["link_unexpected_kind"] += 1
+            handled += len(envelopes)
+            if handled >= YIELD_EVERY:
+                return n + 1
+            if (n + 1 - start) % FRAME_EVERY == 0:
+                # A long batch does not hold its first answers back.
                 self.flush_frames(now)
-            self.transactions.rest()
-            self.kick_timers()
+        return len(batch)
+
+    @contextmanager
+    def _framed(self, now: float):
+        """Queue what goes to frame-reading edges meanwhile; send it at the end."""
+        self._framing = True
+        try:
+            yield
+        finally:
+            self._framing = False
+            self.flush_frames(now)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -307,13 +316,9 @@ class WorkerNode:
             self._timer_wake = -math.inf
             self._timer_kick = trio.Event()
             now = trio.current_time()
-            self._framing = True
-            try:
+            with self._framed(now):
                 self.tu.perform(self.transactions.handle_timer(now), now)
                 self.tu.handle_timer(now)
-            finally:
-                self._framing = False
-                self.flush_frames(now)
             self.transactions.rest()
 
     def _next_deadline(self) -> float:
@@ -464,10 +469,7 @@ class WorkerNode:
                        sender=self.node_id)
         if edge in self.array_edges:
             if self._framing:
-                queued = self._frames.get(endpoint)
-                if queued is None:
-                    self._frames[endpoint] = queued = []
-                queued.append((pack_array(env), key))
+                self._frames.add(endpoint, env, key)
                 return True
             frame = pack_v2(env)
         else:
@@ -483,15 +485,13 @@ class WorkerNode:
         link refuses count as dropped, and their client transactions get a
         transport error (§17.1.4), whose own messages are sent here too."""
         while self._frames:
-            frames, self._frames = self._frames, {}
-            for endpoint, queued in frames.items():
-                frame = pack_frame([array for array, _ in queued])
+            for endpoint, frame, keys in self._frames.take():
                 if self.outbox.send(endpoint, frame):
-                    self.stats["sent"] += len(queued)
+                    self.stats["sent"] += len(keys)
                     self.stats["sent_frames"] += 1
                     continue
-                self.stats["drop_edge_link_down"] += len(queued)
-                for _, key in queued:
+                self.stats["drop_edge_link_down"] += len(keys)
+                for key in keys:
                     if key is not None:
                         self.tu.perform(self.transactions.transport_error(key, now), now)
 

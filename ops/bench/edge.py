@@ -41,7 +41,7 @@ def edge_forwarding_rate(messages: int, framed: bool = False) -> float:
     message (a worker of an older version)."""
     import zmq
 
-    from cluster.link import Inbox, Outbox
+    from cluster.link import FrameQueue, Inbox, Outbox
     from cluster.sharding.ring import Ring
     from nodes.edge.forwarder import Forwarder
     from nodes.edge.udp import FRAME_EVERY
@@ -78,7 +78,7 @@ def edge_forwarding_rate(messages: int, framed: bool = False) -> float:
     datagrams = [OPTIONS.replace(b"a84b4c76e66710", b"%014x" % i) for i in range(1000)]
     ingress = forwarder.ingress
     source, local = ("192.0.2.1", 5060), ("127.0.0.1", 5060)
-    frames: dict | None = {} if framed else None
+    frames = FrameQueue() if framed else None
     flush = forwarder.flush
     start = time.perf_counter()
     for i in range(messages):

@@ -6,7 +6,7 @@ import time
 
 import zmq
 
-from cluster.link import Inbox, Outbox, unpack, unpack_frame
+from cluster.link import FrameQueue, Inbox, Outbox, unpack, unpack_frame
 from cluster.sharding.ring import Ring
 from nodes.edge.forwarder import Forwarder, response_shard
 from tests.sip.samples import OPTIONS, RESPONSE
@@ -80,7 +80,7 @@ def test_a_drain_forwards_one_frame_per_worker_that_reads_frames():
     links = {w: i.endpoint for w, i in inboxes.items()}
     fwd.update(Ring(["w1"]), links, {links["w1"]})  # w1 reads frames, w2 only version 1
     src, local = ("192.0.2.1", 5060), ("127.0.0.1", 5060)
-    frames: dict = {}
+    frames = FrameQueue()
     tagged = RESPONSE.replace(b";received=192.0.2.1", b";received=192.0.2.1;wk=w2")
     for data in (OPTIONS, OPTIONS.replace(b"Call-ID: ", b"Call-ID: x"), tagged):
         assert fwd.ingress(data, "UDP", src, local, None, frames) is None
@@ -88,7 +88,7 @@ def test_a_drain_forwards_one_frame_per_worker_that_reads_frames():
     assert inboxes["w2"].socket.poll(5000)
     assert unpack(inboxes["w2"].socket.recv()).data == tagged
     assert not inboxes["w1"].socket.poll(100), "queued until the drain ends"
-    assert fwd.flush(frames) == [] and frames == {}
+    assert fwd.flush(frames) == [] and not frames
     assert inboxes["w1"].socket.poll(5000)
     sent = unpack_frame(inboxes["w1"].socket.recv())
     assert [env.data[:7] for env in sent] == [b"OPTIONS", b"OPTIONS"]
@@ -117,7 +117,7 @@ def test_a_refused_frame_answers_each_request_in_it():
     fwd = Forwarder("edge-t", RefusingOutbox(), max_message=4000, server="test")
     fwd.update(Ring(["w1"]), {"w1": "ipc:///nowhere"}, {"ipc:///nowhere"})
     src, local = ("192.0.2.1", 5060), ("127.0.0.1", 5060)
-    frames: dict = {}
+    frames = FrameQueue()
     fwd.ingress(OPTIONS, "UDP", src, local, None, frames)
     fwd.ingress(RESPONSE, "UDP", ("192.0.2.9", 5070), local, None, frames)
     answers = fwd.flush(frames)

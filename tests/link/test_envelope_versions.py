@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from cluster.link import (
-    Envelope, LinkError, pack, pack_array, pack_frame, pack_v2, unpack, unpack_frame,
+    Envelope, FrameQueue, LinkError, pack, pack_array, pack_frame, pack_v2, unpack, unpack_frame,
 )
 
 FULL = Envelope("in", "edge-1", "TCP", ("2001:db8::1", 5061), ("127.0.0.1", 5060), b"INVITE ...",
@@ -62,3 +62,15 @@ def _array(**changes) -> bytes:
 def test_malformed_arrays_and_frames_are_refused(raw):
     with pytest.raises(LinkError):
         unpack_frame(raw)
+
+
+def test_a_frame_queue_sends_one_frame_per_endpoint_with_its_tags():
+    queue = FrameQueue()
+    assert not queue
+    queue.add("ipc:///w1", FULL, "a")
+    queue.add("ipc:///w2", BARE)
+    queue.add("ipc:///w1", BARE, "b")
+    assert queue
+    taken = {endpoint: (unpack_frame(frame), tags) for endpoint, frame, tags in queue.take()}
+    assert taken == {"ipc:///w1": ([FULL, BARE], ["a", "b"]), "ipc:///w2": ([BARE], [None])}
+    assert not queue and queue.take() == []

@@ -61,13 +61,9 @@ def _invite(n: int) -> Envelope:
 
 def _handle_batch(worker: WorkerNode, envelopes: list[Envelope]) -> None:
     """What _link_loop does around one batch, without the socket."""
-    worker._framing = True
-    try:
+    with worker._framed(1000.0):
         for env in envelopes:
             worker.receive(env, 1000.0)
-    finally:
-        worker._framing = False
-        worker.flush_frames(1000.0)
 
 
 def test_one_batch_leaves_as_one_frame():
