@@ -185,12 +185,19 @@ def proxy_via(request: Request, transport: str, advertise: str, salt: str = "",
 def loop_hash(request: Request) -> str:
     """What makes a request the same request when it comes back (§16.6 step
     8): Request-URI as received, tags, Call-ID, CSeq number and the fields
-    that steer proxies (Route, Proxy-Require, Proxy-Authorization). Vias and
-    Max-Forwards change on every hop and are left out."""
+    that steer proxies (Route, Proxy-Require). Vias and Max-Forwards change
+    on every hop and are left out.
+
+    Proxy-Authorization, which §16.6 also lists, is left out too: the hash is
+    part of the branch, and a CANCEL forwarded by a shard that never saw its
+    INVITE (§16.10, after a failover) must carry the INVITE's branch, but a
+    CANCEL does not carry the INVITE's credentials (§9.1 copies only
+    Request-URI, Call-ID, To, From, CSeq number and Route). A request that
+    comes back with new credentials after a challenge also has a new CSeq
+    number, so loops are told from spirals as before."""
     material = "\x00".join((
         str(request.uri), request.from_.tag or "", request.to.tag or "", request.call_id,
         str(request.cseq.seq), *request.get_all("route"), *request.get_all("proxy-require"),
-        *request.get_all("proxy-authorization"),
     ))
     return hashlib.blake2s(material.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 

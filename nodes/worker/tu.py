@@ -346,12 +346,15 @@ class TransactionUser:
         handled by a shard that has since failed (the ring moved the call to
         us), or never reached us. The RFC has such a CANCEL forwarded on,
         not answered 481, so the callee stops ringing. It goes where routing
-        sends the INVITE's first branch, with the branch that branch had:
-        both derive from the same incoming transaction key (§16.11), so the
-        next hop matches it to the INVITE (§9.2) whichever shard forwarded
-        that. As for any CANCEL (§16.10) it is answered 200 here and sent in
-        a client transaction of its own (retransmitted over UDP; its
-        response ends there). False when routing offers no target."""
+        sends the INVITE's branches, each with the branch it had: both derive
+        from the same incoming transaction key and branch index (§16.11), so
+        the next hop matches it to the INVITE (§9.2) whichever shard forwarded
+        that. Every target gets one: the branches of a parallel fork all ring,
+        and for a sequential one we cannot know which is live (a hop that
+        never saw the INVITE answers 481, which ends there). As for any
+        CANCEL (§16.10) it is answered 200 here and each copy is sent in a
+        client transaction of its own (retransmitted over UDP; its response
+        ends there). False when routing offers no target."""
         if self.check(cancel)[0]:
             return False
         handler_name, handler = self.worker.application.handler_for(cancel.method)
@@ -364,24 +367,29 @@ class TransactionUser:
             return False
         if not isinstance(decision, Proxy) or not decision.targets:
             return False
-        target = decision.targets[0]
         edge_route = source.context
         advertise = getattr(edge_route, "advertise", None) or self.worker.default_advertise()
-        salt = f"{self.worker.salt}0"
-        try:
-            transport, host, port = self._hop(cancel, target, target.uri, advertise, salt)
-            via = proxy_via(cancel, transport, advertise, salt, shard=self.worker.node_id)
-            out = forward_copy(cancel, target.uri, via=via, record_route=None, path=target.path)
-        except ParseError:
+        copies = []
+        for index, target in enumerate(decision.targets):
+            salt = f"{self.worker.salt}{index}"
+            try:
+                transport, host, port = self._hop(cancel, target, target.uri, advertise, salt)
+                via = proxy_via(cancel, transport, advertise, salt, shard=self.worker.node_id)
+                out = forward_copy(cancel, target.uri, via=via, record_route=None, path=target.path)
+            except ParseError:
+                continue  # an unroutable target: the INVITE never went there either
+            route = self.worker.route_to(target.edge or getattr(edge_route, "edge", None), target.conn, advertise)
+            copies.append((out, Peer(transport, host, port, route)))
+        if not copies:
             return False
         self.respond(make_response(cancel, 200), now)
-        route = self.worker.route_to(target.edge or getattr(edge_route, "edge", None), target.conn, advertise)
-        self.worker.stats["cancel_without_context_forwarded"] += 1
-        try:
-            _, actions = self.transactions.send_request(out, Peer(transport, host, port, route), now)
-        except ValueError:
-            return True  # already forwarding this very CANCEL
-        self.perform(actions, now)
+        for out, peer in copies:
+            self.worker.stats["cancel_without_context_forwarded"] += 1
+            try:
+                _, actions = self.transactions.send_request(out, peer, now)
+            except ValueError:
+                continue  # already forwarding this very CANCEL
+            self.perform(actions, now)
         return True
 
     # -- stateless paths -------------------------------------------------------------------

@@ -274,3 +274,13 @@ def test_loop_hash_ignores_hop_by_hop_fields():
     assert loop_hash(a) == loop_hash(b)
     assert loop_hash(a) != loop_hash(request(extra="Proxy-Require: foo"))
     assert loop_hash(a) != loop_hash(request(routes=["<sip:next.example.org;lr>"]))
+
+
+def test_loop_hash_is_the_same_for_an_invite_and_its_cancel_without_credentials():
+    # §9.1: the CANCEL copies Request-URI, Call-ID, To, From, CSeq number and
+    # Route, not the INVITE's Proxy-Authorization; the hash is in the branch
+    # a CANCEL must share with its INVITE (§16.10).
+    plain = request()
+    credentialed = request(extra='Proxy-Authorization: Digest username="alice", realm="localhost", '
+                                 'nonce="n1", uri="sip:bob@localhost", response="00"')
+    assert loop_hash(plain) == loop_hash(credentialed)

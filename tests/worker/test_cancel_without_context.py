@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from cluster.app.api import Application
 from cluster.config import load_config
 from cluster.link import Envelope, pack, unpack
 from cluster.sip import parse_message
@@ -41,8 +42,8 @@ class Sent:
         return [parse_message(unpack(frame).data) for frame in self.frames]
 
 
-def _worker(name: str) -> WorkerNode:
-    worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": name}))
+def _worker(name: str, application: Application | None = None) -> WorkerNode:
+    worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": name}), application)
     worker.inbox.close()
     worker.outbox = Sent()
     worker.edges = {EDGE: "sink"}
@@ -52,11 +53,13 @@ def _worker(name: str) -> WorkerNode:
     return worker
 
 
-def _request(method: str, uri: str = f"sip:bob@{CALLEE}", branch: str = "z9hG4bK-caller-1") -> bytes:
+def _request(method: str, uri: str = f"sip:bob@{CALLEE}", branch: str = "z9hG4bK-caller-1",
+             extra: str = "") -> bytes:
     return (
         f"{method} {uri} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:5061;branch={branch};rport\r\n"
         "Max-Forwards: 70\r\n"
+        f"{extra}"
         "From: <sip:alice@bench.invalid>;tag=a1\r\n"
         "To: <sip:bob@localhost>\r\n"
         "Call-ID: failover-cancel-1@127.0.0.1\r\n"
@@ -105,3 +108,47 @@ def test_the_cancel_is_retransmitted_until_the_callee_answers():
     worker.tu.perform(worker.transactions.handle_timer(1000.0 + 0.6), 1000.6)  # Timer E (T1)
     after = len([m for m in worker.outbox.messages() if getattr(m, "method", "") == "CANCEL"])
     assert (before, after) == (1, 2)
+
+
+FORK = ("sip:bob@127.0.0.1:5070", "sip:bob@127.0.0.1:5071", "sip:bob@127.0.0.1:5072")
+
+
+def _forking() -> Application:
+    app = Application("fork")
+
+    @app.request("INVITE", "CANCEL")
+    def ring_all(call):
+        return call.proxy(FORK)
+
+    return app
+
+
+def _sent(worker: WorkerNode, method: str) -> dict[str, str]:
+    """Request-URI → top Via branch of each ``method`` the worker sent."""
+    return {str(m.uri): m.via.branch for m in worker.outbox.messages() if getattr(m, "method", "") == method}
+
+
+def test_every_branch_of_a_forked_invite_gets_its_cancel():
+    old, new = _worker("worker-a", _forking()), _worker("worker-b", _forking())
+    _feed(old, _request("INVITE"))
+    invites = _sent(old, "INVITE")
+    assert sorted(invites) == sorted(FORK)
+    assert len(set(invites.values())) == 3, "each branch has a branch parameter of its own"
+    _feed(new, _request("CANCEL"))
+    assert _sent(new, "CANCEL") == invites
+    answers = [m.status for m in new.outbox.messages() if not hasattr(m, "method")]
+    assert answers == [200], "one answer to the caller, however many branches"
+    assert new.stats["cancel_without_context_forwarded"] == 3
+
+
+def test_a_cancel_matches_an_invite_that_carried_credentials():
+    # §9.1: the CANCEL has no Proxy-Authorization even when the INVITE did
+    # (the INVITE sent again after a 407).
+    credentials = ('Proxy-Authorization: Digest username="alice", realm="bench.invalid", nonce="n1", '
+                   f'uri="sip:bob@{CALLEE}", response="00000000000000000000000000000000"\r\n')
+    old, new = _worker("worker-a"), _worker("worker-b")
+    _feed(old, _request("INVITE", extra=credentials))
+    invites = _sent(old, "INVITE")
+    assert len(invites) == 1
+    _feed(new, _request("CANCEL"))
+    assert _sent(new, "CANCEL") == invites
