@@ -71,6 +71,7 @@ class CacheCounters:
     silent: int = 0
     """Streams declared dead for answering no progress request."""
     bad_records: int = 0
+    """Stored values this node could not decode (counted when first looked up)."""
 
 
 def _order(binding: Binding) -> tuple[float, float]:
@@ -103,7 +104,11 @@ class LocationCache:
         self.revision = 0
         """Every change up to this etcd revision has been applied."""
         self.last_error: str | None = None
-        self._aors: dict[str, dict[str, Binding]] = {}
+        # Values are the stored bytes until a lookup first reads them, then
+        # the decoded Binding: most bindings a worker follows are never
+        # routed to by it (the call's Call-ID picks the shard, not the AOR),
+        # and ~250 bytes of msgpack are a fraction of a Binding's objects.
+        self._aors: dict[str, dict[str, Binding | bytes]] = {}
         self._last_heard = 0.0
         self._healthy_since: float | None = None
         self._broken_at: float | None = None
@@ -120,7 +125,20 @@ class LocationCache:
         bindings = self._aors.get(aor)
         if not bindings:
             return []
-        live = [b for b in bindings.values() if b.expires_at > now]
+        live = []
+        for bid, binding in list(bindings.items()):
+            if type(binding) is bytes:
+                try:
+                    binding = bindings[bid] = decode_binding(binding)
+                except ValueError:
+                    # Unreadable (newer format?): as good as gone for routing.
+                    self.counters.bad_records += 1
+                    del bindings[bid]
+                    continue
+            if binding.expires_at > now:
+                live.append(binding)
+        if not bindings:
+            del self._aors[aor]
         if len(live) > 1:
             live.sort(key=_order)
         return live
@@ -183,18 +201,13 @@ class LocationCache:
         self.counters.resyncs += 1
         self._advance(revision, force=True)
 
-    def _read_all(self) -> tuple[int, dict[str, dict[str, Binding]]]:
+    def _read_all(self) -> tuple[int, dict[str, dict[str, Binding | bytes]]]:
         revision, kvs = self._kv.read_prefix(self.root)
-        aors: dict[str, dict[str, Binding]] = {}
+        aors: dict[str, dict[str, Binding | bytes]] = {}
         root = self.root
         for key, value, _ in kvs:
-            try:
-                binding = decode_binding(value)
-            except ValueError:
-                self.counters.bad_records += 1
-                continue
             aor, bid = split_key(root, key)
-            aors.setdefault(aor, {})[bid] = binding
+            aors.setdefault(aor, {})[bid] = value
         return revision, aors
 
     async def _follow(self, resync_at: float) -> bool:
@@ -273,12 +286,8 @@ class LocationCache:
                 kv = event.kv
                 aor, bid = split_key(root, kv.key)
                 if event.type == _PUT:
-                    try:
-                        aors.setdefault(aor, {})[bid] = decode_binding(kv.value)
-                        continue
-                    except ValueError:
-                        # Unreadable (newer format?): as good as gone for routing.
-                        self.counters.bad_records += 1
+                    aors.setdefault(aor, {})[bid] = kv.value  # decoded when looked up
+                    continue
                 bindings = aors.get(aor)
                 if bindings is not None:
                     bindings.pop(bid, None)
