@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from .errors import ParseError
 from .memo import remember
-from .grammar import TOKEN_CHARS, Params, param_value, parse_params
+from .grammar import TOKEN_CHARS, Params, digits_param, digits_to_int, param_value, parse_params
 
 # RFC 3261 §8.1.1.5: the sequence number is a 32-bit unsigned integer.
 MAX_CSEQ = 0xFFFFFFFF
+MAX_CONTENT_LENGTH = 1 << 62
 
 _CSEQ_RE = re.compile(f"[ \\t]*([0-9]{{1,10}})[ \\t]+([{TOKEN_CHARS}]+)[ \\t]*\\Z")
 _RETRY_AFTER_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]*(\([^)]*\))?[ \t]*")
@@ -72,8 +73,7 @@ class RetryAfter:
 
     @property
     def duration(self) -> int | None:
-        value = param_value(self.params, "duration")
-        return int(value) if value and (value.isascii() and value.isdigit()) else None
+        return digits_param(param_value(self.params, "duration"), MAX_CSEQ)
 
     def __str__(self) -> str:
         text = str(self.seconds)
@@ -98,7 +98,7 @@ def parse_max_forwards(value: str) -> int:
     text = value.strip(" \t")
     if not (text.isascii() and text.isdigit()):
         raise ParseError("malformed Max-Forwards")
-    return min(int(text), 255)
+    return digits_to_int(text, 255)
 
 
 def parse_content_length(value: str) -> int:
@@ -106,7 +106,8 @@ def parse_content_length(value: str) -> int:
     text = value.strip(" \t")
     if not (text.isascii() and text.isdigit()):
         raise ParseError("malformed Content-Length")
-    return int(text)
+    # Clamped far past any message size: the caller rejects it as too large.
+    return digits_to_int(text, MAX_CONTENT_LENGTH)
 
 
 def parse_delta_seconds(value: str, field: str) -> int:
@@ -114,7 +115,7 @@ def parse_delta_seconds(value: str, field: str) -> int:
     text = value.strip(" \t")
     if not (text.isascii() and text.isdigit()):
         raise ParseError(f"malformed {field}")
-    return min(int(text), MAX_CSEQ)
+    return digits_to_int(text, MAX_CSEQ)
 
 
 def check_date(value: str) -> None:

@@ -84,6 +84,9 @@ class StreamFramer:
             text = values.pop()
             if not (text.isascii() and text.isdigit()):
                 raise ParseError("malformed Content-Length")
+            if len(text.lstrip(b"0")) > 20:
+                # Past any message size; int() of it could cost (or refuse).
+                raise ParseError("message too large", 513)
             total = end + 4 + int(text)
             if total > self.max_message:
                 raise ParseError("message too large", 513)

@@ -59,6 +59,31 @@ def parse_params(text: str, pos: int = 0) -> Params:
     return tuple(params)
 
 
+# More digits than any limit we clamp to needs (2**64 has 20). Python refuses
+# int() of over 4,300 digits with ValueError, and the conversion's cost grows
+# with the length, so longer strings are judged by their length instead.
+_MAX_DIGITS = 20
+
+
+def digits_to_int(text: str, limit: int) -> int:
+    """``1*DIGIT`` (ASCII, already checked) as an int, clamped to ``limit``."""
+    if len(text) > _MAX_DIGITS:
+        text = text.lstrip("0") or "0"
+        if len(text) > _MAX_DIGITS:
+            return limit
+    value = int(text)
+    return value if value <= limit else limit
+
+
+def digits_param(value: str | None, limit: int) -> int | None:
+    """A numeric parameter's value; None when absent, empty, not ``1*DIGIT``
+    or above ``limit`` (a port, a TTL, a reg-id out of range is no value)."""
+    if not value or not (value.isascii() and value.isdigit()):
+        return None
+    number = digits_to_int(value, limit + 1)
+    return None if number > limit else number
+
+
 def param_value(params: Params, name: str) -> str | None:
     """The value of parameter ``name`` (case-insensitive), '' if it has none."""
     lname = name.lower()

@@ -69,8 +69,22 @@ _FAST_SIP = re.compile(
 
 # RFC 3966 §3
 _VISUAL_SEPARATORS = str.maketrans("", "", "-.()")
-_GLOBAL_NUMBER = re.compile(r"\+[0-9\-.()]*[0-9][0-9\-.()]*")
-_LOCAL_NUMBER = re.compile(r"[0-9A-Fa-f*#\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\-.()]*")
+# RFC 3966 §3: a number is digits with visual separators, at least one digit.
+# Checked as "only these characters" plus "one digit somewhere": a single
+# pattern with the digit in the middle backtracks quadratically on a long
+# number that fails at its end.
+_GLOBAL_CHARS = re.compile(r"\+[0-9\-.()]*")
+_GLOBAL_DIGIT = re.compile(r"[0-9]")
+_LOCAL_CHARS = re.compile(r"[0-9A-Fa-f*#\-.()]*")
+_LOCAL_DIGIT = re.compile(r"[0-9A-Fa-f*#]")
+
+
+def _is_phone_number(number: str) -> bool:
+    if number.startswith("+"):
+        chars, digit = _GLOBAL_CHARS, _GLOBAL_DIGIT
+    else:
+        chars, digit = _LOCAL_CHARS, _LOCAL_DIGIT
+    return chars.fullmatch(number) is not None and digit.search(number) is not None
 _TEL_PNAME = re.compile(r"[A-Za-z0-9\-]+")
 _TEL_PVALUE = re.compile(rf"[{_UNRESERVED}\[\]/:&+$=,?@%]+")
 
@@ -574,7 +588,7 @@ def _parse_headers(text: str) -> tuple[tuple[str, str], ...]:
 
 def _parse_tel(rest: str) -> TelURI:
     number, semicolon, param_text = rest.partition(";")
-    if not (_GLOBAL_NUMBER if number.startswith("+") else _LOCAL_NUMBER).fullmatch(number):
+    if not _is_phone_number(number):
         raise ParseError(f"invalid telephone number {_shown(number)} (RFC 3966 §3)")
     # A local number without phone-context is a MUST violation of RFC 3966
     # §5.1.5, yet common; whether to route it is the application's call.

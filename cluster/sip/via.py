@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from .errors import ParseError
 from .grammar import (
-    TOKEN_CHARS, Params, format_params, param_value, parse_params, remove_param,
+    TOKEN_CHARS, Params, digits_param, format_params, param_value, parse_params, remove_param,
     replace_param,
 )
 
@@ -52,8 +52,8 @@ class Via:
 
     @property
     def ttl(self) -> int | None:
-        value = param_value(self.params, "ttl")
-        return int(value) if value and (value.isascii() and value.isdigit()) else None
+        # RFC 3261 §20.42: ttl is 0 to 255.
+        return digits_param(param_value(self.params, "ttl"), 255)
 
     @property
     def has_rport(self) -> bool:
@@ -63,8 +63,10 @@ class Via:
     @property
     def rport(self) -> int | None:
         """The rport value filled in by a server, None if absent or empty."""
-        value = param_value(self.params, "rport")
-        return int(value) if value and (value.isascii() and value.isdigit()) else None
+        # A value that is no port (RFC 3581 §4: 1*DIGIT, a UDP port) is
+        # ignored: the response then goes to the sent-by port, never to a
+        # port the socket layer refuses.
+        return digits_param(param_value(self.params, "rport"), 65535)
 
     @property
     def rfc3261_branch(self) -> bool:

@@ -49,7 +49,10 @@ class UdpListener:
         try:
             self.sock.sendto(data, peer)
             return True
-        except (BlockingIOError, OSError):
+        except (OSError, OverflowError, ValueError, TypeError):
+            # OverflowError: a port past 65535; ValueError/TypeError: an
+            # address the socket layer cannot take. A bad destination from a
+            # worker costs that message, never the listener.
             self.forwarder.stats["drop_udp_send"] += 1
             return False
 

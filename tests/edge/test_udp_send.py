@@ -1,0 +1,27 @@
+"""The UDP listener survives destinations the socket layer refuses."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from nodes.edge.forwarder import Forwarder
+from nodes.edge.udp import UdpListener
+
+
+@pytest.mark.parametrize("peer", [("127.0.0.1", 70000), ("127.0.0.1", -1), ("not an address\x00", 5060)])
+def test_a_refused_destination_costs_the_message_not_the_listener(peer):
+    listener = UdpListener("127.0.0.1", 0, Forwarder("edge-t", None, max_message=4000, server="test"))
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(10)
+    try:
+        assert listener.send(b"SIP/2.0 200 OK\r\n\r\n", peer) is False
+        assert listener.forwarder.stats["drop_udp_send"] == 1
+        # The socket still sends.
+        assert listener.send(b"still here", receiver.getsockname()) is True
+        assert receiver.recvfrom(100)[0] == b"still here"
+    finally:
+        listener.sock.close()
+        receiver.close()
