@@ -75,6 +75,7 @@ class Outcome(enum.Enum):
     OUT_OF_ORDER = "out-of-order"            # §10.3 steps 6/7: Call-ID/CSeq
     CONFLICT = "conflict"                    # concurrent writers kept winning
     STORE_UNAVAILABLE = "store-unavailable"  # etcd unreachable
+    INTERNAL_ERROR = "internal-error"        # a bug met while processing
 
 
 # The one table from outcome to reply: (status, reason phrase, add Retry-After).
@@ -90,6 +91,7 @@ REPLIES: dict[Outcome, tuple[int, str, bool]] = {
     # §21.5.1: a 500 may carry Retry-After when the condition is temporary.
     Outcome.CONFLICT: (500, "Server Internal Error", True),
     Outcome.STORE_UNAVAILABLE: (503, "Service Unavailable", True),
+    Outcome.INTERNAL_ERROR: (500, "Server Internal Error", False),
 }
 
 

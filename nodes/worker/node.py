@@ -405,16 +405,28 @@ class WorkerNode:
         self._nursery.start_soon(self._register, request, source, self._origin_ns)
 
     async def _register(self, request: Request, source: Peer, origin_ns: int = 0) -> None:
-        from cluster.registrar import Source, register
+        from cluster.registrar import Outcome, Source, failure, register
         route = source.context if isinstance(source.context, EdgeRoute) else None
         tracing = self.tracing
         scope = tracing.child("registrar.register", {"sip.aor": str(request.to.uri)}) \
             if tracing is not None else nullcontext()
         with scope as span:
-            result = await register(
-                self.store, request, now=time.time(), policy=self.policy,
-                source=Source(source.transport, source.host, source.port),
-                edge=route.edge if route else None, conn=route.conn if route else None)
+            try:
+                result = await register(
+                    self.store, request, now=time.time(), policy=self.policy,
+                    source=Source(source.transport, source.host, source.port),
+                    edge=route.edge if route else None, conn=route.conn if route else None)
+            except ParseError as error:
+                # A field read lazily by the registrar was malformed.
+                self.stats["late_parse_error"] += 1
+                result = failure(Outcome.MALFORMED, error.reason, policy=self.policy)
+            except Exception:
+                # This task runs in the worker's nursery: an exception escaping
+                # it would stop the worker. A registrar bug costs this
+                # REGISTER a 500, as in the message path.
+                log.exception("registration failed", extra={"call_id": request.call_id})
+                self.stats["internal_error"] += 1
+                result = failure(Outcome.INTERNAL_ERROR, policy=self.policy)
             self.stats[f"register_{result.status}"] += 1
             if span is not None:
                 span.set_attribute("sip.response.status_code", result.status)

@@ -1,0 +1,82 @@
+"""The worker's registration task: a failure inside the registrar costs that
+REGISTER an answer (500, or 400 for a malformed field), never the worker.
+
+A real WorkerNode in trio with the in-memory location store; its PUSH
+sockets are replaced by a list."""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from cluster.app.api import Application
+from cluster.link import Envelope, pack, unpack
+from cluster.registrar.rules import DEFAULT_POLICY
+from cluster.registrar.store import MemoryLocationStore
+from cluster.sip import parse_message
+
+from .test_cancel_without_context import CALLER, EDGE, EDGE_ADDR, _worker
+
+OPEN = "localhost"  # the test worker's local domain
+
+
+def register(n: int, extra: str = "") -> bytes:
+    return (
+        f"REGISTER sip:{OPEN} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-reg-{n};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:u{n}@{OPEN}>;tag=r{n}\r\nTo: <sip:u{n}@{OPEN}>\r\n"
+        f"Call-ID: reg-{n}@127.0.0.1\r\nCSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:u{n}@127.0.0.1:5999>\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class BrokenStore(MemoryLocationStore):
+    async def read(self, aor):
+        raise RuntimeError("a bug in the store")
+
+
+def run(worker, *datagrams: bytes) -> list:
+    """Feed the REGISTERs, wait (bounded) until each is answered; the answers."""
+    async def main():
+        async with trio.open_nursery() as nursery:
+            worker._nursery = nursery
+            for data in datagrams:
+                env = unpack(pack(Envelope("in", EDGE, "UDP", CALLER, EDGE_ADDR, data, None,
+                                           time.time_ns(), None, "127.0.0.1:5060", EDGE)))
+                worker.receive(env, worker.now())
+            with trio.fail_after(30):
+                while len(worker.outbox.frames) < len(datagrams):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    return [parse_message(unpack(frame).data) for frame in worker.outbox.frames]
+
+
+def open_worker(store):
+    app = Application("open registrar")
+
+    @app.request("REGISTER")
+    def without_digest(call):
+        return call.register()
+
+    worker = _worker("worker-r", app)
+    worker.store = store
+    worker.policy = DEFAULT_POLICY  # set with the store when the runtime starts
+    return worker
+
+
+def test_a_registrar_bug_is_answered_500_and_the_worker_goes_on():
+    worker = open_worker(BrokenStore())
+    answers = run(worker, register(1), register(2))
+    assert [a.status for a in answers] == [500, 500]
+    assert worker.stats["internal_error"] == 2
+
+
+def test_huge_expiry_values_register_with_the_longest_interval_allowed():
+    store = MemoryLocationStore()
+    worker = open_worker(store)
+    answers = run(worker, register(3, "Expires: " + "9" * 5000 + "\r\n"))
+    assert [a.status for a in answers] == [200]
+    assert worker.stats["internal_error"] == 0
