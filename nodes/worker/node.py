@@ -372,19 +372,24 @@ class WorkerNode:
                         self._process(message, env, now)
             finally:
                 CALL_ID.reset(token)
+        except Exception:
+            # One message must not stop the link loop that feeds every other
+            # one (the parser's and the tracer's bugs included).
+            log.exception("message handling failed")
+            self.stats["internal_error"] += 1
         finally:
             self._origin_ns = 0
             self._untraced = False
             self.processing_latency.observe_ns(time.time_ns() - received)
 
     def _process(self, message: Message, env: Envelope, now: float) -> None:
-        if self.services is not None:
-            self.services.learn_advertise(env.advertise)
-        if isinstance(message, Request):
-            _note_source(message, env.peer)
-        source = Peer(env.transport, env.peer[0], env.peer[1],
-                      EdgeRoute(env.edge, env.conn, env.local, env.advertise))
         try:
+            if self.services is not None:
+                self.services.learn_advertise(env.advertise)
+            if isinstance(message, Request):
+                _note_source(message, env.peer)
+            source = Peer(env.transport, env.peer[0], env.peer[1],
+                          EdgeRoute(env.edge, env.conn, env.local, env.advertise))
             self.tu.perform(self.transactions.receive(message, source, now), now)
         except ParseError as error:
             # A lazily parsed field (a lower Via, an Authorization, ...) was broken.

@@ -1,0 +1,37 @@
+"""WorkerNode.receive contains a bug met by one message: it is counted and
+logged, and the link loop goes on with the next message."""
+
+from __future__ import annotations
+
+import nodes.worker.node as node_module
+
+from .test_cancel_without_context import _feed, _request, _worker
+
+
+def test_a_bug_in_one_message_does_not_escape_receive(monkeypatch):
+    worker = _worker("worker-s")
+    real = node_module.parse_message
+
+    def parse(data, **kw):
+        if b"boom" in data:
+            raise RuntimeError("a parser bug")
+        return real(data, **kw)
+
+    monkeypatch.setattr(node_module, "parse_message", parse)
+    _feed(worker, _request("OPTIONS", uri="sip:boom@localhost"))
+    assert worker.stats["internal_error"] == 1
+    assert worker.outbox.frames == []
+    _feed(worker, _request("OPTIONS", branch="z9hG4bK-next"))  # to the callee's address
+    forwarded = [m for m in worker.outbox.messages() if getattr(m, "method", "") == "OPTIONS"]
+    assert len(forwarded) == 1, "the next message is handled as usual"
+
+
+def test_a_bug_before_the_transaction_layer_is_contained(monkeypatch):
+    worker = _worker("worker-s")
+
+    def broken(request, peer):
+        raise RuntimeError("a bug noting the source")
+
+    monkeypatch.setattr(node_module, "_note_source", broken)
+    _feed(worker, _request("OPTIONS"))
+    assert worker.stats["internal_error"] == 1
