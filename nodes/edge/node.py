@@ -130,7 +130,12 @@ class EdgeNode:
                     stats["link_bad_envelope"] += 1
                     continue
                 for env in envelopes:
-                    self.egress(env)
+                    try:
+                        self.egress(env)
+                    except Exception:
+                        # A bad envelope (or a bug) costs that message only.
+                        log.exception("egress failed")
+                        stats["internal_error"] += 1
                 sent += len(envelopes)
                 if sent >= YIELD_EVERY:
                     # Frames hold many messages: let the UDP listeners and

@@ -91,7 +91,14 @@ class UdpListener:
                         stats["udp_keepalive"] += 1
                         continue
                     count += 1
-                    reply = ingress(data, "UDP", (addr[0], addr[1]), local, None, frames)
+                    try:
+                        reply = ingress(data, "UDP", (addr[0], addr[1]), local, None, frames)
+                    except Exception:
+                        # A bug met by one datagram costs that datagram; the
+                        # listener is every other message's way in.
+                        log.exception("ingress failed")
+                        stats["internal_error"] += 1
+                        continue
                     if reply is not None:
                         self.send(reply, addr[:2])
                     if count % FRAME_EVERY == 0 and frames:

@@ -25,3 +25,38 @@ def test_a_refused_destination_costs_the_message_not_the_listener(peer):
     finally:
         listener.sock.close()
         receiver.close()
+
+
+def test_a_bug_met_by_one_datagram_costs_only_that_datagram():
+    import trio
+
+    forwarder = Forwarder("edge-t", None, max_message=4000, server="test")
+    seen: list[bytes] = []
+
+    def ingress(data, transport, source, local, conn, frames):
+        if data.startswith(b"boom"):
+            raise RuntimeError("a bug in ingress")
+        seen.append(data)
+        return None
+
+    forwarder.ingress = ingress
+    forwarder.flush = lambda frames: []
+    listener = UdpListener("127.0.0.1", 0, forwarder)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listener.run)
+            sender.sendto(b"boom 1", listener.local)
+            sender.sendto(b"OPTIONS after", listener.local)
+            with trio.fail_after(30):
+                while not seen:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        sender.close()
+    assert seen == [b"OPTIONS after"]
+    assert forwarder.stats["internal_error"] == 1
