@@ -68,11 +68,10 @@ class Profile:
     mem_calls_s: float    # seconds of ramp for the established-calls figure
     pool: int             # digest users provisioned in the cluster
     min_calls: int        # smallest SIPp -m
-    confirm_failures: bool  # a rate fails only if a second trial at it fails too
 
 
-FULL = Profile(5.0, 8, 1.08, 10.0, 50, 10_000, 12.0, 20_000, 50, True)
-QUICK = Profile(1.0, 2, 1.5, 2.0, 20, 200, 1.0, 300, 20, False)
+FULL = Profile(5.0, 8, 1.08, 10.0, 50, 10_000, 12.0, 20_000, 50)
+QUICK = Profile(1.0, 2, 1.5, 2.0, 20, 200, 1.0, 300, 20)
 # Search start, cap, and fixed memory-test rates per system (calls/s, regs/s).
 START = {"kamailio": (2000, 3000), "cluster": (300, 500), "direct": (4000, 0)}
 QUICK_START = {"kamailio": (100, 100), "cluster": (50, 50), "direct": (100, 0)}
@@ -655,23 +654,16 @@ class Bench:
                 return
 
     def search(self, label: str, figure: str, trial, start: float, cap: float, sut=None) -> float:
-        """Double until a rate fails, then bisect; every trial bounded, at most max_trials
-        rates. A rate fails only when two trials at it fail: on a 2-core machine a
-        single burst of kernel receive-buffer drops fails a trial well below the
-        system's limit (Kamailio TLSF's figure ranged 7,500–12,500 across runs
-        with one trial per rate). Returns the highest passing rate; a search
-        that passed at the cap is recorded in capped."""
+        """Double until a trial fails, then bisect; every trial bounded, at most max_trials.
+        Returns the highest passing rate; a search that passed at the cap is recorded in capped."""
         lo, hi, rate, trials = 0.0, None, float(start), []
         for _ in range(self.profile.max_trials):
-            for attempt in range(2 if self.profile.confirm_failures else 1):
-                if sut is not None:
-                    self.settle(sut, label)
-                t = trial(rate)
-                trials.append(t)
-                log(f"{label} {figure}: {rate:.0f}/s -> {'pass' if t.passed else 'FAIL'}{' (again)' if attempt else ''} "
-                    f"({t.ok} ok, {t.failed} failed, {t.retrans} retrans{'; ' + t.reasons if t.reasons else ''})")
-                if t.passed:
-                    break
+            if sut is not None:
+                self.settle(sut, label)
+            t = trial(rate)
+            trials.append(t)
+            log(f"{label} {figure}: {rate:.0f}/s -> {'pass' if t.passed else 'FAIL'} "
+                f"({t.ok} ok, {t.failed} failed, {t.retrans} retrans{'; ' + t.reasons if t.reasons else ''})")
             if t.passed:
                 lo = rate
             else:
