@@ -43,7 +43,7 @@ from cluster.observability.node_metrics import KNOWN_METHODS
 from cluster.observability.sip_logging import SipLogSelection
 from cluster.observability.transactions import ObservedTransactionLayer
 from cluster.sharding.membership import WORKER, Member, MembershipView
-from cluster.sip import Message, ParseError, Request, parse_message, reject_malformed
+from cluster.sip import Message, ParseError, Request, make_response, parse_message, reject_malformed
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
 
@@ -401,6 +401,14 @@ class WorkerNode:
         except Exception:  # the worker must survive any bug in a handler
             log.exception("request processing failed", extra={"call_id": message.call_id})
             self.stats["internal_error"] += 1
+            if isinstance(message, Request) and message.method != "ACK":
+                # The caller gets an answer instead of retransmitting into the
+                # same bug until its Timer B/F fires (§21.5.1).
+                try:
+                    answer = make_response(message, 500, headers=(("Server", SERVER),)).to_bytes()
+                except Exception:
+                    return
+                self.send_raw(env.edge, env.transport, env.peer, env.local, env.conn, answer)
 
     # -- registrar --------------------------------------------------------------------
 

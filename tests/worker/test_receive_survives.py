@@ -35,3 +35,5 @@ def test_a_bug_before_the_transaction_layer_is_contained(monkeypatch):
     monkeypatch.setattr(node_module, "_note_source", broken)
     _feed(worker, _request("OPTIONS"))
     assert worker.stats["internal_error"] == 1
+    answers = [m.status for m in worker.outbox.messages() if not hasattr(m, "method")]
+    assert answers == [500], "the caller is answered, not left retransmitting into the bug"
