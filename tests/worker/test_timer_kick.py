@@ -48,3 +48,34 @@ def test_no_kick_while_the_timer_task_runs_and_none_without_deadlines():
     assert idle._next_deadline() == math.inf
     idle.kick_timers()
     assert not idle._timer_kick.is_set()
+
+
+def test_a_bug_met_by_a_timer_costs_that_timer_not_the_loop():
+    import trio
+
+    worker = _worker()
+    fired: list[str] = []
+
+    def transaction_timers(now):
+        fired.append("transactions")
+        if fired.count("transactions") == 1:
+            raise RuntimeError("a bug in a timer handler")
+
+    worker._fire_transaction_timers = transaction_timers
+    worker.tu.handle_timer = lambda now: fired.append("tu")
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker._timer_loop)
+            for round_ in (1, 2):
+                with trio.fail_after(30):
+                    while worker._timer_wake == -math.inf:  # until it sleeps again
+                        await trio.sleep(0.01)
+                    worker._timer_kick.set()
+                    while fired.count("tu") < round_:
+                        await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert fired == ["transactions", "tu", "transactions", "tu"], "the TU's timers still ran, and the loop went on"
+    assert worker.stats["internal_error"] == 1
