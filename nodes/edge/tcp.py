@@ -88,6 +88,11 @@ class TcpTransport:
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+        except Exception:
+            # A bug met on one connection closes that connection; raised
+            # further it would stop the listener and the edge with it.
+            log.exception("tcp connection failed")
+            self.forwarder.stats["internal_error"] += 1
         finally:
             self.connections.pop(conn.id, None)
             if self.by_peer.get(conn.peer) == conn.id:

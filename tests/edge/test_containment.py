@@ -1,4 +1,5 @@
-"""The UDP listener survives destinations the socket layer refuses."""
+"""The edge's listeners survive what one message or connection meets: a refused
+destination, a bug in ingress (UDP and TCP)."""
 
 from __future__ import annotations
 
@@ -59,4 +60,45 @@ def test_a_bug_met_by_one_datagram_costs_only_that_datagram():
     finally:
         sender.close()
     assert seen == [b"OPTIONS after"]
+    assert forwarder.stats["internal_error"] == 1
+
+
+def test_a_bug_on_one_tcp_connection_closes_it_and_the_listener_goes_on():
+    import trio
+
+    from nodes.edge.tcp import TcpTransport
+
+    forwarder = Forwarder("edge-t", None, max_message=4000, server="test")
+    seen: list[bytes] = []
+
+    def ingress(data, transport, source, local, conn, frames=None):
+        if b"boom" in data:
+            raise RuntimeError("a bug in ingress")
+        seen.append(data)
+        return None
+
+    forwarder.ingress = ingress
+    tcp = TcpTransport(forwarder, idle_timeout=60, max_connections=10)
+    message = (b"OPTIONS sip:%s@localhost SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK1\r\n"
+               b"Call-ID: c1\r\nContent-Length: 0\r\n\r\n")
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(tcp.run, [("127.0.0.1", 0)])
+            host, port = tcp.locals[0]
+            bad = await trio.open_tcp_stream(host, port)
+            await bad.send_all(message % b"boom")
+            with trio.fail_after(30):
+                assert await bad.receive_some(100) == b"", "the connection that met the bug is closed"
+            good = await trio.open_tcp_stream(host, port)
+            await good.send_all(message % b"fine")
+            with trio.fail_after(30):
+                while not seen:
+                    await trio.sleep(0.01)
+            await good.aclose()
+            await bad.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert seen == [message % b"fine"]
     assert forwarder.stats["internal_error"] == 1
