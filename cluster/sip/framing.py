@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from .errors import ParseError
+from .grammar import digits_to_int
 
 KEEPALIVE = b"\r\n\r\n"
 PONG = b"\r\n"
@@ -84,10 +85,8 @@ class StreamFramer:
             text = values.pop()
             if not (text.isascii() and text.isdigit()):
                 raise ParseError("malformed Content-Length")
-            if len(text.lstrip(b"0")) > 20:
-                # Past any message size; int() of it could cost (or refuse).
-                raise ParseError("message too large", 513)
-            total = end + 4 + int(text)
+            # Clamped just past the limit: a huge value is "too large" below.
+            total = end + 4 + digits_to_int(text.decode("ascii"), self.max_message + 1)
             if total > self.max_message:
                 raise ParseError("message too large", 513)
             if len(buf) < total:

@@ -14,6 +14,7 @@ sampled one takes ``_forward_traced``, which puts the edge span's
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
@@ -23,6 +24,8 @@ from cluster.link import Envelope, FrameQueue, Outbox, pack, pack_v2
 from cluster.observability.tracing import traceparent
 from cluster.sharding.ring import EmptyRing, Ring
 from cluster.sip import ParseError, extract_call_id, reject_malformed
+
+log = logging.getLogger("sipcluster.edge")
 
 Address = tuple[str, int]
 
@@ -132,6 +135,13 @@ class Forwarder:
             return None
         stats["unroutable_link_down"] += 1
         return self._unavailable(data, "worker link unavailable")
+
+    def bug(self, what: str) -> None:
+        """A bug met by one datagram, envelope or connection: logged with its
+        traceback (call from an ``except`` block) and counted in the edge's
+        counters; the caller goes on (alert SipclusterInternalErrors)."""
+        log.exception(what)
+        self.stats["internal_error"] += 1
 
     def flush(self, frames: FrameQueue) -> list[tuple[bytes, Address]]:
         """Send what ``ingress`` queued, one frame per worker endpoint, and

@@ -134,8 +134,7 @@ class EdgeNode:
                         self.egress(env)
                     except Exception:
                         # A bad envelope (or a bug) costs that message only.
-                        log.exception("egress failed")
-                        stats["internal_error"] += 1
+                        self.forwarder.bug("egress failed")
                 sent += len(envelopes)
                 if sent >= YIELD_EVERY:
                     # Frames hold many messages: let the UDP listeners and

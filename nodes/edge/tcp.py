@@ -10,15 +10,12 @@ gone, or for a request to a new destination, the edge opens a connection
 from __future__ import annotations
 
 import itertools
-import logging
 
 import trio
 
 from cluster.sip import KEEPALIVE, PONG, ParseError, StreamFramer, reject_malformed
 
 from .forwarder import Forwarder
-
-log = logging.getLogger("sipcluster.edge")
 
 
 class Connection:
@@ -91,8 +88,7 @@ class TcpTransport:
         except Exception:
             # A bug met on one connection closes that connection; raised
             # further it would stop the listener and the edge with it.
-            log.exception("tcp connection failed")
-            self.forwarder.stats["internal_error"] += 1
+            self.forwarder.bug("tcp connection failed")
         finally:
             self.connections.pop(conn.id, None)
             if self.by_peer.get(conn.peer) == conn.id:

@@ -8,7 +8,6 @@ several times faster (STYLE §3).
 
 from __future__ import annotations
 
-import logging
 import socket
 
 import trio
@@ -16,8 +15,6 @@ import trio
 from cluster.link import FrameQueue
 
 from .forwarder import Forwarder
-
-log = logging.getLogger("sipcluster.edge")
 
 _EMPTY = frozenset({b"\r\n", b"\r\n\r\n", b"\n", b""})
 FRAME_EVERY = 32
@@ -96,8 +93,7 @@ class UdpListener:
                     except Exception:
                         # A bug met by one datagram costs that datagram; the
                         # listener is every other message's way in.
-                        log.exception("ingress failed")
-                        stats["internal_error"] += 1
+                        self.forwarder.bug("ingress failed")
                         continue
                     if reply is not None:
                         self.send(reply, addr[:2])

@@ -324,9 +324,15 @@ class WorkerNode:
                     try:
                         fire(now)
                     except Exception:
-                        log.exception("timer handling failed")
-                        self.stats["internal_error"] += 1
+                        self._bug("timer handling failed")
             self.transactions.rest()
+
+    def _bug(self, what: str, call_id: str | None = None) -> None:
+        """A bug met while handling one message or timer: logged with its
+        traceback (call from an ``except`` block) and counted; the caller
+        goes on (alert SipclusterInternalErrors)."""
+        log.exception(what, extra={} if call_id is None else {"call_id": call_id})
+        self.stats["internal_error"] += 1
 
     def _fire_transaction_timers(self, now: float) -> None:
         self.tu.perform(self.transactions.handle_timer(now), now)
@@ -385,8 +391,7 @@ class WorkerNode:
         except Exception:
             # One message must not stop the link loop that feeds every other
             # one (the parser's and the tracer's bugs included).
-            log.exception("message handling failed")
-            self.stats["internal_error"] += 1
+            self._bug("message handling failed")
         finally:
             self._origin_ns = 0
             self._untraced = False
@@ -409,8 +414,7 @@ class WorkerNode:
                 if answer is not None:
                     self.send_raw(env.edge, env.transport, env.peer, env.local, env.conn, answer)
         except Exception:  # the worker must survive any bug in a handler
-            log.exception("request processing failed", extra={"call_id": message.call_id})
-            self.stats["internal_error"] += 1
+            self._bug("request processing failed", message.call_id)
             if isinstance(message, Request) and message.method != "ACK":
                 # The caller gets an answer instead of retransmitting into the
                 # same bug until its Timer B/F fires (§21.5.1).
@@ -447,8 +451,7 @@ class WorkerNode:
                 # This task runs in the worker's nursery: an exception escaping
                 # it would stop the worker. A registrar bug costs this
                 # REGISTER a 500, as in the message path.
-                log.exception("registration failed", extra={"call_id": request.call_id})
-                self.stats["internal_error"] += 1
+                self._bug("registration failed", request.call_id)
                 result = failure(Outcome.INTERNAL_ERROR, policy=self.policy)
             self.stats[f"register_{result.status}"] += 1
             if span is not None:
