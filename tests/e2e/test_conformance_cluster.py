@@ -1,10 +1,11 @@
 """RFC 4475 torture messages sent to a running cluster over UDP (issue 5 item 8).
 
-Each message goes out once, from its own socket. The answers come back to
-the socket that sent the request, whatever its Via says: the torture
-messages name hosts that are not us (``example.com``, ...), but a server
-transaction answers where the request came from (the edge writes to the
-packet's source address), so the Vias need no rewriting.
+Each message goes out once, from its own socket. RFC 3261 §18.2.2 sends a
+UDP response to the address the request came from (what ``received``
+records: the torture messages name hosts that are not us, ``example.com``,
+...) at the port the top Via's sent-by names (5060 when none), unless the
+Via asks for ``rport``. So each message is sent from its own loopback
+address, bound at that port, and the Vias need no rewriting.
 
 What each message must get, from ``tests/conformance/rfc4475/manifest.json``:
 
@@ -62,6 +63,19 @@ def _entries() -> list[dict]:
     return [e for e in manifest["messages"] if e["valid"] is not None and e["name"] != "test"]
 
 
+def _reply_port(data: bytes) -> int:
+    """The port §18.2.2 answers a UDP request at: its top Via's sent-by port
+    (default 5060, 5061 for TLS: RFC 3261 §19.1.2); 0 (any) when the Via asks for rport or cannot be read,
+    as then the answer goes to the source port."""
+    try:
+        via = parse_message(data).via
+    except Exception:  # noqa: BLE001 - a torture message may break anything
+        return 0
+    if via.has_rport:
+        return 0
+    return via.port or (5061 if via.transport.upper() == "TLS" else 5060)
+
+
 def _status(data: bytes) -> int | None:
     if not data.startswith(b"SIP/2.0 "):
         return None
@@ -88,9 +102,10 @@ def test_rfc4475_messages_get_the_answers_the_rfc_expects(cluster):
         relay = None
     relayed: list[bytes] = []
     try:
-        for entry in entries:
+        for i, entry in enumerate(entries):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind(("127.0.0.1", 0))
+            data = (CORPUS / entry["file"]).read_bytes()
+            sock.bind((f"127.77.{i // 250}.{i % 250 + 1}", _reply_port(data)))
             sock.setblocking(False)
             sockets[entry["name"]] = sock
             got[entry["name"]] = []

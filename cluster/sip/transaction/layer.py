@@ -28,6 +28,7 @@ from .machine import (
     TERMINATED, Environment, Transaction, TransactionCounters,
 )
 from .peer import Peer
+from .stateless import reply_peer
 from .server_invite import ServerInviteTransaction
 from .server_non_invite import ServerNonInviteTransaction
 from .timers import TimerConfig, TimerQueue
@@ -234,8 +235,11 @@ class TransactionLayer:
 
         env = self._reliable if source.reliable else self._unreliable
         self.counters.server_created += 1
+        # The TU sees where the request came from; the transaction answers
+        # where §18.2.2 says responses go.
+        peer = reply_peer(request.via, source)
         if method == "INVITE":
-            invite = ServerInviteTransaction(key, request, source, env)
+            invite = ServerInviteTransaction(key, request, peer, env)
             self._server[key] = invite
             invite.start(now, out, self._send_trying)
         else:
@@ -244,7 +248,7 @@ class TransactionLayer:
                 event = CancelReceived(self._cancelled(request), request, source, key)
             else:
                 event = RequestReceived(key, request, source)
-            other = ServerNonInviteTransaction(key, request, source, env)
+            other = ServerNonInviteTransaction(key, request, peer, env)
             self._server[key] = other
             other.start(now, out, event)
         if merged_key is not None:
@@ -283,12 +287,13 @@ class TransactionLayer:
         self.counters.server_created += 1
         env = self._reliable if source.reliable else self._unreliable
         out: list[Action] = []
+        peer = reply_peer(request.via, source)
         txn: ServerInviteTransaction | ServerNonInviteTransaction
         if request.method == "INVITE":
-            txn = ServerInviteTransaction(key, request, source, env)
+            txn = ServerInviteTransaction(key, request, peer, env)
             txn.start(now, [], False)
         else:
-            txn = ServerNonInviteTransaction(key, request, source, env)
+            txn = ServerNonInviteTransaction(key, request, peer, env)
             txn.start(now, [], RequestReceived(key, request, source))
         self._server[key] = txn
         txn.on_tu_response(make_response(request, 482), now, out)

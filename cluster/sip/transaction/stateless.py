@@ -94,6 +94,27 @@ def response_destination(via: Via) -> Peer:
     return Peer(transport, _bare(received or via.host), port)
 
 
+def reply_peer(via: Via, source: Peer) -> Peer:
+    """Where a server transaction sends its responses (RFC 3261 §18.2.2).
+
+    Over a reliable transport: back on the connection the request came on
+    (``source``). Over UDP: the address the request came from — what the
+    ``received`` parameter would say — at the port the request asked for:
+    the source port when the top Via has ``rport`` (RFC 3581 §4), otherwise
+    the sent-by port (default 5060). A client that sends from one port and
+    listens on another (sipsak's flood mode does) hears its answers only
+    at the sent-by port."""
+    if source.reliable:
+        return source
+    if via.has_rport:
+        port = via.rport if via.rport is not None else source.port
+    else:
+        port = via.port if via.port is not None else _DEFAULT_PORT.get(via.transport, 5060)
+    if port == source.port:
+        return source
+    return Peer(source.transport, source.host, port, source.context)
+
+
 def _bare(host: str) -> str:
     """IPv6 references lose their brackets, as socket addresses have none."""
     return host[1:-1] if host[:1] == "[" and host[-1:] == "]" else host
