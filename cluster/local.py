@@ -32,6 +32,20 @@ from .discovery import DEFAULT_PREFIX, discovery_file
 log = logging.getLogger("sipcluster.up")
 
 EDGE_PORT_STEP = 10
+# The exit status of `sipcluster edge|worker` for an unusable configuration
+# (cluster/cli.py): restarting such a node cannot help.
+CONFIG_EXIT = 2
+# How much of a node's log `up` prints when it stops on a configuration error.
+CONFIG_LOG_LINES = 20
+
+
+class NodeConfigurationError(RuntimeError):
+    """A node of ``up`` exited on a configuration error; ``up`` stops."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name} stopped on a configuration error")
+        self.name = name
+        self.message = message
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -182,6 +196,8 @@ class LocalCluster:
                 log_file.close()
             if self.stopping:
                 return
+            if code == CONFIG_EXIT:
+                raise NodeConfigurationError(child.name, _log_tail(child.log_path))
             child.restarts += 1
             print(f"sipcluster up: {child.name} exited with {code}; restarting "
                   f"(restart {child.restarts})", flush=True)
@@ -222,6 +238,18 @@ class LocalCluster:
     # -- main -------------------------------------------------------------------
 
     async def run(self) -> int:
+        """Run until a signal; 2 when a node stops on a configuration error."""
+        stopped: list[NodeConfigurationError] = []
+        try:
+            return await self._run()
+        except* NodeConfigurationError as group:
+            stopped.extend(e for e in group.exceptions if isinstance(e, NodeConfigurationError))
+        error = stopped[0]
+        print(f"sipcluster up: {error}; not restarting it. Its output:", file=sys.stderr)
+        print(error.message, file=sys.stderr, flush=True)
+        return CONFIG_EXIT
+
+    async def _run(self) -> int:
         o = self.options
         created = o.state_dir is None
         self.workdir = Path(o.state_dir) if o.state_dir else Path(tempfile.mkdtemp(prefix="sipcluster-up-"))
@@ -295,3 +323,13 @@ class LocalCluster:
         for process in live:
             if process.poll() is None:
                 process.kill()
+
+
+def _log_tail(path: Path | None) -> str:
+    if path is None:
+        return "(no log)"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as error:
+        return f"(cannot read {path}: {error.strerror})"
+    return "\n".join(lines[-CONFIG_LOG_LINES:])

@@ -7,12 +7,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
-from tests.e2e.harness import SCENARIOS, UpCluster, options, send_udp, wait_for
+from tests.e2e.harness import ROOT, SCENARIOS, UpCluster, options, send_udp, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -155,3 +156,19 @@ def test_responses_carry_rport_for_the_client(cluster):
     assert status == 200
     # RFC 3581 §4: the server fills rport with the source port it saw.
     assert re.search(r";rport=\d+", headers["via"]), headers["via"]
+
+
+def test_up_stops_and_shows_the_message_of_a_node_with_a_configuration_error(tmp_path, etcd_server):
+    """A node that exits on its configuration is not restarted forever: `up`
+    stops with status 2 and prints the node's own message."""
+    up = UpCluster(tmp_path, workers=1, etcd=etcd_server.endpoint,
+                   env={"SIPCLUSTER_WORKER_NO_SUCH_FIELD": "1"})
+    argv = [sys.executable, "-m", "cluster.cli", "up", "--workers", "1",
+            "--listen", f"127.0.0.1:{up.port}", "--state-dir", str(tmp_path / "up"),
+            "--etcd", etcd_server.endpoint]
+    done = subprocess.run(argv, capture_output=True, text=True, env=up.env, cwd=ROOT, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "configuration error" in output
+    assert "SIPCLUSTER_WORKER_NO_SUCH_FIELD" in output, output
+    assert "; restarting" not in output
