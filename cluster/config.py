@@ -339,9 +339,13 @@ class WorkerConfig(_Section):
     nonce_secret: str | None = _f(None, "HMAC key for stateless digest nonces, the same on every worker (at least 16 characters); "
                                         "unset = generated per cluster.")
     nonce_ttl: int = _f(300, "Seconds a digest nonce stays valid.", lo=1)
-    digest_algorithms: tuple[str, ...] = _f(("SHA-256", "MD5"), "Digest algorithms offered in challenges, one "
-                                            "challenge each, in this order (RFC 8760 §2.4); put MD5 alone or first "
-                                            "for user agents that take the first challenge and know only MD5.")
+    digest_algorithms: tuple[str, ...] = _f(("MD5", "SHA-256"), "Digest algorithms offered in challenges, one "
+                                            "challenge each, in this order (RFC 8760 §2.4). MD5 first because many "
+                                            "user agents (SIPp, baresip, sipsak) answer only the first challenge and "
+                                            "know only MD5; a credential with an algorithm not offered is refused.")
+    digest_sha256_domains: tuple[str, ...] = _f((), "Local domains (from `domains`) whose realm is challenged with "
+                                                "SHA-256 only and accepts no MD5 credential; user agents that know "
+                                                "only MD5 cannot authenticate there.")
     redirect_domains: tuple[str, ...] = _f((), "Local domains served as a redirect server (302 with the registered "
                                            "contacts) instead of proxying.")
     outbound_proxy: str | None = _f(None, "SIP URI of a proxy that requests for foreign domains are sent through "
@@ -375,6 +379,11 @@ class WorkerConfig(_Section):
                 raise ConfigError(f"worker.digest_algorithms[{i}]", f"{algorithm!r} is not SHA-256 or MD5")
         if not self.digest_algorithms:
             raise ConfigError("worker.digest_algorithms", "at least one algorithm is needed")
+        domains = {d.lower() for d in self.domains}
+        for i, domain in enumerate(self.digest_sha256_domains):
+            if domain.lower() not in domains:
+                raise ConfigError(f"worker.digest_sha256_domains[{i}]",
+                                  f"{domain!r} is not one of worker.domains {sorted(domains)}")
         if self.t2 <= self.t1:
             raise ConfigError("worker.t2", f"{self.t2!r} must be greater than worker.t1 ({self.t1!r})")
         if self.nonce_secret is not None and len(self.nonce_secret) < 16:

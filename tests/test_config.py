@@ -374,3 +374,13 @@ def test_to_toml_omits_unset_optionals():
     text = load_config(env=NO_ENV).to_toml()
     assert "etcd_ca" not in text and "advertise" not in text
     assert text.startswith("[cluster]\n") and text.endswith("\n")
+
+
+def test_digest_defaults_offer_md5_first_and_sha256_domains_must_be_local():
+    assert WorkerConfig().digest_algorithms == ("MD5", "SHA-256")
+    config = load_config(env={"SIPCLUSTER_WORKER_DOMAINS": "example.com,b.example",
+                              "SIPCLUSTER_WORKER_DIGEST_SHA256_DOMAINS": "b.example"})
+    assert config.worker.digest_sha256_domains == ("b.example",)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"SIPCLUSTER_WORKER_DIGEST_SHA256_DOMAINS": "other.example"})
+    assert info.value.field == "worker.digest_sha256_domains[0]"

@@ -18,6 +18,10 @@ class FakeServices:
         self.domains = ["example.com"]
         self.local = LocalAddresses(["127.0.0.1:5060"], self.domains)
         self.contacts = contacts
+        self.noted = []
+
+    def note(self, event, request, source, detail):
+        self.noted.append(event)
 
     def is_local_domain(self, uri):
         return self.local.is_local_domain(uri)

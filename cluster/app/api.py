@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from cluster.proxy.identity import assert_identity
 from cluster.sip import NameAddress, Request, Response, SipURI, URI, parse_uri
 
 # -- decisions --------------------------------------------------------------------
@@ -105,15 +106,20 @@ class Call:
     directory cache, digest verification, local domains and trusted networks.
     """
 
-    __slots__ = ("request", "source", "services", "shard", "handler", "state")
+    __slots__ = ("request", "source", "services", "shard", "handler", "state", "routed", "identity")
 
-    def __init__(self, request: Request, source, services, shard: str, handler: str = "") -> None:
+    def __init__(self, request: Request, source, services, shard: str, handler: str = "",
+                 routed: tuple = ()) -> None:
         self.request = request
         self.source = source
         self.services = services
         self.shard = shard
         self.handler = handler
         self.state: dict = {}
+        self.routed = routed
+        """Our own Route entries the request arrived with (removed, §16.4)."""
+        self.identity: str | None = None
+        """The AOR asserted for the sender (``assert_identity``), if any."""
 
     # decisions
     def reply(self, status: int, reason: str | None = None, *,
@@ -142,9 +148,23 @@ class Call:
     def register(self) -> Register:
         return Register()
 
+    def refuse(self, status: int, reason: str, *, event: str, detail: str = "") -> Reply:
+        """A refusal counted as node event ``event`` and logged with its source."""
+        self.services.note(event, self.request, self.source.host, detail or reason)
+        return Reply(status, reason)
+
+    def assert_identity(self, aor: str) -> None:
+        """Assert ``aor`` as the sender's identity to the next hops: a
+        P-Asserted-Identity (RFC 3325 §5), kept only towards trusted hops
+        when the user asked for privacy. It also scopes the dialog token:
+        a dialog of an identified sender may be routed anywhere."""
+        assert_identity(self.request, aor)
+        self.identity = aor
+
     # services
     def authenticate(self, realm: str | None = None, *, proxy: bool = False) -> AuthOutcome:
-        return self.services.authenticate(self.request, realm or self.default_realm(), proxy=proxy)
+        return self.services.authenticate(self.request, realm or self.default_realm(), proxy=proxy,
+                                          source=self.source.host)
 
     def lookup(self, aor: object) -> list[Target]:
         uri = parse_uri(aor) if isinstance(aor, str) else aor
@@ -164,6 +184,13 @@ class Call:
     @property
     def from_trusted(self) -> bool:
         return self.services.is_trusted(self.source.host)
+
+    @property
+    def in_our_dialog(self) -> bool:
+        """Whether the request came through a Route the cluster record-routed
+        with a valid dialog token for its Call-ID and tags: a dialog this
+        cluster (any shard of it) set up and authorised."""
+        return self.services.tokens.authorises(self.request, self.routed, self.source.host)
 
     def default_realm(self) -> str:
         to = self.request.to.uri

@@ -4,16 +4,26 @@ Written with the same public API an operator uses (``cluster.app.api``):
 
 - REGISTER for a local domain: digest authentication (401), the
   authenticated user must own the AOR (403), then the registrar (§10.3).
-- INVITE from a user of a local domain: digest authentication (407).
+- A request whose From names a user of a local domain is authenticated
+  (407) when it is an INVITE or comes from outside the trusted networks
+  (every method but REGISTER, ACK and CANCEL, which cannot be challenged,
+  §22.1), unless it belongs to a dialog the cluster record-routed. The
+  authenticated user must own that identity or have it among its
+  ``identities`` setting (403 otherwise); it is then asserted to the next
+  hops in P-Asserted-Identity (RFC 3325).
+- In-dialog requests (To tag) from outside the trusted networks must come
+  through the cluster's own Record-Route with a valid dialog token for
+  their Call-ID and tags (403 otherwise), so a forged To tag or Route set
+  relays nothing.
 - A request for a local AOR: per-user unconditional forwarding, else the
   registered contacts (parallel forking; serial by q when the user's
   ``serial`` setting is on), 480 when the user exists but is not registered,
   404 when there is no such user. Busy (486/600) and no-answer (the user's
   ``noanswer_timeout``) forward to ``forward_busy`` / ``forward_noanswer``.
 - Domains listed in ``redirect_domains`` answer 302 with the contacts instead.
-- Requests for other domains are relayed to the Request-URI's host — only
-  from trusted networks (default loopback); anything else gets 403, so the
-  cluster is never an open relay.
+- Requests for other domains, or with a Route set beyond the cluster, are
+  relayed — only from trusted networks (default loopback); anything else
+  gets 403, so the cluster is never an open relay.
 - OPTIONS addressed to the cluster itself is answered here, naming the shard.
 """
 
@@ -27,10 +37,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRA
 SHARD_HEADER = "X-Sipcluster-Shard"
 
 application = Application("default")
-
-
-def _is_local_user_domain(call: Call, uri) -> bool:
-    return isinstance(uri, SipURI) and uri.host.lower() in call.services.domains
 
 
 @application.request("REGISTER")
@@ -49,26 +55,34 @@ def register(call: Call):
     return call.register()
 
 
+# Requests that cannot be challenged (§22.1): ACK and CANCEL follow the fate
+# of their INVITE; REGISTER is challenged by the registrar path (401).
+UNCHALLENGED = frozenset({"ACK", "CANCEL", "REGISTER"})
+
+
 @application.request("*")
 def route(call: Call):
     request = call.request
-    if request.to.tag is not None:
-        # In-dialog: the Route set (our Record-Route removed) decides the hop.
-        return call.proxy([request.uri], record_route=False)
     uri = request.uri
-    if request.method == "OPTIONS" and (
+    if request.method == "OPTIONS" and not request.routes and (
         (isinstance(uri, SipURI) and not uri.user) or call.services.local.is_us(uri)
     ):
         return call.reply(200, headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
                                         (SHARD_HEADER, call.shard)])
-    if request.routes:
-        return relay(call)  # a pre-loaded route set that does not start with us
-    if not call.is_local(uri):
-        return relay(call)
-    if request.method == "INVITE" and _is_local_user_domain(call, request.from_.uri):
-        auth = call.authenticate(proxy=True)
-        if not auth.ok:
-            return call.challenge(proxy=True, stale=auth.stale)
+    trusted = call.from_trusted
+    if request.to.tag is not None:
+        # In-dialog: the Route set (our Record-Route removed) decides the
+        # hop — from outside only within a dialog we set up (no relay by a
+        # forged To tag or Route set).
+        if not trusted and not call.in_our_dialog:
+            return call.refuse(403, "Not A Dialog Of This Cluster", event="dialog_refused",
+                               detail="to tag without a valid dialog token in our Route")
+        return call.proxy([uri], record_route=False)
+    if request.routes or not call.is_local(uri):
+        return relay(call)  # a foreign target, or a route set beyond us
+    refused = check_identity(call, trusted)
+    if refused is not None:
+        return refused
     call.state["aor"] = uri
     settings = call.settings(uri)
     forward = settings.get("forward_always")
@@ -82,6 +96,28 @@ def route(call: Call):
         return call.redirect(targets)
     timeout = settings.get("noanswer_timeout") if settings.get("forward_noanswer") else None
     return call.proxy(targets, parallel=not settings.get("serial"), timeout=timeout)
+
+
+def check_identity(call: Call, trusted: bool):
+    """A From naming a local user is proved (RFC 3261 §22.3 proxy
+    authentication) and must belong to the authenticated user; None when the
+    request may go on, else the challenge or refusal."""
+    request = call.request
+    from_ = request.from_.uri
+    if request.method in UNCHALLENGED or not call.is_local(from_):
+        return None
+    if trusted and request.method != "INVITE":
+        return None
+    auth = call.authenticate(proxy=True)
+    if not auth.ok:
+        return call.challenge(proxy=True, stale=auth.stale)
+    record = call.services.authenticated_record(auth.username, call.default_realm())
+    aor = from_.aor() if isinstance(from_, SipURI) else ""
+    if record is None or not record.may_use(aor):
+        return call.refuse(403, "Not Your Identity", event="identity_refused",
+                           detail=f"user {auth.username!r} claimed {aor}")
+    call.assert_identity(aor)
+    return None
 
 
 @application.failure
@@ -115,7 +151,10 @@ def relay(call: Call):
     """Requests for other domains: only from trusted networks (no open relay),
     through the configured outbound proxy when there is one."""
     if not call.from_trusted:
-        return call.reply(403, "Relaying Denied")
+        routes = call.request.routes
+        detail = (f"route set {routes[0]} ... ({len(routes)} entries)" if routes
+                  else f"foreign target {call.request.uri}")
+        return call.refuse(403, "Relaying Denied", event="relay_refused", detail=detail)
     outbound = getattr(call.services, "outbound_proxy", None)
     if outbound:
         # The outbound proxy becomes the first Route (loose routing, §16.6

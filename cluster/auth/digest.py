@@ -43,6 +43,7 @@ import base64
 import hashlib
 import hmac
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Protocol
 
@@ -50,7 +51,7 @@ from cluster.sip.auth import AuthField
 
 __all__ = [
     "ALGORITHMS", "DigestResult", "MD5", "MD5_SESS", "NonceCheck", "NonceChecker",
-    "NonceManager", "SHA256", "SHA256_SESS", "challenge", "credential", "find_credential",
+    "NonceManager", "OutstandingChallenges", "Unanswered", "SHA256", "SHA256_SESS", "challenge", "credential", "find_credential",
     "ha1", "request_digest", "verify",
 ]
 
@@ -236,13 +237,16 @@ class NonceChecker(Protocol):
 
 
 def challenge(realm: str, nonce: str, *, stale: bool = False,
-              algorithms: Iterable[str] = (SHA256, MD5),
+              algorithms: Iterable[str] = (MD5, SHA256),
               opaque: str | None = None) -> list[AuthField]:
     """One Digest challenge per algorithm, in the order given.
 
-    RFC 8760 §2.4: a UAS lists its challenges most preferred first, and a UAC
-    uses the first one whose algorithm it supports; hence SHA-256 before MD5
-    by default. Each goes into its own WWW-Authenticate (401) or
+    RFC 8760 §2.4 has a UAS list its challenges most preferred first and a
+    UAC use the first one whose algorithm it supports. In practice many UACs
+    (SIPp 3.6, baresip 1.0, sipsak) take the first challenge whatever its
+    algorithm and know only MD5, so MD5 comes first by default and SHA-256
+    is offered too; a domain that must not accept MD5 offers SHA-256 alone
+    (``worker.digest_sha256_domains``). Each goes into its own WWW-Authenticate (401) or
     Proxy-Authenticate (407) header. ``stale=True`` tells the UAC its
     password was right and only the nonce expired (RFC 7616 §3.3).
     """
@@ -374,6 +378,67 @@ def find_credential(fields: Iterable[AuthField], realm: str) -> AuthField | None
         if field.is_digest and field.get("realm") == realm:
             return field
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Unanswered:
+    """A challenge nobody answered within the table's timeout."""
+
+    call_id: str
+    source: str
+    realm: str
+    algorithms: tuple[str, ...]
+    issued: float
+
+
+class OutstandingChallenges:
+    """Challenges sent and not yet answered, by Call-ID, to say in a log why
+    a client gives up (a UAC that knows none of the offered algorithms, or
+    has no password for the realm, just stops). A UAC retries a challenged
+    request with the same Call-ID (RFC 3261 §22.2), which the ring brings to
+    the same shard, so a per-worker table sees the answer. Bounded: past
+    ``limit`` entries the oldest is forgotten (and counted in ``dropped``),
+    so a flood of unanswered requests costs a fixed amount of memory."""
+
+    __slots__ = ("timeout", "limit", "dropped", "_pending")
+
+    def __init__(self, timeout: float = 32.0, limit: int = 10_000) -> None:
+        if not timeout > 0 or limit < 1:
+            raise ValueError("timeout must be positive and limit at least 1")
+        self.timeout = float(timeout)
+        self.limit = limit
+        self.dropped = 0
+        self._pending: OrderedDict[str, Unanswered] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def issued(self, call_id: str, source: str, realm: str, algorithms: tuple[str, ...],
+               now: float) -> None:
+        pending = self._pending
+        if call_id in pending:
+            # A new challenge for the same call (stale nonce, next request):
+            # the clock starts again.
+            del pending[call_id]
+        elif len(pending) >= self.limit:
+            pending.popitem(last=False)
+            self.dropped += 1
+        pending[call_id] = Unanswered(call_id, source, realm, tuple(algorithms), now)
+
+    def answered(self, call_id: str) -> Unanswered | None:
+        return self._pending.pop(call_id, None)
+
+    def expire(self, now: float) -> list[Unanswered]:
+        """The entries older than ``timeout``, removed (oldest first)."""
+        out = []
+        pending = self._pending
+        while pending:
+            entry = next(iter(pending.values()))
+            if now - entry.issued < self.timeout:
+                break
+            pending.popitem(last=False)
+            out.append(entry)
+        return out
 
 
 # --- UAC side -----------------------------------------------------------------

@@ -147,15 +147,11 @@ def validate_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
         if value is None and (name in FORWARD_SETTINGS or name == "noanswer_timeout"):
             continue
         if name in FORWARD_SETTINGS:
-            if not isinstance(value, str):
-                raise ValueError(f"{name} must be a URI string, got {value!r}")
-            try:
-                target = parse_uri(value.strip())
-            except ParseError as error:
-                raise ValueError(f"{name}: {value!r} is not a URI: {error.reason}") from None
-            if target.scheme not in _FORWARD_SCHEMES:
+            if _setting_uri(name, value).scheme not in _FORWARD_SCHEMES:
                 raise ValueError(f"{name}: {value!r} must be a sip:, sips: or tel: URI")
             value = value.strip()
+        elif name == "identities":
+            value = _identities(value)
         elif name == "noanswer_timeout":
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value) or not 0 < value <= MAX_NOANSWER_TIMEOUT:
@@ -167,6 +163,32 @@ def validate_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
     except (TypeError, ValueError) as error:
         raise ValueError(f"settings must be JSON values: {error}") from None
     return checked
+
+
+def _setting_uri(name: str, value: Any):
+    """A setting's URI value parsed, or ValueError naming the setting."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a URI string, got {value!r}")
+    try:
+        return parse_uri(value.strip())
+    except ParseError as error:
+        raise ValueError(f"{name}: {value!r} is not a URI: {error.reason}") from None
+
+
+def _identities(value: Any) -> list[str]:
+    """The ``identities`` setting: sip: AORs (a list, or one comma-separated
+    string as ``sipcluster user set`` passes it), canonicalised."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"identities must be sip: AORs separated by commas, got {value!r}")
+    out = []
+    for item in items:
+        uri = _setting_uri("identities", item)
+        if not isinstance(uri, SipURI) or not uri.user:
+            raise ValueError(f"identities: {item!r} must be a sip: or sips: URI with a user part")
+        aor = uri.aor()
+        out.append("sip:" + aor[5:] if aor.startswith("sips:") else aor)
+    return out
 
 
 # --- the record ---------------------------------------------------------------
@@ -253,6 +275,16 @@ class UserRecord:
         if aor.startswith("sips:"):
             return aor[5:] == self.aor[4:]
         return aor == self.aor
+
+    def may_use(self, aor: str) -> bool:
+        """Whether the user may present ``aor`` (canonical) as its identity
+        in From: its own AOR, or one of its ``identities`` setting (a
+        shared line, a company number), RFC 3325 §5 trust decisions."""
+        if self.owns(aor):
+            return True
+        wanted = "sip:" + aor[5:] if aor.startswith("sips:") else aor
+        identities = self.settings.get("identities")
+        return isinstance(identities, (list, tuple)) and wanted in identities
 
     def to_value(self) -> bytes:
         """The JSON (UTF-8) stored under the user's key."""

@@ -8,7 +8,9 @@ so in-dialog requests reach whichever shard owns the Call-ID now.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -82,12 +84,18 @@ def split_hostport(text: str) -> tuple[str, int | None]:
     return text, None
 
 
-def preprocess_routes(request: Request, local: LocalAddresses) -> None:
-    """RFC 3261 §16.4: undo a strict router's rewrite, drop our own Route."""
+def preprocess_routes(request: Request, local: LocalAddresses) -> tuple[SipURI, ...]:
+    """RFC 3261 §16.4: undo a strict router's rewrite, drop our own Route.
+
+    Returns the URIs of ours that were removed, topmost first: the
+    Record-Route values we wrote when the dialog was set up, which carry its
+    dialog token (``DialogTokens``)."""
+    removed: list[SipURI] = []
     routes = request.routes
     if local.is_us(request.uri) and routes:
         # The previous hop was a strict router: the Request-URI is the
         # Record-Route value we inserted; the real target is the last Route.
+        removed.append(request.uri)  # type: ignore[arg-type]
         last = routes[-1]
         request.uri = last.uri
         request.set_values("Route", routes[:-1])
@@ -95,9 +103,11 @@ def preprocess_routes(request: Request, local: LocalAddresses) -> None:
     # RFC 5658 §4: with a double Record-Route both of our entries come back.
     own = 0
     while own < len(routes) and local.is_us(routes[own].uri):
+        removed.append(routes[own].uri)  # type: ignore[arg-type]
         own += 1
     if own:
         request.set_values("Route", routes[own:])
+    return tuple(removed)
 
 
 def hop_for(uri: URI, *, default_transport: str = "UDP",
@@ -224,12 +234,15 @@ def loop_detected(request: Request, local: LocalAddresses) -> bool:
     return False
 
 
-def record_route_value(advertise: str, transport: str) -> str:
+def record_route_value(advertise: str, transport: str, token: str | None = None) -> str:
     params = "" if transport.upper() == "UDP" else f";transport={transport.lower()}"
+    if token is not None:
+        params += f";{TOKEN_PARAM}={token}"
     return f"<sip:{advertise}{params};lr>"
 
 
-def record_route_set(advertise: str, inbound: str, outbound: str) -> tuple[str, ...]:
+def record_route_set(advertise: str, inbound: str, outbound: str,
+                     token: str | None = None) -> tuple[str, ...]:
     """Our Record-Route values for a request that arrived over ``inbound``
     and leaves over ``outbound``, topmost first (§16.6 step 4).
 
@@ -237,11 +250,79 @@ def record_route_set(advertise: str, inbound: str, outbound: str) -> tuple[str, 
     callee takes the topmost entry, the caller the bottom one. With one
     transport a single entry names it (a UA on TCP gets ``transport=tcp``
     and keeps its in-dialog requests on TCP); when the transports differ,
-    RFC 5658 §3.2 double Record-Route gives each side its own entry."""
-    downstream = record_route_value(advertise, outbound)
+    RFC 5658 §3.2 double Record-Route gives each side its own entry.
+    ``token`` (``DialogTokens.make``) goes into every entry: both sides
+    return it in their Route sets."""
+    downstream = record_route_value(advertise, outbound, token)
     if inbound.upper() == outbound.upper():
         return (downstream,)
-    return (downstream, record_route_value(advertise, inbound))
+    return (downstream, record_route_value(advertise, inbound, token))
+
+
+TOKEN_PARAM = "sct"
+"""The Record-Route URI parameter carrying the dialog token."""
+_TOKEN_LABEL = b"sipcluster record-route dialog token v1"
+_TOKEN_BYTES = 12  # 96 bits of HMAC-SHA256: beyond guessing within a dialog's life
+
+
+class DialogTokens:
+    """Stateless proof that the cluster record-routed and authorised a dialog.
+
+    When a worker record-routes a dialog-creating request it writes
+    ``make(call_id, from_tag)`` into its Record-Route URI; both UAs copy that
+    URI into the Route set of every in-dialog request (RFC 3261 §12.1.1,
+    §12.1.2). Any shard holding the same secret recognises the token, so no
+    dialog state is shared or lost when a worker dies and another takes its
+    Call-IDs (DESIGN §5). The token binds the Call-ID and the caller's tag,
+    which requests from the caller carry in From and requests from the callee
+    in To, so a token lifted from one dialog is worthless in another.
+
+    The key is derived from the nonce secret with a label of its own: a
+    nonce can never be presented as a token or the reverse."""
+
+    __slots__ = ("_mac",)
+
+    def __init__(self, secret: bytes) -> None:
+        key = hmac.new(bytes(secret), _TOKEN_LABEL, hashlib.sha256).digest()
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+
+    def make(self, call_id: str, caller_tag: str, scope: str = "") -> str:
+        """The token for a dialog. ``scope`` is empty for a dialog set up by
+        a trusted source or an authenticated user; for one set up by an
+        unauthenticated caller (a call from outside to a local user) it names
+        the host the request went to (``scope_for``), so the dialog's
+        in-dialog requests can only reach that host or come from it, and a
+        token obtained by calling a local user cannot carry a request
+        anywhere else (no relay through an answered call)."""
+        mac = self._mac.copy()
+        mac.update(f"{call_id}\x00{caller_tag}\x00{scope}".encode("utf-8", "surrogateescape"))
+        return base64.urlsafe_b64encode(mac.digest()[:_TOKEN_BYTES]).decode("ascii")
+
+    @staticmethod
+    def scope_for(host: str) -> str:
+        return f"@{host.lower()}"
+
+    def authorises(self, request: Request, ours: Iterable[SipURI], source_host: str) -> bool:
+        """Whether the topmost of our removed Route entries (``ours``, from
+        ``preprocess_routes``) carries a valid token for ``request``'s dialog,
+        whichever side sent it (caller's tag in From or in To). A scoped
+        token holds when the request goes to its host (the caller talking to
+        the callee) or comes from it (the callee talking back)."""
+        top = next(iter(ours), None)
+        token = top.param(TOKEN_PARAM) if top is not None else None
+        if not token or not token.isascii():
+            return False
+        uri = request.uri
+        scopes = ["", self.scope_for(source_host)]
+        if isinstance(uri, SipURI):
+            scopes.append(self.scope_for(uri.host))
+        for tag in (request.from_.tag, request.to.tag):
+            if not tag:
+                continue
+            for scope in scopes:
+                if hmac.compare_digest(self.make(request.call_id, tag, scope), token):
+                    return True
+        return False
 
 
 def strip_own_route(routes: list[NameAddress], local: LocalAddresses) -> list[NameAddress]:

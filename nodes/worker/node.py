@@ -57,6 +57,8 @@ FRAME_EVERY = 16
 """Inbound frames handled before the frames they produced are sent, at most."""
 YIELD_EVERY = 256
 """Inbound messages handled before the link loop lets other tasks run."""
+CHALLENGE_SWEEP = 2.0
+"""Seconds between looks for digest challenges left unanswered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +164,8 @@ class WorkerNode:
         self.services = Services(domains=w.domains, trusted=w.trusted, nonce_secret=self._secret(),
                                  nonce_ttl=w.nonce_ttl, locations=self.locations,
                                  users=self.users.cache, digest_algorithms=w.digest_algorithms,
-                                 outbound_proxy=w.outbound_proxy)
+                                 digest_sha256_domains=w.digest_sha256_domains,
+                                 outbound_proxy=w.outbound_proxy, events=self.stats)
         from cluster.app.default import application as default_app
         if self.application is default_app or w.redirect_domains:
             self.application.redirect_domains.update(d.lower() for d in w.redirect_domains)
@@ -179,6 +182,7 @@ class WorkerNode:
             nursery.start_soon(self._follow_membership)
             nursery.start_soon(self._link_loop)
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._challenge_loop)
             log.info("worker ready", extra={"node": self.node_id, "link": self.inbox.endpoint})
             task_status.started()
 
@@ -326,6 +330,16 @@ class WorkerNode:
                     except Exception:
                         self._bug("timer handling failed")
             self.transactions.rest()
+
+    async def _challenge_loop(self) -> None:
+        """Now and then, log the digest challenges nobody answered (the
+        client gave up: often an algorithm it does not know)."""
+        while True:
+            await trio.sleep(CHALLENGE_SWEEP)
+            try:
+                self.services.unanswered_challenges(time.time())
+            except Exception:
+                self._bug("challenge sweep failed")
 
     def _bug(self, what: str, call_id: str | None = None) -> None:
         """A bug met while handling one message or timer: logged with its

@@ -9,13 +9,15 @@ validates a nonce another shard issued.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from cluster.app.api import AuthOutcome, Challenge, Target
-from cluster.auth.digest import NonceManager, challenge, find_credential, verify
+from cluster.auth.digest import NonceManager, OutstandingChallenges, challenge, find_credential, verify
 from cluster.auth.users import UserCache
-from cluster.proxy.routing import LocalAddresses, split_hostport
+from cluster.proxy.routing import DialogTokens, LocalAddresses, split_hostport
 from cluster.sip import Request, Response, SipURI, URI, Via, make_response
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,6 +25,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 _MEMO_LIMIT = 4096
+log = logging.getLogger("sipcluster.worker")
+
+SECURITY_EVENTS = ("relay_refused", "dialog_refused", "identity_refused", "auth_failed")
+"""Node events (``sipcluster_node_events_total{event=...}``) counting refused
+relays, in-dialog requests without a valid dialog token, authenticated users
+claiming an identity they do not own, and credentials that failed to verify
+(alert SipclusterTrustRefusals)."""
 
 
 class WorkerLocal(LocalAddresses):
@@ -34,16 +43,24 @@ class WorkerLocal(LocalAddresses):
 class Services:
     def __init__(self, *, domains, trusted, nonce_secret: bytes, nonce_ttl: float,
                  locations: "LocationCache | None", users: UserCache | None,
-                 digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
-                 outbound_proxy: str | None = None) -> None:
+                 digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
+                 digest_sha256_domains: tuple[str, ...] = (),
+                 outbound_proxy: str | None = None, events: Counter | None = None) -> None:
         self.domains = list(domains) or ["localhost"]
         self.local = WorkerLocal(domains=self.domains)
         self.trusted = [ipaddress.ip_network(n) for n in trusted]
         self.nonces = NonceManager(nonce_secret, nonce_ttl)
+        self.tokens = DialogTokens(nonce_secret)
+        self.challenges = OutstandingChallenges()
+        # The worker's event counter (its stats), so refusals show up as
+        # sipcluster_node_events_total like every other node event.
+        self.events: Counter = events if events is not None else Counter()
         self.locations = locations
         self.users = users
         self.serial_forking = False
-        self.digest_algorithms = tuple(a.upper() for a in digest_algorithms)
+        self.digest_algorithms = tuple(_spelled(a) for a in digest_algorithms)
+        strong = tuple(a for a in self.digest_algorithms if a.upper().startswith("SHA-256")) or ("SHA-256",)
+        self._realm_algorithms = {d.lower(): strong for d in digest_sha256_domains}
         self.outbound_proxy = outbound_proxy
         # Every request asks about its source, and sources repeat (edges, a
         # few peers): answers are memoised, bounded so a scan of many
@@ -100,29 +117,77 @@ class Services:
         record = self.user(uri)
         return dict(record.settings) if record is not None else {}
 
-    def authenticate(self, request: Request, realm: str, *, proxy: bool = False) -> AuthOutcome:
+    def algorithms_for(self, realm: str) -> tuple[str, ...]:
+        """The digest algorithms offered (and accepted) in ``realm``."""
+        return self._realm_algorithms.get(realm.lower(), self.digest_algorithms)
+
+    def authenticate(self, request: Request, realm: str, *, proxy: bool = False,
+                     source: str = "") -> AuthOutcome:
         fields = request.proxy_authorizations if proxy else request.authorizations
         credential = find_credential(fields, realm)
         if credential is None or self.users is None:
             return AuthOutcome(None, False, "no credentials")
+        self.challenges.answered(request.call_id)
+        offered = self.algorithms_for(realm)
+        algorithm = credential.get("algorithm") or "MD5"  # RFC 7616 §3.4: absent means MD5
+        if algorithm.upper() not in (a.upper() for a in offered):
+            # The UAC picked an algorithm we did not offer: typically one that
+            # knows only MD5 facing a realm that requires SHA-256.
+            log.warning("digest credential refused: the client answered with an algorithm it was "
+                        "not offered", extra={"source": source, "realm": realm, "algorithm": algorithm,
+                                              "offered": ",".join(offered), "call_id": request.call_id})
+            self.note("auth_failed", request, source, f"algorithm {algorithm} not offered")
+            return AuthOutcome(None, False, f"algorithm {algorithm!r} not offered")
         result = verify(credential, method=request.method, realm=realm, now=time.time(),
                         nonces=self.nonces, ha1=self.users.ha1)
         if result.ok:
             return AuthOutcome(result.username)
+        if not result.stale:
+            self.note("auth_failed", request, source, result.reason)
         return AuthOutcome(None, result.stale, result.reason)
 
     def authenticated_record(self, username: str, realm: str):
         return self.users.lookup(username, realm) if self.users is not None else None
 
-    def challenge(self, request: Request, decision: Challenge) -> Response:
+    def challenge(self, request: Request, decision: Challenge, source: str = "") -> Response:
         status = 407 if decision.proxy else 401
         name = "Proxy-Authenticate" if decision.proxy else "WWW-Authenticate"
-        nonce = self.nonces.make(time.time(), realm=decision.realm)
+        now = time.time()
+        nonce = self.nonces.make(now, realm=decision.realm)
         response = make_response(request, status)
-        for field in challenge(decision.realm, nonce, stale=decision.stale,
-                               algorithms=self.digest_algorithms):
+        algorithms = self.algorithms_for(decision.realm)
+        for field in challenge(decision.realm, nonce, stale=decision.stale, algorithms=algorithms):
             response.add(name, str(field))
+        self.challenges.issued(request.call_id, source, decision.realm, algorithms, now)
         return response
+
+    def unanswered_challenges(self, now: float) -> int:
+        """Log the challenges nobody answered in time, naming the likely
+        cause; called now and then by the worker. Returns how many."""
+        expired = self.challenges.expire(now)
+        for entry in expired:
+            log.warning(
+                "digest challenge never answered: the client knows none of the offered "
+                "algorithms (many know only MD5) or has no credentials for the realm",
+                extra={"source": entry.source, "realm": entry.realm, "call_id": entry.call_id,
+                       "offered": ",".join(entry.algorithms)})
+        self.events["challenge_unanswered"] += len(expired)
+        return len(expired)
+
+    # -- trust ------------------------------------------------------------------------------
+
+    def note(self, event: str, request: Request, source: str, detail: str) -> None:
+        """Count a refusal as a node event and log it (who, what, why)."""
+        self.events[event] += 1
+        log.info("request refused", extra={"event": event, "source": source,
+                                           "method": request.method, "call_id": request.call_id,
+                                           "detail": detail})
+
+
+def _spelled(name: str) -> str:
+    """An algorithm name as written in challenges (RFC 8760 §2.1)."""
+    upper = name.upper()
+    return upper[:-5] + "-sess" if upper.endswith("-SESS") else upper
 
 
 def binding_target(binding) -> Target:

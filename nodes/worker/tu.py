@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from cluster.app.api import Call, Challenge, Proxy, Register, Reply, Target
+from cluster.proxy import identity
 from cluster.proxy.context import Cancel, Exhausted, Forward, ResponseContext, Upstream
 from cluster.proxy.routing import (
     DEFAULT_PORTS,
@@ -93,13 +94,16 @@ class TransactionUser:
     # -- requests --------------------------------------------------------------------
 
     def on_request(self, key: tuple, request: Request, source: Peer, now: float) -> None:
-        status, headers = self.check(request)
+        status, headers, routed = self.check(request)
         if status:
             self.reply(request, status, headers=headers)
             return
+        services = self.worker.services
+        if not services.is_trusted(source.host):
+            identity.strip_untrusted(request)  # RFC 3325 §5: an unproved claim
         app = self.worker.application
         handler_name, handler = app.handler_for(request.method)
-        call = Call(request, source, self.worker.services, self.worker.node_id, handler_name)
+        call = Call(request, source, services, self.worker.node_id, handler_name, routed)
         if handler is None:
             self.reply(request, 501, headers=(("Allow", ALLOW),))
             return
@@ -110,25 +114,28 @@ class TransactionUser:
             return
         self.execute(key, call, decision, now)
 
-    def check(self, request: Request) -> tuple[int, tuple]:
-        """§16.3 request validation (and the registrar's §8.2.2 checks)."""
+    def check(self, request: Request) -> tuple[int, tuple, tuple]:
+        """§16.3 request validation (and the registrar's §8.2.2 checks); the
+        third value is our own Route entries removed (``preprocess_routes``)."""
         uri = request.uri
         if not isinstance(uri, (SipURI, TelURI)):
-            return 416, ()  # RFC 4475 unkscm / novelsc
+            return 416, (), ()  # RFC 4475 unkscm / novelsc
         unknown = [tag for tag in request.proxy_require if tag.lower() not in SUPPORTED]
         if request.method == "REGISTER":
             unknown += [tag for tag in request.require if tag.lower() not in SUPPORTED]
         if unknown:
-            return 420, (("Unsupported", ", ".join(unknown)),)  # RFC 4475 bext01
+            return 420, (("Unsupported", ", ".join(unknown)),), ()  # RFC 4475 bext01
         local = self.worker.services.local
-        preprocess_routes(request, local)
+        routed = preprocess_routes(request, local)
         mf = request.max_forwards
         if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and local.is_us(request.uri)):
-            return 483, ()  # §16.3 step 3 (RFC 4475 zeromf)
+            return 483, (), routed  # §16.3 step 3 (RFC 4475 zeromf)
         if request.method != "REGISTER" and self._may_have_looped(request, local) \
                 and loop_detected(request, local):
-            return 482, ()
-        return 0, ()
+            log.info("request looped back to the cluster (482)",
+                     extra={"method": request.method, "routes_removed": len(routed)})
+            return 482, (), routed
+        return 0, (), routed
 
     @staticmethod
     def _may_have_looped(request: Request, local) -> bool:
@@ -147,7 +154,7 @@ class TransactionUser:
         if isinstance(decision, Reply):
             self.reply(request, decision.status, decision.reason, decision.headers, decision.body)
         elif isinstance(decision, Challenge):
-            self.respond(self.worker.services.challenge(request, decision), now)
+            self.respond(self.worker.services.challenge(request, decision, call.source.host), now)
         elif isinstance(decision, Register):
             self.worker.start_register(request, call.source)
         elif isinstance(decision, Proxy):
@@ -208,9 +215,11 @@ class TransactionUser:
                 ctx.request, target, branch.target, advertise, f"{self.worker.salt}{branch.index}")
             via = proxy_via(ctx.request, transport, advertise, f"{self.worker.salt}{branch.index}",
                             shard=self.worker.node_id)
-            rr = record_route_set(advertise, call.source.transport, transport) \
+            rr = record_route_set(advertise, call.source.transport, transport,
+                                  self._dialog_token(call, peer_host)) \
                 if ctx.extra["record_route"] else None  # type: ignore[attr-defined]
             request = forward_copy(ctx.request, branch.target, via=via, record_route=rr, path=target.path)
+            identity.for_next_hop(request, self.worker.services.is_trusted(peer_host))
         except ParseError as error:
             # No way to the target (unresolvable host, unusable URI): the
             # branch fails with the error's status, 404 for a plain 400.
@@ -233,6 +242,18 @@ class TransactionUser:
         if client_key is not None:
             self.branches[client_key] = (ctx, branch)
         self.perform(actions, now)
+
+    def _dialog_token(self, call: Call, hop_host: str) -> str | None:
+        """The dialog token for our Record-Route (``DialogTokens``): open
+        for a dialog set up by a trusted source or an identified sender,
+        else scoped to the host the request goes to."""
+        request = call.request
+        tag = request.from_.tag
+        if not tag:
+            return None
+        tokens = self.worker.services.tokens
+        open_ = call.identity is not None or call.from_trusted
+        return tokens.make(request.call_id, tag, "" if open_ else tokens.scope_for(hop_host))
 
     def cancel_branch(self, ctx: ResponseContext, branch, now: float) -> None:
         """§9.1: CANCEL mirrors the request's Request-URI, Call-ID, To, From,
@@ -397,10 +418,17 @@ class TransactionUser:
     def forward_stateless_request(self, request: Request, source: Peer, now: float) -> None:
         """ACK for a 2xx (and other requests the TU forwards without a
         transaction): loose-route it onwards (§16.11, §12.2.1.1)."""
-        local = self.worker.services.local
-        preprocess_routes(request, local)
+        services = self.worker.services
+        local = services.local
+        routed = preprocess_routes(request, local)
         if local.is_us(request.uri) and not request.routes:
             return  # an ACK for a response we generated ourselves
+        if not services.is_trusted(source.host) and not services.tokens.authorises(
+                request, routed, source.host):
+            # An ACK cannot be refused with a response: one from outside
+            # that is not in a dialog we set up goes nowhere (no relay).
+            services.note("dialog_refused", request, source.host, "ACK outside a dialog of ours")
+            return
         edge_route = source.context
         advertise = getattr(edge_route, "advertise", None) or self.worker.default_advertise()
         try:

@@ -210,10 +210,10 @@ def test_nonce_check_never_raises(nonce, now):
 # --- challenges ---------------------------------------------------------------
 
 
-def test_challenge_sha256_first_with_qop_auth(nonces):
+def test_challenge_md5_first_then_sha256_with_qop_auth(nonces):
     nonce = nonces.make(NOW, realm=REALM)
     fields = challenge(REALM, nonce)
-    assert [f.get("algorithm") for f in fields] == [SHA256, MD5]
+    assert [f.get("algorithm") for f in fields] == [MD5, SHA256]
     for f in fields:
         assert f.is_digest
         assert (f.get("realm"), f.get("nonce"), f.get("qop")) == (REALM, nonce, "auth")
