@@ -54,8 +54,10 @@ class UpCluster:
     """``sipcluster up`` in a subprocess, against a given etcd."""
 
     def __init__(self, state_dir: Path, *, workers: int = 2, etcd: str | None = None,
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.state_dir = state_dir
+        self.host = host
         self.workers = workers
         self.etcd = etcd
         self.extra = extra or []
@@ -79,7 +81,7 @@ class UpCluster:
 
     def start(self, timeout: float = 120.0) -> "UpCluster":
         argv = [sys.executable, "-m", "cluster.cli", "up", "--workers", str(self.workers),
-                "--listen", f"127.0.0.1:{self.port}", "--state-dir", str(self.state_dir / "up")]
+                "--listen", f"{self.host}:{self.port}", "--state-dir", str(self.state_dir / "up")]
         if self.etcd:
             argv += ["--etcd", self.etcd]
         argv += self.extra
