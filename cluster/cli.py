@@ -3,17 +3,27 @@
     sipcluster up [--workers N] [--edges N] [--listen HOST:PORT] [--etcd URL] [--domain D]
     sipcluster edge   [--config FILE]
     sipcluster worker [--config FILE]
-    sipcluster status [--json] [--etcd URL] [--prefix P]
+    sipcluster status [--json] [--etcd URL] [--prefix P] [--config FILE]
+    sipcluster user add USER [--password-stdin] [--realm R] [--replace]
+    sipcluster user set USER [KEY=VALUE ...] [--password | --password-stdin]
+    sipcluster user del USER | list [--json]
 
 Every command that talks to a cluster finds it the same way
-(:func:`cluster.discovery.find_cluster`): ``--etcd`` if given, else
-``SIPCLUSTER_CLUSTER_ETCD``, else the cluster ``sipcluster up`` started on this
+(:func:`cluster.discovery.find_cluster`): ``--etcd`` if given, else the node
+configuration (``--config`` or ``$SIPCLUSTER_CONFIG``, and
+``SIPCLUSTER_CLUSTER_ETCD*`` variables, which also carry etcd's TLS files,
+user and password), else the cluster ``sipcluster up`` started on this
 machine (its discovery file), else etcd on 127.0.0.1:2379.
+
+Passwords are never taken from the command line (``ps`` and shell history
+would show them): ``user add`` asks for one at the terminal, twice, or reads
+the first line of standard input with ``--password-stdin``.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import signal
@@ -40,13 +50,25 @@ def _node_command(role: str, args: argparse.Namespace) -> int:
     return trio.run(run_node, role, config)
 
 
-def _status(args: argparse.Namespace) -> int:
+def _target(command: str, args: argparse.Namespace):
+    """The cluster ``args`` name, or None after printing why it cannot be used."""
     from .discovery import find_cluster
+    try:
+        return find_cluster(args.etcd, args.prefix, args.config)
+    except ConfigError as error:
+        print(f"sipcluster {command}: configuration error: {error}", file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .coordination.errors import CoordinationError
     from .status import cluster_status, render_status
-    target = find_cluster(args.etcd, args.prefix)
+    target = _target("status", args)
+    if target is None:
+        return 2
     try:
         status = cluster_status(target)
-    except Exception as error:  # noqa: BLE001 - report any connection failure plainly
+    except CoordinationError as error:
         print(f"sipcluster status: cannot read the cluster at {target.etcd}: {error}", file=sys.stderr)
         return 1
     if args.json:
@@ -56,18 +78,54 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user(args: argparse.Namespace) -> int:
-    import etcd3
+NO_PASSWORD_ARGUMENT = ("passwords are not taken on the command line (ps and shell history show "
+                        "them): type it at the prompt, or pipe it in with --password-stdin")
 
+
+def read_password(user: str, from_stdin: bool, stdin=None) -> str:
+    """The new password: the first line of ``stdin`` with ``--password-stdin``,
+    else asked twice at the terminal. ValueError when there is none."""
+    stdin = stdin or sys.stdin
+    if from_stdin:
+        password = stdin.readline().rstrip("\r\n")
+    elif not stdin.isatty():
+        raise ValueError("no terminal to ask for the password on: use --password-stdin")
+    else:
+        password = getpass.getpass(f"Password for {user}: ")
+        if getpass.getpass("Same password again: ") != password:
+            raise ValueError("the two passwords differ")
+    if not password:
+        raise ValueError("empty password")
+    return password
+
+
+def _settings(items: list[str]) -> dict:
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"setting {item!r}: expected key=value")
+        if value == "":
+            continue
+        settings[key] = int(value) if value.isdigit() else (
+            value.lower() == "true" if value.lower() in ("true", "false") else value)
+    return settings
+
+
+def _user(args: argparse.Namespace) -> int:
     from .auth.users import UnknownUser, UserDirectory, UserExists
-    from .discovery import find_cluster
-    target = find_cluster(args.etcd, args.prefix)
-    host, port = target.host_port
-    client = etcd3.client(host=host, port=port, timeout=10)
-    directory = UserDirectory(client, target.prefix)
+    from .coordination.errors import CoordinationError
+    if getattr(args, "password", None) is not None and args.action == "add":
+        print(f"sipcluster user add: {NO_PASSWORD_ARGUMENT}", file=sys.stderr)
+        return 2
+    target = _target(f"user {args.action}", args)
+    if target is None:
+        return 2
+    directory = UserDirectory(target.access, target.prefix)
     try:
         if args.action == "add":
-            directory.add(args.user, args.password, realm=args.realm, replace=args.replace)
+            password = read_password(args.user, args.password_stdin)
+            directory.add(args.user, password, realm=args.realm, replace=args.replace)
             print(f"added {args.user}")
         elif args.action == "del":
             if not directory.delete(args.user):
@@ -84,26 +142,27 @@ def _user(args: argparse.Namespace) -> int:
                     extra = " ".join(f"{k}={v}" for k, v in sorted(r.settings.items()))
                     print(f"{r.aor}  realm={r.realm}  {extra}".rstrip())
         elif args.action == "set":
-            settings = {}
-            for item in args.settings:
-                key, sep, value = item.partition("=")
-                if not sep:
-                    raise ValueError(f"setting {item!r}: expected key=value")
-                if value == "":
-                    continue
-                settings[key] = int(value) if value.isdigit() else (
-                    value.lower() == "true" if value.lower() in ("true", "false") else value)
-            directory.set_settings(args.user, settings)
-            print(f"settings of {args.user}: {settings}")
+            settings = _settings(args.settings)
+            if args.new_password or args.password_stdin:
+                existing = directory.get(args.user)
+                if existing is None:
+                    raise UnknownUser(f"no user {args.user}")
+                password = read_password(args.user, args.password_stdin)
+                # The HA1s hash the realm in: keep the user's.
+                record = directory.add(args.user, password, realm=existing.realm, replace=True)
+                print(f"new password for {args.user} (realm {record.realm})")
+            if settings or not (args.new_password or args.password_stdin):
+                directory.set_settings(args.user, settings)
+                print(f"settings of {args.user}: {settings}")
     except (ValueError, UserExists, UnknownUser) as error:
         print(f"sipcluster user {args.action}: {error}", file=sys.stderr)
         return 1
-    except Exception as error:  # noqa: BLE001 - etcd unreachable and similar
-        print(f"sipcluster user {args.action}: cannot reach the cluster at {target.etcd}: {error}",
+    except CoordinationError as error:
+        print(f"sipcluster user {args.action}: cannot use the cluster at {target.etcd}: {error}",
               file=sys.stderr)
         return 1
     finally:
-        client.close()
+        directory.close()
     return 0
 
 
@@ -144,9 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     user = sub.add_parser("user", help="manage SIP users (digest credentials and settings)")
     user_sub = user.add_subparsers(dest="action", required=True)
-    add = user_sub.add_parser("add", help="add a user: sipcluster user add alice@example.com PASSWORD")
+    add = user_sub.add_parser("add", help="add a user: sipcluster user add alice@example.com "
+                                          "(asks for the password, or --password-stdin)")
     add.add_argument("user")
-    add.add_argument("password")
+    # Only to refuse it with a reason: argparse's "unrecognized arguments" says nothing.
+    add.add_argument("password", nargs="?", help=argparse.SUPPRESS)
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
     add.add_argument("--realm", default=None, help="digest realm (default: the domain)")
     add.add_argument("--replace", action="store_true", help="replace an existing user")
     delete = user_sub.add_parser("del", help="delete a user")
@@ -156,17 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
     setting = user_sub.add_parser("set", help="per-user settings, e.g. forward_busy=sip:vm@example.com")
     setting.add_argument("user")
     setting.add_argument("settings", nargs="*", metavar="KEY=VALUE")
-    for p in (add, delete, listing, setting):
-        p.add_argument("--etcd", default=None, help="etcd endpoint URL")
-        p.add_argument("--prefix", default=None, help="etcd key prefix")
+    password = setting.add_mutually_exclusive_group()
+    password.add_argument("--password", dest="new_password", action="store_true",
+                          help="also set a new password, asked for at the terminal")
+    password.add_argument("--password-stdin", action="store_true",
+                          help="also set a new password, read from the first line of standard input")
     user.set_defaults(func=_user)
 
     status = sub.add_parser("status", help="show members, ring epoch and shard shares")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--etcd", default=None, help="etcd endpoint URL")
-    status.add_argument("--prefix", default=None, help="etcd key prefix")
     status.set_defaults(func=_status)
+    for p in (add, delete, listing, setting, status):
+        add_cluster_arguments(p)
     return parser
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--etcd``, ``--prefix`` and ``--config``, read by ``discovery.find_cluster``."""
+    parser.add_argument("--etcd", default=None, help="etcd endpoint URL(s), comma-separated")
+    parser.add_argument("--prefix", default=None, help="etcd key prefix")
+    parser.add_argument("--config", default=None,
+                        help="node config file for etcd TLS files, user and password "
+                             "(default $SIPCLUSTER_CONFIG; SIPCLUSTER_CLUSTER_ETCD_* variables apply)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,16 @@
 """How every command finds the cluster it talks to.
 
-Order: an explicit ``--etcd``; the ``SIPCLUSTER_CLUSTER_ETCD`` environment
-variable; the discovery file that ``sipcluster up`` writes on this machine;
-finally etcd on 127.0.0.1:2379. The prefix follows the same order
-(``--prefix``, ``SIPCLUSTER_CLUSTER_PREFIX``, the file, ``/sipcluster``).
+Commands read the nodes' own configuration (``cluster.config.load_config``):
+a ``--config`` file or ``$SIPCLUSTER_CONFIG``, then the
+``SIPCLUSTER_CLUSTER_*`` environment variables, so an operator's shell or a
+Kubernetes pod reaches a TLS etcd with auth exactly as the nodes do
+(``etcd_ca``, ``etcd_cert``, ``etcd_key``, ``etcd_user``, ``etcd_password``).
+
+Endpoints, in order: an explicit ``--etcd``; ``SIPCLUSTER_CLUSTER_ETCD`` or
+the config file; the discovery file that ``sipcluster up`` writes on this
+machine; finally etcd on 127.0.0.1:2379. The prefix follows the same order
+(``--prefix``, ``SIPCLUSTER_CLUSTER_PREFIX`` or the file, the discovery
+file, ``/sipcluster``).
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Mapping
+
+from .config import ClusterConfig, load_config
+from .coordination.connection import EtcdAccess
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/sipcluster"
@@ -33,17 +43,25 @@ def discovery_file() -> Path:
 
 @dataclass(frozen=True)
 class ClusterTarget:
-    etcd: str
+    """Where a command finds the cluster: ``access`` (URLs, TLS, auth) and ``prefix``."""
+
+    access: EtcdAccess
     prefix: str
     source: str
 
     @property
-    def host_port(self) -> tuple[str, int]:
-        parts = urlsplit(self.etcd if "://" in self.etcd else f"http://{self.etcd}")
-        return parts.hostname or "127.0.0.1", parts.port or 2379
+    def etcd(self) -> str:
+        """The endpoint URLs, for messages."""
+        return ",".join(self.access.endpoints)
 
 
-def find_cluster(etcd: str | None = None, prefix: str | None = None) -> ClusterTarget:
+def find_cluster(etcd: str | None = None, prefix: str | None = None, config: str | None = None,
+                 *, env: Mapping[str, str] | None = None) -> ClusterTarget:
+    """The cluster a command talks to; ``cluster.config.ConfigError`` for an
+    unusable configuration (naming the field)."""
+    env = os.environ if env is None else env
+    loaded = load_config(config, env=env, overrides={"cluster.etcd": etcd, "cluster.prefix": prefix})
+    cluster = loaded.cluster
     local = {}
     path = discovery_file()
     if path.exists():
@@ -51,14 +69,16 @@ def find_cluster(etcd: str | None = None, prefix: str | None = None) -> ClusterT
             local = json.loads(path.read_text())
         except (OSError, ValueError):
             local = {}
+    defaults = ClusterConfig()
     if etcd:
         source = "--etcd"
-    elif os.environ.get("SIPCLUSTER_CLUSTER_ETCD"):
-        etcd, source = os.environ["SIPCLUSTER_CLUSTER_ETCD"].split(",")[0], "environment"
+    elif cluster.etcd != defaults.etcd:
+        source = "configuration"
     elif local.get("etcd"):
-        etcd, source = local["etcd"], str(path)
+        cluster, source = ClusterConfig(etcd=(local["etcd"],), prefix=cluster.prefix), str(path)
     else:
-        etcd, source = DEFAULT_ETCD, "default"
-    prefix = (prefix or os.environ.get("SIPCLUSTER_CLUSTER_PREFIX") or local.get("prefix")
-              or DEFAULT_PREFIX)
-    return ClusterTarget(etcd, prefix, source)
+        source = "default"
+    chosen = cluster.prefix
+    if not prefix and chosen == defaults.prefix and local.get("prefix"):
+        chosen = local["prefix"]
+    return ClusterTarget(EtcdAccess.from_config(cluster, timeout=10.0), chosen, source)

@@ -169,10 +169,9 @@ class LocalCluster:
                 await trio.sleep(0.2)
 
     def _etcd_healthy(self) -> bool:
-        import etcd3
-        host, port = self.etcd_url.split("//", 1)[1].split(":")
+        from cluster.coordination.connection import EtcdAccess
         try:
-            client = etcd3.client(host=host, port=int(port), timeout=2)
+            client = EtcdAccess((self.etcd_url,), timeout=2).connect()
             try:
                 client.get("/sipcluster-up-health")
             finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
+from .coordination.connection import EtcdConnection
 from .discovery import ClusterTarget
 from .sharding.membership import MembershipView, members_prefix
 
@@ -33,15 +34,15 @@ def _node_status(url: str) -> dict | None:
 
 
 def cluster_status(target: ClusterTarget, *, fetch_nodes: bool = True) -> dict:
-    import etcd3
-    host, port = target.host_port
-    client = etcd3.client(host=host, port=port, timeout=5)
+    """The cluster's state; ``CoordinationError`` when etcd cannot be read."""
+    connection = EtcdConnection(target.access)
     try:
-        response = client.get_prefix_response(members_prefix(target.prefix))
+        response = connection.run("status", lambda: connection.client().get_prefix_response(
+            members_prefix(target.prefix)))
         revision = response.header.revision
         kvs = [(kv.key, kv.value) for kv in response.kvs]
     finally:
-        client.close()
+        connection.close()
     view = MembershipView.from_kvs(revision, kvs)
     ring = view.ring()
     members = []

@@ -47,6 +47,16 @@ def observe(role: str, node):
 
 
 async def run_node(role: str, config: Config) -> int:
+    from cluster.coordination.connection import EtcdAccess
+    # A wrong etcd user or password does not heal by retrying: say so and
+    # stop, rather than run a node that never joins. (An unreachable etcd,
+    # an expired token or certificate are retried by the node instead.)
+    rejected = await trio.to_thread.run_sync(
+        EtcdAccess.from_config(config.cluster).rejected_credentials, abandon_on_cancel=True)
+    if rejected is not None:
+        log.error("etcd rejects this node's credentials (cluster.etcd_user, cluster.etcd_password): %s",
+                  rejected)
+        return 2
     node = make_node(role, config)
     node.collector = Collector()
     metrics = observe(role, node)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.etcd import etcd_fixture
+from tests.support.etcd import etcd_fixture, secure_etcd_fixture
 
 etcd_server = pytest.fixture(scope="module")(etcd_fixture)
+
+secure_etcd = pytest.fixture(scope="module")(secure_etcd_fixture)

@@ -22,9 +22,9 @@ Three layers, from pure to I/O:
   then ``cluster.sharding.Put`` / ``Delete`` watch events), answering
   ``ha1(username, realm, algorithm)`` for ``digest.verify`` without an etcd
   round trip per request (DESIGN §6 read-cache pattern). Pure.
-* ``UserDirectory``: a small synchronous store over a python3-etcd3 client
-  for the ``sipcluster user`` CLI and tests. etcd errors become
-  ``CoordinationError`` here.
+* ``UserDirectory``: a small synchronous store over the project's etcd
+  connection (``cluster.coordination.connection``) for the ``sipcluster
+  user`` CLI and tests. etcd errors become ``CoordinationError`` there.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
+from cluster.coordination.connection import EtcdAccess, EtcdConnection
 from cluster.coordination.errors import CoordinationError
 from cluster.sharding import Delete, Put
 from cluster.sip.errors import ParseError
@@ -494,49 +495,45 @@ class UserCache:
 _CAS_ATTEMPTS = 8
 
 
-def _is_etcd_error(error: BaseException) -> bool:
-    # Imported here so that importing this module (for the pure parts, in
-    # every worker) does not load gRPC.
-    import etcd3.exceptions
-    import grpc
-    return isinstance(error, (etcd3.exceptions.Etcd3Exception, grpc.RpcError))
-
-
 class UserDirectory:
-    """Credential records in etcd through a synchronous python3-etcd3 client.
+    """Credential records in etcd, read and written synchronously.
 
-    For the ``sipcluster user add|del|list`` CLI and tests; workers read
-    through ``UserCache`` instead. Names are accepted as ``user@domain`` or
-    a sip:/sips: AOR and canonicalised (ValueError for bad input). etcd
-    failures raise ``CoordinationError``.
+    For the ``sipcluster user add|del|list|set`` CLI and tests; workers read
+    through ``UserCache`` instead. ``etcd`` is an ``EtcdConnection``, an
+    ``EtcdAccess`` or (tests) an etcd3 client. Names are accepted as
+    ``user@domain`` or a sip:/sips: AOR and canonicalised (ValueError for
+    bad input). etcd failures raise ``CoordinationError``.
     """
 
-    __slots__ = ("_client", "prefix")
+    __slots__ = ("_connection", "prefix")
 
-    def __init__(self, client: Any, prefix: str) -> None:
-        self._client = client
+    def __init__(self, etcd: EtcdConnection | EtcdAccess | Any, prefix: str) -> None:
+        if isinstance(etcd, EtcdAccess):
+            etcd = EtcdConnection(etcd)
+        elif not isinstance(etcd, EtcdConnection):
+            client = etcd
+            etcd = EtcdConnection(lambda: client)
+        self._connection = etcd
         self.prefix = prefix
 
-    def _call(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except Exception as error:
-            if _is_etcd_error(error):
-                raise CoordinationError(f"users {op}: {error!r}") from error
-            raise
+    def close(self) -> None:
+        self._connection.close()
+
+    def _call(self, op: str, method: str, *args: Any) -> Any:
+        connection = self._connection
+        return connection.run(f"users {op}", lambda: getattr(connection.client(), method)(*args))
 
     def _update(self, op: str, key: str, change: Callable[[bytes | None], bytes]) -> bytes:
         """Write ``change(current value)`` unless the key moved meanwhile; retry."""
-        client = self._client
+        transactions = self._connection.run(f"users {op}", self._connection.client).transactions
         for _ in range(_CAS_ATTEMPTS):
-            current, meta = self._call(op, client.get, key)
+            current, meta = self._call(op, "get", key)
             value = change(current)
             if current is None:
-                guard = client.transactions.create(key) == 0
+                guard = transactions.create(key) == 0
             else:
-                guard = client.transactions.mod(key) == meta.mod_revision
-            done, _ = self._call(op, client.transaction, [guard],
-                                 [client.transactions.put(key, value)], [])
+                guard = transactions.mod(key) == meta.mod_revision
+            done, _ = self._call(op, "transaction", [guard], [transactions.put(key, value)], [])
             if done:
                 return value
         raise CoordinationError(f"users {op}: {key} kept changing; try again")
@@ -550,7 +547,7 @@ class UserDirectory:
         fresh = make_user_record(name, password, realm, settings)
         key = users_prefix(self.prefix) + name
         if not replace:
-            if not self._call("add", self._client.put_if_not_exists, key, _encode(fresh)):
+            if not self._call("add", "put_if_not_exists", key, _encode(fresh)):
                 raise UserExists(f"user {name} already exists")
             return parse_user_record(_encode(fresh))
 
@@ -586,17 +583,17 @@ class UserDirectory:
 
     def delete(self, user_at_domain: str) -> bool:
         """Remove a user; False if there was none."""
-        return bool(self._call("delete", self._client.delete, user_key(self.prefix, user_at_domain)))
+        return bool(self._call("delete", "delete", user_key(self.prefix, user_at_domain)))
 
     def get(self, user_at_domain: str) -> UserRecord | None:
         """The user's record, None if absent; BadUserRecord if unreadable."""
-        value, _ = self._call("get", self._client.get, user_key(self.prefix, user_at_domain))
+        value, _ = self._call("get", "get", user_key(self.prefix, user_at_domain))
         return None if value is None else parse_user_record(value)
 
     def snapshot(self) -> UserCache:
         """Every record in one consistent read, as a cache (``rejected``
         included), at the store revision of the read."""
-        response = self._call("list", self._client.get_prefix_response, users_prefix(self.prefix))
+        response = self._call("list", "get_prefix_response", users_prefix(self.prefix))
         return UserCache.from_kvs(response.header.revision,
                                   ((kv.key, kv.value) for kv in response.kvs))
 

@@ -2,7 +2,7 @@
 
 Following tooz (STYLE §4), nothing above the etcd adapter ever sees a gRPC or
 python3-etcd3 exception: ``cluster.coordination.etcd`` turns each of them into
-a ``CoordinationError`` at exactly one boundary, so callers (the membership
+a ``CoordinationError`` at exactly one boundary (``cluster.coordination.connection``), so callers (the membership
 service, the registrar's location store) catch one type and decide between
 "retry later" and "give up" without knowing the client library.
 
@@ -12,7 +12,7 @@ catch these errors stays light.
 
 from __future__ import annotations
 
-__all__ = ["CoordinationError", "WatchCompacted"]
+__all__ = ["CoordinationError", "EtcdAuthError", "EtcdCredentialsRejected", "WatchCompacted"]
 
 
 class CoordinationError(Exception):
@@ -32,6 +32,29 @@ class CoordinationError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.reason!r})"
+
+
+class EtcdAuthError(CoordinationError):
+    """etcd refused who we are: a wrong user or password, a token it no
+    longer accepts, a permission the user's role lacks, or a client
+    certificate outside its validity period.
+
+    Still "etcd unavailable" for every caller (retry later: a rotated
+    password or certificate may arrive), but counted apart and worth an
+    operator's attention rather than a wait.
+    """
+
+    __slots__ = ()
+
+
+class EtcdCredentialsRejected(EtcdAuthError):
+    """etcd answered that the user name or password is wrong.
+
+    Unlike an expired token or an unreachable etcd this does not heal by
+    waiting, so a node that meets it at start-up stops with this reason.
+    """
+
+    __slots__ = ()
 
 
 class WatchCompacted(CoordinationError):

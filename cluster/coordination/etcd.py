@@ -1,27 +1,20 @@
-"""The etcd adapter: the one module that imports etcd3 (and its gRPC).
+"""The async etcd adapter for trio code (membership, user feed, SIP log switch).
 
 Not sans-IO: this is the runtime side of DESIGN §4 and §6. ``EtcdStore`` is a
 thin async face over python3-etcd3 for trio code: every blocking call runs on
 a worker thread through ``trio.to_thread.run_sync(abandon_on_cancel=True)``
 and carries a gRPC deadline, so the event loop never waits on etcd and a
 cancelled caller never waits for a stuck thread. Every etcd3/gRPC exception
-becomes a ``CoordinationError`` in ``EtcdStore._translated`` and nowhere
-else (tooz's one-decorator rule, STYLE §4).
+becomes a ``CoordinationError`` in ``EtcdStore._translated``, through the
+shared connection (``cluster.coordination.connection``: TLS, auth, token
+renewal, endpoint failover), and nowhere else (tooz's one-decorator rule,
+STYLE §4).
 
-Three habits of python3-etcd3 0.13 shape this module:
-
-* After one UNAVAILABLE answer its ``Endpoint`` counts as failed and every
-  call is refused for ``time_retry`` seconds, 300 by default: one etcd
-  restart would leave a node without etcd for five minutes. Endpoints here
-  are retried after ``ENDPOINT_RETRY`` seconds, with failover across all
-  configured URLs.
-* Its ``Watcher`` thread calls ``six.itervalues`` without importing six when
+One habit of python3-etcd3 0.13 shapes this module: its ``Watcher`` thread calls ``six.itervalues`` without importing six when
   a stream ends, so a dying watch stream drops its callbacks without a word.
   Watches here drive etcd's Watch RPC directly on the client's channel, and
   every way a stream can end (error, cancel, server close, compaction)
   reaches the caller as a ``CoordinationError``.
-* gRPC's reconnect backoff grows to 120 s by default; it is capped at 1 s so
-  a node notices a restarted etcd quickly.
 
 Values returned are plain frozen dataclasses (``KeyValue``, ``Snapshot``,
 ``Lease``) and watch events are ``cluster.sharding.Put`` / ``Delete``, so
@@ -35,10 +28,8 @@ import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Sequence, TypeVar
-from urllib.parse import urlsplit
 
 import etcd3
-import etcd3.exceptions
 import grpc
 import trio
 from etcd3 import etcdrpc
@@ -47,6 +38,7 @@ from etcd3.utils import prefix_range_end
 
 from cluster.sharding import Delete, Put
 
+from .connection import DEFAULT_TIMEOUT, ENDPOINT_RETRY, EtcdAccess, EtcdConnection
 from .errors import CoordinationError, WatchCompacted
 
 if TYPE_CHECKING:
@@ -58,27 +50,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-#: Deadline of every unary etcd call, in seconds. A call that outlasts it
-#: fails and is retried by its caller; a lease refresh stuck longer than the
-#: TTL loses the lease, and the membership keeper then registers again.
-DEFAULT_TIMEOUT = 3.0
-#: Seconds an endpoint that answered UNAVAILABLE is skipped (etcd3: 300).
-ENDPOINT_RETRY = 1.0
-DEFAULT_PORT = 2379
-
-_GRPC_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # A watch on a half-open connection (peer vanished without a reset)
-    # would otherwise wait forever. etcd answers pings more frequent than
-    # every 5 s, or pings without an active call, with GOAWAY
-    # (--grpc-keepalive-min-time), hence 10 s and only during calls.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-)
 
 _PUT = kv_pb2.Event.PUT
 
@@ -131,45 +102,14 @@ def _as_bytes(key: str | bytes) -> bytes:
     return key if isinstance(key, bytes) else key.encode("utf-8")
 
 
-def _rpc_text(error: BaseException) -> str:
-    code = getattr(error, "code", None)
-    details = getattr(error, "details", None)
-    if callable(code) and callable(details):
-        status = code()
-        name = status.name.lower() if status is not None else "unknown"
-        return f"{name}: {details()}" if details() else name
-    return str(error) or type(error).__name__
-
-
-def _parse_endpoint(url: str) -> tuple[str, int, bool]:
-    """``(host, port, secure)`` of an etcd client URL; bare ``host[:port]`` means http."""
-    text = url.strip()
-    if "://" not in text:
-        text = f"http://{text}"
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an etcd client URL: {url!r}")
-    port = parts.port or DEFAULT_PORT  # .port raises ValueError when out of range
-    host = parts.hostname
-    # gRPC targets are "host:port"; an IPv6 literal needs its brackets back.
-    return (f"[{host}]" if ":" in host else host), port, parts.scheme == "https"
-
-
-def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as file:
-        return file.read()
-
-
 class EtcdStore:
     """Async etcd key/value, lease and watch operations for trio code.
 
-    ``endpoints`` are client URLs (``"http://127.0.0.1:2379"``,
-    ``"https://etcd-0:2379"``; a string may list several, comma-separated).
-    TLS files are read here, at construction, so a wrong path fails at
-    start-up; the gRPC connection (and the auth handshake when ``user`` is
-    set) happens on the first call, off the event loop. ``timeout`` bounds
+    ``endpoints`` is an ``EtcdAccess`` or client URLs (``"http://127.0.0.1:2379"``,
+    ``"https://etcd-0:2379"``; a string may list several, comma-separated)
+    with the TLS and auth arguments. The gRPC connection (reading the TLS
+    files, and the auth handshake when ``user`` is set) happens on the first
+    call, off the event loop. ``timeout`` bounds
     every unary call. All failures raise ``CoordinationError``.
 
     ``transactions`` builds the compares and operations ``txn`` takes
@@ -180,30 +120,18 @@ class EtcdStore:
 
     transactions = etcd3.Transactions()
 
-    def __init__(self, endpoints: str | Sequence[str], *, ca_cert: str | None = None,
+    def __init__(self, endpoints: EtcdAccess | str | Sequence[str], *, ca_cert: str | None = None,
                  cert_key: str | None = None, cert_cert: str | None = None,
                  user: str | None = None, password: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
-        if isinstance(endpoints, str):
-            endpoints = [part for part in endpoints.split(",") if part.strip()]
-        self._targets = tuple(_parse_endpoint(url) for url in endpoints)
-        if not self._targets:
-            raise ValueError("EtcdStore needs at least one endpoint URL")
-        if (user is None) != (password is None):
-            raise ValueError("etcd user and password go together")
-        if (cert_key is None) != (cert_cert is None):
-            raise ValueError("etcd client certificate and key go together")
-        self._credentials = None
-        if any(secure for _, _, secure in self._targets):
-            # root_certificates=None means the system's trust store.
-            self._credentials = grpc.ssl_channel_credentials(
-                _read(ca_cert), _read(cert_key), _read(cert_cert))
-        self._user = user
-        self._password = password
-        self.timeout = timeout
-        self._etcd: etcd3.MultiEndpointEtcd3Client | None = None
-        self._lock = threading.Lock()  # guards _etcd across worker threads
-        self._closed = False
+        if isinstance(endpoints, EtcdAccess):
+            access = endpoints
+        else:
+            access = EtcdAccess(endpoints, ca=ca_cert, cert=cert_cert, key=cert_key, user=user,
+                                password=password, timeout=timeout)
+        self.access = access
+        self.timeout = access.timeout
+        self._connection = EtcdConnection(access)
         # Watch receives block until etcd has news; they get their own
         # limiter so they never starve trio's default thread pool.
         self._waits = trio.CapacityLimiter(math.inf)
@@ -211,81 +139,29 @@ class EtcdStore:
     @classmethod
     def from_config(cls, cluster: ClusterConfig, *, timeout: float = DEFAULT_TIMEOUT) -> EtcdStore:
         """A store for ``config.cluster`` (endpoints, TLS files, auth)."""
-        return cls(cluster.etcd, ca_cert=cluster.etcd_ca, cert_key=cluster.etcd_key,
-                   cert_cert=cluster.etcd_cert, user=cluster.etcd_user,
-                   password=cluster.etcd_password, timeout=timeout)
+        return cls(EtcdAccess.from_config(cluster, timeout=timeout))
 
     def __repr__(self) -> str:
-        urls = ",".join(f"{'https' if s else 'http'}://{h}:{p}" for h, p, s in self._targets)
-        return f"<EtcdStore {urls}>"
+        return f"<EtcdStore {self.access.describe()}>"
 
     # -- the error boundary ---------------------------------------------------
 
     def _translated(self, op: str, fn: Callable[..., T], args: tuple) -> T:
         """Run one etcd operation; the only place etcd3/gRPC errors become ours."""
-        try:
-            return fn(*args)
-        except CoordinationError:
-            raise
-        except grpc.RpcError as error:
-            self._drop_rejected_token(error)
-            raise CoordinationError(f"{op}: {_rpc_text(error)}") from error
-        except etcd3.exceptions.Etcd3Exception as error:
-            # etcd3 replaces the gRPC error with a bare class; the status
-            # details are on the error it was raised from.
-            cause = error.__context__
-            text = (_rpc_text(cause) if isinstance(cause, grpc.RpcError)
-                    else str(error) or type(error).__name__)
-            raise CoordinationError(f"{op}: {text}") from error
+        return self._connection.run(op, fn, *args)
 
     async def _run(self, op: str, fn: Callable[..., T], *args: Any,
                    limiter: trio.CapacityLimiter | None = None) -> T:
         return await trio.to_thread.run_sync(
             self._translated, op, fn, args, abandon_on_cancel=True, limiter=limiter)
 
-    def _drop_rejected_token(self, error: grpc.RpcError) -> None:
-        # An expired auth token fails every call until the client
-        # authenticates again, which etcd3 does only when constructed.
-        if self._user is None or getattr(error, "code", lambda: None)() \
-                is not grpc.StatusCode.UNAUTHENTICATED:
-            return
-        with self._lock:
-            stale, self._etcd = self._etcd, None
-        if stale is not None:
-            stale.close()
-
     def _client(self) -> etcd3.MultiEndpointEtcd3Client:
         # Worker threads only: the first call connects and may authenticate.
-        client = self._etcd
-        if client is not None:
-            return client
-        with self._lock:
-            if self._closed:
-                raise CoordinationError("etcd store is closed")
-            if self._etcd is None:
-                endpoints = [
-                    etcd3.Endpoint(host, port, secure=secure,
-                                   creds=self._credentials if secure else None,
-                                   time_retry=ENDPOINT_RETRY, opts=_GRPC_OPTIONS)
-                    for host, port, secure in self._targets
-                ]
-                try:
-                    self._etcd = etcd3.MultiEndpointEtcd3Client(
-                        endpoints=endpoints, timeout=self.timeout, user=self._user,
-                        password=self._password, failover=True)
-                except BaseException:
-                    for endpoint in endpoints:
-                        endpoint.close()
-                    raise
-            return self._etcd
+        return self._connection.client()
 
     def close(self) -> None:
         """Close the gRPC channels; later calls raise ``CoordinationError``."""
-        with self._lock:
-            self._closed = True
-            client, self._etcd = self._etcd, None
-        if client is not None:
-            client.close()
+        self._connection.close()
 
     # -- keys --------------------------------------------------------------------
 

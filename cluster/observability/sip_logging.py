@@ -163,28 +163,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--for", dest="seconds", type=float, default=None,
                         help="stop logging after this many seconds")
     parser.add_argument("--clear", action="store_true", help="stop all SIP message logging")
-    parser.add_argument("--etcd", default=None, help="etcd endpoint URL")
-    parser.add_argument("--prefix", default=None, help="etcd key prefix")
+    from cluster.cli import add_cluster_arguments
+    add_cluster_arguments(parser)
     args = parser.parse_args(argv)
-    import etcd3
+    if not (args.clear or args.call_id or args.user):
+        parser.error("give --call-id and/or --user, or --clear")
 
+    from cluster.config import ConfigError
+    from cluster.coordination.connection import EtcdConnection
+    from cluster.coordination.errors import CoordinationError
     from cluster.discovery import find_cluster
-    target = find_cluster(args.etcd, args.prefix)
-    host, port = target.host_port
-    client = etcd3.client(host=host, port=port, timeout=10)
     try:
-        key = debug_key(target.prefix)
+        target = find_cluster(args.etcd, args.prefix, args.config)
+    except ConfigError as error:
+        print(f"{parser.prog}: configuration error: {error}", file=sys.stderr)
+        return 2
+    connection = EtcdConnection(target.access)
+    key = debug_key(target.prefix)
+    try:
         if args.clear:
-            client.delete(key)
+            connection.run("delete", lambda: connection.client().delete(key))
             print(f"SIP message logging off ({key})")
             return 0
-        if not (args.call_id or args.user):
-            parser.error("give --call-id and/or --user, or --clear")
         until = time.time() + args.seconds if args.seconds else None
-        client.put(key, selection_value(args.call_id, args.user, until))
+        value = selection_value(args.call_id, args.user, until)
+        connection.run("put", lambda: connection.client().put(key, value))
         print(f"SIP message logging on for {len(args.call_id)} Call-ID(s), {len(args.user)} user(s) ({key})")
+    except CoordinationError as error:
+        print(f"{parser.prog}: cannot use the cluster at {target.etcd}: {error}", file=sys.stderr)
+        return 1
     finally:
-        client.close()
+        connection.close()
     return 0
 
 

@@ -44,6 +44,8 @@ from typing import Callable, Sequence
 
 import trio
 
+from cluster.coordination.connection import EtcdAccess
+
 from .binding import Binding
 from .etcd_kv import EtcdKV, WatchStream, connect
 from .etcd_store import decode_binding, location_prefix, split_key
@@ -86,7 +88,7 @@ class LocationCache:
 
     def __init__(
         self,
-        etcd: EtcdKV | Callable[[], object] | Sequence[str],
+        etcd: EtcdKV | EtcdAccess | Callable[[], object] | Sequence[str],
         *,
         prefix: str = "sipcluster",
         resync_interval: float = RESYNC_INTERVAL,

@@ -7,20 +7,25 @@ reasons: a group commit needs *nested* transactions and the response
 header's revision, which ``Etcd3Client.transaction`` does not return, and a
 batch of a few hundred operations is built noticeably faster this way.
 
-Every gRPC or etcd3 failure leaves this module as ``StoreUnavailable``
-(``LeaseNotFound`` for a put whose lease is gone), in one place: ``_call``.
+The connection itself (TLS, auth and token renewal, endpoint failover and
+retry, gRPC backoff) is the project's one etcd connection,
+``cluster.coordination.connection.EtcdConnection``. Every gRPC or etcd3
+failure leaves this module as ``StoreUnavailable`` (the project's one "etcd
+unavailable" error; ``LeaseNotFound`` for a put whose lease is gone), in one
+place: ``_call``.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterator, Sequence
-from urllib.parse import urlsplit
+from typing import Any, Callable, Iterator, Sequence
 
 import etcd3
 import grpc
 from etcd3 import etcdrpc
+
+from cluster.coordination.connection import EtcdAccess, EtcdConnection
 
 from .store import StoreUnavailable
 
@@ -32,17 +37,6 @@ Compare = etcdrpc.Compare
 Op = etcdrpc.RequestOp
 KeyValues = list[tuple[bytes, bytes, int]]  # (key, value, mod_revision)
 
-# After an UNAVAILABLE, python3-etcd3 refuses an endpoint for ``time_retry``
-# seconds (300 by default), which would outlast any etcd restart we want to
-# ride through; one second keeps failover working without that blackout.
-_ENDPOINT_RETRY = 1.0
-# gRPC's default reconnect backoff grows to 120 s: far longer than an etcd
-# restart. Cap it so the store and the cache resume within a second.
-_GRPC_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 # Unary calls never wait forever, whatever the client was built with: a
 # hung etcd must surface as StoreUnavailable (503), not stall the batcher.
 _DEFAULT_TIMEOUT = 5.0
@@ -52,20 +46,15 @@ class LeaseNotFound(StoreUnavailable):
     """A put named a lease etcd no longer has (expired, revoked, restored)."""
 
 
-def connect(target: Callable[[], object] | Sequence[str], *, timeout: float = _DEFAULT_TIMEOUT):
-    """An etcd3 client from a factory or from ``http://host:port`` endpoints."""
-    if callable(target):
-        return target()
-    endpoints = []
-    for url in target:
-        parts = urlsplit(url if "//" in url else f"http://{url}")
-        if parts.scheme not in ("http", ""):
-            raise ValueError(f"{url}: only plain http endpoints here; pass a client factory for TLS")
-        endpoints.append(etcd3.Endpoint(parts.hostname or "127.0.0.1", parts.port or 2379,
-                                        secure=False, time_retry=_ENDPOINT_RETRY, opts=_GRPC_OPTIONS))
-    if not endpoints:
-        raise ValueError("no etcd endpoints")
-    return etcd3.MultiEndpointEtcd3Client(endpoints=endpoints, timeout=timeout, failover=True)
+def connect(target: EtcdConnection | EtcdAccess | Callable[[], object] | Sequence[str], *,
+            timeout: float = _DEFAULT_TIMEOUT) -> EtcdConnection:
+    """The connection for an ``EtcdAccess`` (TLS, auth), a client factory, or
+    plain ``http://host:port`` endpoints."""
+    if isinstance(target, EtcdConnection):
+        return target
+    if isinstance(target, EtcdAccess) or callable(target):
+        return EtcdConnection(target)
+    return EtcdConnection(EtcdAccess(tuple(target), timeout=timeout))
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -94,41 +83,48 @@ def delete(key: bytes) -> Op:
 
 
 class EtcdKV:
-    """Blocking etcd calls for one client. Thread-safe (gRPC channels are)."""
+    """Blocking etcd calls over one connection. Thread-safe (gRPC channels are).
 
-    def __init__(self, client) -> None:
-        self.client = client
+    ``connection`` is an ``EtcdConnection`` or, for tests, an etcd3 client.
+    """
+
+    def __init__(self, connection: EtcdConnection | Any) -> None:
+        if not isinstance(connection, EtcdConnection):
+            client = connection
+            connection = EtcdConnection(lambda: client)
+        self.connection = connection
+
+    @property
+    def client(self) -> Any:
+        """The connection's current etcd3 client."""
+        return self.connection.client()
 
     def close(self) -> None:
-        self.client.close()
+        self.connection.close()
 
     def _call(self, what: str, fn: Callable, *args):
-        client = self.client
+        return self.connection.run(what, self._marked, what, fn, args)
+
+    def _marked(self, what: str, fn: Callable, args: tuple):
         try:
-            try:
-                return fn(*args)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND and "lease" in (exc.details() or ""):
-                    raise LeaseNotFound(f"{what}: {exc.details()}") from None
-                # Marks the endpoint failed so the next call fails over.
-                client._manage_grpc_errors(exc)
-        except StoreUnavailable:
+            return fn(*args)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND and "lease" in (exc.details() or ""):
+                raise LeaseNotFound(f"{what}: {exc.details()}") from None
+            # Marks the endpoint failed so the next call fails over; re-raises.
+            self.connection.client()._manage_grpc_errors(exc)
             raise
-        except (grpc.RpcError, etcd3.exceptions.Etcd3Exception, ValueError) as exc:
-            # ValueError: etcd3's "Trying to use a failed node".
-            detail = exc.details() if isinstance(exc, grpc.RpcError) else (str(exc) or type(exc).__name__)
-            raise StoreUnavailable(f"{what}: {detail}") from None
-        raise StoreUnavailable(f"{what}: etcd error")  # pragma: no cover - re-raised above
+
+    def _unary(self, stub: str, method: str, request: Any) -> Any:
+        c = self.connection.client()
+        return getattr(getattr(c, stub), method)(
+            request, c.timeout or _DEFAULT_TIMEOUT, credentials=c.call_credentials, metadata=c.metadata)
 
     def _txn(self, request: etcdrpc.TxnRequest) -> etcdrpc.TxnResponse:
-        c = self.client
-        return c.kvstub.Txn(request, c.timeout or _DEFAULT_TIMEOUT, credentials=c.call_credentials,
-                            metadata=c.metadata)
+        return self._unary("kvstub", "Txn", request)
 
     def _range(self, request: etcdrpc.RangeRequest) -> etcdrpc.RangeResponse:
-        c = self.client
-        return c.kvstub.Range(request, c.timeout or _DEFAULT_TIMEOUT, credentials=c.call_credentials,
-                              metadata=c.metadata)
+        return self._unary("kvstub", "Range", request)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -170,10 +166,8 @@ class EtcdKV:
         return response.header.revision, [r.response_txn.succeeded for r in response.responses]
 
     def grant(self, ttl: int) -> int:
-        c = self.client
-        request = etcdrpc.LeaseGrantRequest(TTL=ttl)
-        response = self._call("lease grant", lambda: c.leasestub.LeaseGrant(
-            request, c.timeout or _DEFAULT_TIMEOUT, credentials=c.call_credentials, metadata=c.metadata))
+        response = self._call("lease grant", self._unary, "leasestub", "LeaseGrant",
+                              etcdrpc.LeaseGrantRequest(TTL=ttl))
         return response.ID
 
     # -- watch ------------------------------------------------------------------------
@@ -210,8 +204,9 @@ class WatchStream:
     def responses(self) -> Iterator[etcdrpc.WatchResponse]:
         """Blocking iterator of raw watch responses; raises StoreUnavailable
         when the stream fails and simply ends once cancelled."""
-        c = self._kv.client
+        connection = self._kv.connection
         try:
+            c = connection.client()
             with self._lock:
                 if self._cancelled:
                     return
@@ -220,12 +215,10 @@ class WatchStream:
                                         metadata=c.metadata)
             for response in self._call:
                 yield response
-        except grpc.RpcError as exc:
-            if self._cancelled:
+        except (grpc.RpcError, etcd3.exceptions.Etcd3Exception, ValueError) as exc:
+            if self._cancelled and isinstance(exc, grpc.RpcError):
                 return
-            raise StoreUnavailable(f"watch: {exc.details() or exc.code()}") from None
-        except (etcd3.exceptions.Etcd3Exception, ValueError) as exc:
-            raise StoreUnavailable(f"watch: {exc or type(exc).__name__}") from None
+            raise connection.translate("watch", exc) from None
         if not self._cancelled:
             raise StoreUnavailable("watch: stream ended")
 

@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterable, Sequence
 import msgpack
 import trio
 
+from cluster.coordination.connection import EtcdAccess
+
 from .binding import Binding
 from .etcd_kv import EtcdKV, LeaseNotFound, connect, delete, exists, prefix_end, put, unchanged_since
 from .store import AorState, StoreUnavailable
@@ -132,7 +134,7 @@ class EtcdLocationStore:
 
     def __init__(
         self,
-        etcd: EtcdKV | Callable[[], object] | Sequence[str],
+        etcd: EtcdKV | EtcdAccess | Callable[[], object] | Sequence[str],
         *,
         prefix: str = "sipcluster",
         bucket: float = 30.0,

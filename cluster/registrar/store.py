@@ -16,9 +16,10 @@ cannot lose an update: the loser re-reads and re-runs §10.3 on the new state
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Protocol
 
+from cluster.coordination.errors import CoordinationError
 from cluster.sip.message import Request
 
 from .binding import Binding, Source
@@ -31,20 +32,19 @@ __all__ = [
     "AorState", "LocationStore", "MemoryLocationStore", "StoreUnavailable", "register",
 ]
 
+#: The Warning text of a 503 when the location service cannot be used.
+STORE_UNAVAILABLE_WARNING = "location service unavailable"
+
 # Conflicts need a writer for the same AOR to commit in between our read and
 # our write; five losses in a row means a hot AOR under a write storm.
 DEFAULT_ATTEMPTS = 5
 
 
-class StoreUnavailable(Exception):
-    """The store could not be used (etcd unreachable, timed out, refused).
-    Says nothing about the data; worth retrying later."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+#: The store could not be used (etcd unreachable, timed out, refused). Says
+#: nothing about the data; worth retrying later. The registrar's name for the
+#: project's one "etcd unavailable" error, so an ``except StoreUnavailable``
+#: also catches what the shared etcd connection raises.
+StoreUnavailable = CoordinationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,5 +165,8 @@ async def register(
             if await store.apply(aor, result.puts, result.deletes, expect=state.version) is not None:
                 return result
     except StoreUnavailable as exc:
-        return failure(Outcome.STORE_UNAVAILABLE, exc.reason, policy=policy, aor=aor)
+        # The Warning says a fixed text: etcd's own error (endpoints, users,
+        # certificate names) is for the node's log, never for the peer.
+        result = failure(Outcome.STORE_UNAVAILABLE, STORE_UNAVAILABLE_WARNING, policy=policy, aor=aor)
+        return replace(result, detail=exc.reason)
     return failure(Outcome.CONFLICT, f"{attempts} conflicting writes for {aor}", policy=policy, aor=aor)

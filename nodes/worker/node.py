@@ -17,7 +17,6 @@ so the edge measures edge → worker → edge on its own clock.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -133,15 +132,15 @@ class WorkerNode:
                       pid=os.getpid(), host=socket.gethostname(), started=time.time(),
                       link_version=LINK_READS)
 
-    def _secret(self) -> bytes:
+    async def _secret(self, store) -> bytes:
         configured = self.config.worker.nonce_secret
         if configured:
             return configured.encode()
-        # No configured secret: derive one every node of this cluster shares
-        # (the prefix and etcd endpoints). Fine for a laptop; production sets
-        # worker.nonce_secret from a Secret.
-        seed = f"{self.config.cluster.prefix}|{','.join(self.config.cluster.etcd)}"
-        return hashlib.sha256(seed.encode()).digest()
+        # No configured secret: the cluster's random one, made by the first
+        # worker and kept in etcd (cluster.coordination.secrets) — never
+        # derived from public values, or anyone could mint nonces.
+        from cluster.coordination.secrets import wait_for_secret
+        return await wait_for_secret(store, self.config.cluster.prefix, "nonce")
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         from cluster.coordination import EtcdStore
@@ -157,11 +156,11 @@ class WorkerNode:
                                       max_expires=w.registrar_max_expires,
                                       default_expires=w.registrar_default_expires)
         kv_store = EtcdStore.from_config(c.cluster)
-        self.store = EtcdLocationStore(list(c.cluster.etcd), prefix=c.cluster.prefix)
-        self.locations = LocationCache(list(c.cluster.etcd), prefix=c.cluster.prefix)
+        self.store = EtcdLocationStore(kv_store.access, prefix=c.cluster.prefix)
+        self.locations = LocationCache(kv_store.access, prefix=c.cluster.prefix)
         self._instrument(kv_store)
         self.users = UserFeed(kv_store, c.cluster.prefix)
-        self.services = Services(domains=w.domains, trusted=w.trusted, nonce_secret=self._secret(),
+        self.services = Services(domains=w.domains, trusted=w.trusted, nonce_secret=await self._secret(kv_store),
                                  nonce_ttl=w.nonce_ttl, locations=self.locations,
                                  users=self.users.cache, digest_algorithms=w.digest_algorithms,
                                  digest_sha256_domains=w.digest_sha256_domains,
@@ -467,6 +466,8 @@ class WorkerNode:
                 # REGISTER a 500, as in the message path.
                 self._bug("registration failed", request.call_id)
                 result = failure(Outcome.INTERNAL_ERROR, policy=self.policy)
+            if result.outcome is Outcome.STORE_UNAVAILABLE:
+                log.warning("REGISTER answered 503: %s", result.detail)
             self.stats[f"register_{result.status}"] += 1
             if span is not None:
                 span.set_attribute("sip.response.status_code", result.status)

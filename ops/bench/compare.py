@@ -314,9 +314,8 @@ class Cluster:
 
     def client(self):
         sys.path.insert(0, str(ROOT))
-        import etcd3
-        host, port = self.etcd.split("//", 1)[1].rsplit(":", 1)
-        return etcd3.client(host=host, port=int(port), timeout=30)
+        from cluster.coordination.connection import EtcdAccess
+        return EtcdAccess((self.etcd,), timeout=30).connect()
 
     def provision(self, users: list[str]) -> None:
         """Digest users straight into etcd, in transactions of 100 puts."""

@@ -118,9 +118,9 @@ class UpCluster:
             self.process.kill()
             return self.process.wait()
 
-    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = 30.0, input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True,
-                              text=True, env=self.env, cwd=ROOT, timeout=timeout)
+                              text=True, env=self.env, cwd=ROOT, timeout=timeout, input=input)
 
     def status(self) -> dict:
         result = self.cli("status", "--json")
@@ -130,12 +130,15 @@ class UpCluster:
     def worker_pids(self) -> dict[str, int]:
         return {m["id"]: m["pid"] for m in self.status()["members"] if m["role"] == "worker"}
 
-    def user(self, *args: str) -> str:
-        """``sipcluster user ...`` against this cluster's etcd; fails the test on error."""
+    def user(self, *args: str, password: str | None = None) -> str:
+        """``sipcluster user ...`` against this cluster's etcd; fails the test on
+        error. ``password`` goes to standard input (``--password-stdin``)."""
         argv = ["user", *args]
+        if password is not None:
+            argv.append("--password-stdin")
         if self.etcd:
             argv += ["--etcd", self.etcd]
-        result = self.cli(*argv)
+        result = self.cli(*argv, input=None if password is None else password + "\n")
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
@@ -520,7 +523,7 @@ class LocationSync:
     def __init__(self, cluster: "UpCluster", user: str = "location-marker") -> None:
         from cluster.sharding.ring import Ring
         password = uuid.uuid4().hex
-        cluster.user("add", f"{user}@localhost", password)
+        cluster.user("add", f"{user}@localhost", password=password)
         self.port = cluster.port
         self.user = user
         self.registrant = Registrant(cluster.port, user, password)

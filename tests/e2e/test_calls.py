@@ -38,7 +38,7 @@ def cluster(etcd_server, tmp_path_factory):
     up = UpCluster(tmp_path_factory.mktemp("calls"), workers=2, etcd=etcd_server.endpoint,
                    env=ENV).start()
     wait_for(lambda: len(up.worker_pids()) == 2, what="two workers in the ring")
-    up.user("add", "alice@localhost", "secretA")
+    up.user("add", "alice@localhost", password="secretA")
     yield up
     up.stop()
 
@@ -61,7 +61,7 @@ class Phone:
         self.started: list[Sipp] = []
 
     def user(self, name: str, **settings) -> str:
-        self.cluster.user("add", f"{name}@localhost", f"pw-{name}")
+        self.cluster.user("add", f"{name}@localhost", password=f"pw-{name}")
         if settings:
             self.cluster.user("set", f"{name}@localhost", *(f"{k}={v}" for k, v in settings.items()))
         return name

@@ -151,7 +151,8 @@ def test_one_call_is_one_trace_across_edge_and_worker(cluster, sink, tmp_path):
 
 
 def test_register_trace_has_registrar_and_etcd_spans(cluster, sink, etcd_server, tmp_path):
-    added = cluster.cli("user", "add", "tracy@localhost", "s3cret-pass", "--etcd", etcd_server.endpoint)
+    added = cluster.cli("user", "add", "tracy@localhost", "--password-stdin", "--etcd", etcd_server.endpoint,
+                        input="s3cret-pass\n")
     assert added.returncode == 0, added.stderr
     call_id = f"reg-{uuid.uuid4().hex[:10]}@127.0.0.1"
     result = subprocess.run(

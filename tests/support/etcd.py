@@ -12,6 +12,15 @@ A conftest turns it into a fixture::
 
     from tests.support.etcd import etcd_fixture
     etcd_server = pytest.fixture(scope="module")(etcd_fixture)
+
+``EtcdServer(secure=True)`` is the production shape of DESIGN §8: client
+TLS with certificates the test generates (``tests.support.pki``), client
+certificates required (``--client-cert-auth``), and RBAC on — a ``root``
+user (the fixture's own clients authenticate as root by their certificate's
+CN) and a ``sipcluster`` user whose role may read and write keys under
+``role_prefix`` only. ``token_ttl`` shortens etcd's simple-token lifetime so
+that token expiry can be tested. ``access()`` and ``cluster_env()`` give
+what a node needs to connect as the ``sipcluster`` user.
 """
 
 from __future__ import annotations
@@ -29,8 +38,16 @@ from typing import Iterator
 
 import etcd3
 import grpc
+from etcd3 import etcdrpc
+from etcd3.etcdrpc import auth_pb2
+from etcd3.utils import prefix_range_end
 
-__all__ = ["EtcdServer", "EtcdStartError", "etcd_binary", "etcd_fixture", "free_port"]
+__all__ = ["EtcdServer", "EtcdStartError", "etcd_binary", "etcd_fixture", "free_port",
+           "secure_etcd_fixture"]
+
+#: The etcd user nodes connect as on a secure server, and its password.
+NODE_USER = "sipcluster"
+NODE_PASSWORD = "node-password-7f3a"
 
 # Generous: a loaded CI machine can take seconds to elect the only member.
 STARTUP_TIMEOUT = 30.0
@@ -87,8 +104,11 @@ def _terminate(proc_box: list[subprocess.Popen | None], root: str) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _client(port: int, timeout: float | None, retry_after: float) -> etcd3.Etcd3Client:
-    client = etcd3.client(host="127.0.0.1", port=port, timeout=timeout, grpc_options=_GRPC_OPTIONS)
+def _client(port: int, timeout: float | None, retry_after: float,
+            tls: tuple[str, str, str] | None = None) -> etcd3.Etcd3Client:
+    ca, cert, key = tls or (None, None, None)
+    client = etcd3.client(host="127.0.0.1", port=port, timeout=timeout, grpc_options=_GRPC_OPTIONS,
+                          ca_cert=ca, cert_cert=cert, cert_key=key)
     for endpoint in client.endpoints.values():
         endpoint.time_retry = retry_after
     return client
@@ -102,14 +122,26 @@ class EtcdServer:
     same keys (and the same revision history) at the same endpoint.
     """
 
-    def __init__(self, *, name: str = "sipcluster-test", startup_timeout: float = STARTUP_TIMEOUT) -> None:
+    def __init__(self, *, name: str = "sipcluster-test", startup_timeout: float = STARTUP_TIMEOUT,
+                 secure: bool = False, token_ttl: int | None = None, role_prefix: str = "/") -> None:
         self.name = name
+        self.secure = secure
+        self.token_ttl = token_ttl
+        self.role_prefix = role_prefix
         self.startup_timeout = startup_timeout
         self.binary = etcd_binary()
         self._root = tempfile.mkdtemp(prefix="sipcluster-etcd-")
         self.data_dir = os.path.join(self._root, "data")
         self.log_path = os.path.join(self._root, "etcd.log")
         self._pick_ports()
+        self.pki = None
+        if secure:
+            from .pki import make_pki
+            self.pki = make_pki(Path(self._root) / "pki")
+            # The fixture's own clients: etcd takes the CN as the user name.
+            self._admin_tls = (str(self.pki.ca), *map(str, self.pki.client("root", "root")))
+            # Nodes: a CN that is no etcd user, so only the password grants access.
+            self.node_cert, self.node_key = map(str, self.pki.client("node", "sipcluster-node"))
         self._proc_box: list[subprocess.Popen | None] = [None]
         self._clients: list[etcd3.Etcd3Client] = []
         # Kill etcd and remove the directory even if a test forgets to stop it.
@@ -125,8 +157,31 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        """Client URL, e.g. ``http://127.0.0.1:43127``."""
-        return f"http://127.0.0.1:{self.port}"
+        """Client URL, e.g. ``http://127.0.0.1:43127`` (``https`` when secure)."""
+        return f"{'https' if self.secure else 'http'}://127.0.0.1:{self.port}"
+
+    def access(self, *, user: str | None = NODE_USER, password: str | None = NODE_PASSWORD,
+               cert: str | None = None, timeout: float = 3.0):
+        """``EtcdAccess`` as a node of a secure server connects (its CA, the
+        node certificate unless ``cert`` names another, user and password)."""
+        from cluster.coordination.connection import EtcdAccess
+        if not self.secure:
+            return EtcdAccess((self.endpoint,), timeout=timeout)
+        cert = cert or self.node_cert
+        key = self.node_key if cert == self.node_cert else str(Path(cert).with_suffix(".key"))
+        return EtcdAccess((self.endpoint,), ca=str(self.pki.ca), cert=cert, key=key, user=user,
+                          password=password, timeout=timeout)
+
+    def cluster_env(self, *, password: str = NODE_PASSWORD) -> dict[str, str]:
+        """``SIPCLUSTER_CLUSTER_ETCD*`` variables for a node process."""
+        env = {"SIPCLUSTER_CLUSTER_ETCD": self.endpoint}
+        if self.secure:
+            env.update(SIPCLUSTER_CLUSTER_ETCD_CA=str(self.pki.ca),
+                       SIPCLUSTER_CLUSTER_ETCD_CERT=self.node_cert,
+                       SIPCLUSTER_CLUSTER_ETCD_KEY=self.node_key,
+                       SIPCLUSTER_CLUSTER_ETCD_USER=NODE_USER,
+                       SIPCLUSTER_CLUSTER_ETCD_PASSWORD=password)
+        return env
 
     @property
     def peer_url(self) -> str:
@@ -151,15 +206,24 @@ class EtcdServer:
         make a test's client useless for five minutes, so the window here is
         ``retry_after`` (0 = try again on the next call).
         """
-        client = _client(self.port, timeout, retry_after)
+        client = _client(self.port, timeout, retry_after, self._tls())
         self._clients.append(client)
         return client
 
     # -- lifecycle ---------------------------------------------------------
 
+    def _tls(self) -> tuple[str, str, str] | None:
+        return self._admin_tls if self.secure else None
+
     def _command(self) -> list[str]:
+        secure = []
+        if self.secure:
+            secure = ["--cert-file", str(self.pki.server_cert), "--key-file", str(self.pki.server_key),
+                      "--trusted-ca-file", str(self.pki.ca), "--client-cert-auth"]
+            if self.token_ttl is not None:
+                secure += ["--auth-token", "simple", "--auth-token-ttl", str(self.token_ttl)]
         return [
-            self.binary,
+            self.binary, *secure,
             "--name", self.name,
             "--data-dir", self.data_dir,
             "--listen-client-urls", self.endpoint,
@@ -193,7 +257,28 @@ class EtcdServer:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self._pick_ports()
             self._spawn_and_wait()
+        if first_start and self.secure:
+            self._enable_auth()
         return self
+
+    def _enable_auth(self) -> None:
+        """RBAC as etcd's guide sets it up: root first, then a role per use."""
+        client = _client(self.port, 5.0, 0.0, self._tls())
+        try:
+            auth = client.authstub
+            auth.UserAdd(etcdrpc.AuthUserAddRequest(name="root", password="root-password-1b9c"), 5.0)
+            auth.UserGrantRole(etcdrpc.AuthUserGrantRoleRequest(user="root", role="root"), 5.0)
+            auth.RoleAdd(etcdrpc.AuthRoleAddRequest(name=NODE_USER), 5.0)
+            key = self.role_prefix.encode()
+            auth.RoleGrantPermission(etcdrpc.AuthRoleGrantPermissionRequest(
+                name=NODE_USER, perm=auth_pb2.Permission(
+                    permType=auth_pb2.Permission.READWRITE, key=key,
+                    range_end=prefix_range_end(key) if key != b"/" else b"\0")), 5.0)
+            auth.UserAdd(etcdrpc.AuthUserAddRequest(name=NODE_USER, password=NODE_PASSWORD), 5.0)
+            auth.UserGrantRole(etcdrpc.AuthUserGrantRoleRequest(user=NODE_USER, role=NODE_USER), 5.0)
+            auth.AuthEnable(etcdrpc.AuthEnableRequest(), 5.0)
+        finally:
+            client.close()
 
     def _spawn_and_wait(self) -> None:
         # Inherited ETCD_* variables would silently reconfigure the server.
@@ -208,7 +293,7 @@ class EtcdServer:
 
     def _wait_healthy(self, proc: subprocess.Popen) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        probe = _client(self.port, 1.0, 0.0)
+        probe = _client(self.port, 1.0, 0.0, self._tls())
         try:
             while True:
                 if proc.poll() is not None:
@@ -295,4 +380,12 @@ def etcd_fixture() -> Iterator[EtcdServer]:
     they leave, teardown stops it and removes its data.
     """
     with EtcdServer() as server:
+        yield server
+
+
+def secure_etcd_fixture() -> Iterator[EtcdServer]:
+    """Generator for a fixture: TLS with client certificates and RBAC on, the
+    ``sipcluster`` role limited to keys under ``/tls`` (tests use prefixes
+    ``/tls-…``), simple tokens living 3 s."""
+    with EtcdServer(name="sipcluster-tls", secure=True, token_ttl=3, role_prefix="/tls") as server:
         yield server

@@ -80,3 +80,24 @@ def test_huge_expiry_values_register_with_the_longest_interval_allowed():
     answers = run(worker, register(3, "Expires: " + "9" * 5000 + "\r\n"))
     assert [a.status for a in answers] == [200]
     assert worker.stats["internal_error"] == 0
+
+
+MARKER = "etcd-secret-detail-4242 https://10.9.8.7:2379 user sipcluster"
+
+
+class UnavailableStore(MemoryLocationStore):
+    async def read(self, aor):
+        from cluster.registrar import StoreUnavailable
+        raise StoreUnavailable(f"read: unavailable: {MARKER}")
+
+
+def test_a_store_outage_is_answered_503_without_the_dependency_error_text(caplog):
+    worker = open_worker(UnavailableStore())
+    with caplog.at_level("WARNING", logger="sipcluster.worker"):
+        (answer,) = run(worker, register(4))
+    assert answer.status == 503
+    raw = unpack(worker.outbox.frames[0]).data.decode()
+    assert MARKER not in raw and "10.9.8.7" not in raw
+    assert 'Warning: 399 registrar "location service unavailable"' in raw
+    # The detail goes to the node's log instead.
+    assert any(MARKER in record.getMessage() for record in caplog.records)
