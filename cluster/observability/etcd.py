@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from opentelemetry.trace import SpanKind
 
+from cluster.coordination.errors import EtcdAuthError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .metrics import HistogramFamily
     from .tracing import Tracing
@@ -31,19 +33,28 @@ __all__ = ["EtcdErrors", "instrument_kv", "instrument_store", "trace_location_ca
 
 
 class EtcdErrors:
-    """Failed etcd operations by (client, op), safe to bump from worker threads."""
+    """Failed etcd operations by (client, op), and of those the ones etcd
+    refused for who we are (``EtcdAuthError``: wrong password, token,
+    permission, client certificate) by client; safe from worker threads."""
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.auth: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def add(self, client: str, op: str) -> None:
+    def add(self, client: str, op: str, *, auth: bool = False) -> None:
         with self._lock:
             self.counts[(client, op)] += 1
+            if auth:
+                self.auth[client] += 1
 
     def snapshot(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return dict(self.counts)
+
+    def auth_snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.auth)
 
 
 def _measured(client: str, original: Callable, latency: HistogramFamily, errors: EtcdErrors,
@@ -53,8 +64,8 @@ def _measured(client: str, original: Callable, latency: HistogramFamily, errors:
         started = time.perf_counter_ns()
         try:
             return original(*args)
-        except BaseException:
-            errors.add(client, op)
+        except BaseException as error:
+            errors.add(client, op, auth=isinstance(error, EtcdAuthError))
             raise
         finally:
             if op != "watch":

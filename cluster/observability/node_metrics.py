@@ -87,6 +87,10 @@ def _common(endpoint: MetricsEndpoint, node) -> EtcdErrors:
     node.etcd_errors = errors
     endpoint.counter("sipcluster_etcd_errors_total", "Failed etcd operations by client and operation.",
                      lambda: [(v, {"client": c, "op": o}) for (c, o), v in errors.snapshot().items()])
+    endpoint.counter("sipcluster_etcd_auth_failures_total",
+                     "etcd operations refused for who the node is (wrong password, rejected token, missing "
+                     "permission, expired client certificate), by client; also in sipcluster_etcd_errors_total.",
+                     lambda: [(v, {"client": c}) for c, v in errors.auth_snapshot().items()])
     return errors
 
 

@@ -187,3 +187,34 @@ def test_concurrent_first_workers_agree_on_one_random_secret(secure_etcd):
     assert len(set(results)) == 1 and len(results[0]) == 32
     assert stored.value == results[0]
     assert other != results[0]  # another cluster (prefix) draws its own
+
+
+def test_auth_failures_are_counted_apart_from_other_etcd_errors(secure_etcd):
+    from cluster.observability.etcd import EtcdErrors, instrument_store
+    from cluster.observability.metrics import HistogramFamily
+
+    errors = EtcdErrors()
+    latency = HistogramFamily("sipcluster_etcd_request_duration_seconds", "etcd", (0.1, 1.0), threaded=True)
+
+    async def main():
+        refused = EtcdStore(secure_etcd.access(password="rotated-elsewhere"))
+        instrument_store(refused, "users", latency, errors)
+        try:
+            for _ in range(2):
+                with pytest.raises(EtcdCredentialsRejected):
+                    await refused.get("/tls/k")
+        finally:
+            refused.close()
+        down = EtcdStore(f"https://127.0.0.1:{secure_etcd.port + 0}", ca_cert=str(secure_etcd.pki.ca),
+                         timeout=1.0)  # no client certificate: refused in the handshake
+        instrument_store(down, "membership", latency, errors)
+        try:
+            with pytest.raises(CoordinationError):
+                await down.get("/tls/k")
+        finally:
+            down.close()
+
+    trio.run(main)
+    assert errors.auth_snapshot() == {"users": 2}
+    assert errors.snapshot()[("users", "get")] == 2
+    assert errors.snapshot()[("membership", "get")] == 1

@@ -215,8 +215,10 @@ FAKE_FIELDS = {"metadata.name": "pod-0", "metadata.namespace": NAMESPACE, "statu
 _REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
-def pod_environment(container: dict, fields: dict[str, str] = FAKE_FIELDS) -> dict[str, str]:
-    """The environment the kubelet would give the container."""
+def pod_environment(container: dict, fields: dict[str, str] = FAKE_FIELDS,
+                    secrets: dict[tuple[str, str], str] | None = None) -> dict[str, str]:
+    """The environment the kubelet would give the container; ``secrets`` maps
+    (Secret name, key) to a value (else a made-up one)."""
     env: dict[str, str] = {}
     for entry in container["env"]:
         if "value" in entry:
@@ -227,7 +229,9 @@ def pod_environment(container: dict, fields: dict[str, str] = FAKE_FIELDS) -> di
         elif "fieldRef" in entry["valueFrom"]:
             env[entry["name"]] = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
-            env[entry["name"]] = "secret-from-" + entry["valueFrom"]["secretKeyRef"]["name"] + "-0123456789"
+            ref = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = (secrets or {}).get((ref["name"], ref["key"]),
+                                                     "secret-from-" + ref["name"] + "-0123456789")
     return env
 
 
@@ -472,7 +476,13 @@ def test_external_etcd_renders_no_etcd_and_mounts_the_client_certificate():
     assert r.env("worker")["SIPCLUSTER_CLUSTER_ETCD_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "etcd-auth", "key": "password"}
     assert not r.kinds("Secret")  # the nonce key comes from the existing Secret
-    assert not r.kinds("Pod")  # `sipcluster status` cannot speak TLS: no helm test
+    # The helm test connects as the nodes do: their config file, TLS files and auth Secret.
+    (test_pod,) = r.kinds("Pod")
+    container = test_pod["spec"]["containers"][0]
+    assert container["args"] == ["status", "--config", "/etc/sipcluster/config.toml"]
+    assert "/etc/sipcluster/etcd-tls" in {m["mountPath"] for m in container["volumeMounts"]}
+    assert {e["name"] for e in container["env"]} == {"SIPCLUSTER_CLUSTER_ETCD_USER",
+                                                     "SIPCLUSTER_CLUSTER_ETCD_PASSWORD"}
 
 
 def test_nonce_secret_is_generated_once_and_shared_by_all_workers():
@@ -614,3 +624,63 @@ def test_chart_pods_run_real_nodes_that_serve_and_drain(etcd_server, tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.e2e
+def test_external_etcd_tls_and_auth_settings_run_a_real_worker_and_the_helm_test(secure_etcd, tmp_path):
+    """A worker started exactly as its pod starts it with `etcd.external.tls`
+    and `etcd.external.auth` set (config file, mounted TLS files remapped to
+    the test's certificates, the auth Secret as environment) joins the ring
+    of an etcd with TLS, client-certificate auth and RBAC; then the helm test
+    pod's `sipcluster status` reads it the same way."""
+    from tests.support.etcd import NODE_PASSWORD, NODE_USER
+    ports = [free_port() for _ in range(2)]
+    prefix = f"/tls-chart-{ports[0]}"
+    r = render_values({
+        "worker": {"linkPort": ports[0], "httpPort": ports[1]},
+        "etcd": {"mode": "external", "external": {
+            "endpoints": [secure_etcd.endpoint],
+            "tls": {"enabled": True, "existingSecret": "etcd-client"},
+            "auth": {"existingSecret": "etcd-auth"}}},
+        "config": {"cluster": {"prefix": prefix}, "log": {"format": "text"}},
+    })
+    # The Secret's files, where the pod would see them: /etc/sipcluster/etcd-tls/{ca.crt,tls.crt,tls.key}.
+    tls_dir = tmp_path / "etcd-tls"
+    tls_dir.mkdir()
+    for name, source in (("ca.crt", secure_etcd.pki.ca), ("tls.crt", secure_etcd.node_cert),
+                         ("tls.key", secure_etcd.node_key)):
+        (tls_dir / name).write_bytes(Path(source).read_bytes())
+    config = tmp_path / "config.toml"
+    config.write_text(r.config_text().replace("/etc/sipcluster/etcd-tls", str(tls_dir)))
+    secrets = {("etcd-auth", "username"): NODE_USER, ("etcd-auth", "password"): NODE_PASSWORD}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SIPCLUSTER_", "OTEL_"))}
+    container = r.container("worker")
+    fields = dict(FAKE_FIELDS, **{"metadata.name": "worker-0", "status.podIP": "127.0.0.1",
+                                  "status.hostIP": "127.0.0.1"})
+    env = {**base, **pod_environment(container, fields, secrets)}
+    assert env["SIPCLUSTER_CLUSTER_ETCD_PASSWORD"] == NODE_PASSWORD
+    args = [str(config) if a == "/etc/sipcluster/config.toml" else a for a in container["args"]]
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", *args], env=env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _ready(ports[1]) or proc.poll() is not None, timeout=60, what="the worker ready")
+        assert proc.poll() is None, log_path.read_text()
+        (test_pod,) = r.kinds("Pod")
+        test = test_pod["spec"]["containers"][0]
+        test_env = {**base, **pod_environment(test, fields, secrets)}
+        test_args = [str(config) if a == "/etc/sipcluster/config.toml" else a for a in test["args"]]
+        status = subprocess.run([sys.executable, "-m", "cluster.cli", *test_args, "--json"], env=test_env,
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        members = json.loads(status.stdout)["members"]
+        assert [(m["id"], m["role"]) for m in members] == [("worker-0", "worker")]
+        assert members[0]["share"] == 1.0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -167,18 +167,7 @@ call with (dict "root" $ "role" "edge"). */}}
 # etcd and the shard name in traces and metrics.
 - name: SIPCLUSTER_CLUSTER_NODE_ID
   value: "$(POD_NAME)"
-{{- if and (eq $v.etcd.mode "external") $v.etcd.external.auth.existingSecret }}
-- name: SIPCLUSTER_CLUSTER_ETCD_USER
-  valueFrom:
-    secretKeyRef:
-      name: {{ $v.etcd.external.auth.existingSecret }}
-      key: {{ $v.etcd.external.auth.usernameKey }}
-- name: SIPCLUSTER_CLUSTER_ETCD_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $v.etcd.external.auth.existingSecret }}
-      key: {{ $v.etcd.external.auth.passwordKey }}
-{{- end }}
+{{- include "sipcluster.etcdAuthEnv" .root }}
 - name: OTEL_SERVICE_NAME
   value: {{ printf "%s-%s" $v.otel.serviceName .role | quote }}
 - name: OTEL_RESOURCE_ATTRIBUTES
@@ -197,6 +186,24 @@ call with (dict "root" $ "role" "edge"). */}}
 {{- if $v.otel.samplerArg }}
 - name: OTEL_TRACES_SAMPLER_ARG
   value: {{ $v.otel.samplerArg | quote }}
+{{- end }}
+{{- end }}
+
+{{/* etcd user and password from the auth Secret (external etcd with auth):
+nodes and the helm test alike. */}}
+{{- define "sipcluster.etcdAuthEnv" -}}
+{{- $v := .Values -}}
+{{- if and (eq $v.etcd.mode "external") $v.etcd.external.auth.existingSecret }}
+- name: SIPCLUSTER_CLUSTER_ETCD_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.etcd.external.auth.existingSecret }}
+      key: {{ $v.etcd.external.auth.usernameKey }}
+- name: SIPCLUSTER_CLUSTER_ETCD_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.etcd.external.auth.existingSecret }}
+      key: {{ $v.etcd.external.auth.passwordKey }}
 {{- end }}
 {{- end }}
 
