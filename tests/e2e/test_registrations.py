@@ -40,7 +40,7 @@ def cluster(etcd_server, tmp_path_factory):
 
 def add_user(cluster: UpCluster, name: str) -> tuple[str, str]:
     password = f"pw-{name}-{uuid.uuid4().hex[:6]}"
-    cluster.user("add", f"{name}@localhost", password)
+    cluster.user("add", f"{name}@localhost", password=password)
     return name, password
 
 
