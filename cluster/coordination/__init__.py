@@ -9,7 +9,9 @@
 
 ``EtcdStore`` also carries the thin key/value, lease and transaction calls
 the registrar's location store builds on (DESIGN §6). Every failure is a
-``CoordinationError``; only ``cluster.coordination.etcd`` imports etcd3.
+``CoordinationError``. Every etcd client of the project is built by
+``cluster.coordination.connection`` (TLS, auth, token renewal); cluster
+secrets such as the digest nonce key come from ``.secrets``.
 """
 
 from .errors import CoordinationError, WatchCompacted
