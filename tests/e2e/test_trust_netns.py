@@ -111,7 +111,7 @@ def cluster(netns, etcd_server, tmp_path_factory):
     try:
         wait_for(lambda: len(up.worker_pids()) == 2, what="two workers in the ring")
         for user in ("alice", "bob", "carol", "dave", "erin"):
-            up.user("add", f"{user}@{DOMAIN}", f"pw-{user}")
+            up.user("add", f"{user}@{DOMAIN}", password=f"pw-{user}")
         yield up
     finally:
         up.stop()
