@@ -12,8 +12,8 @@ Every command that talks to a cluster finds it the same way
 (:func:`cluster.discovery.find_cluster`): ``--etcd`` if given, else the node
 configuration (``--config`` or ``$SIPCLUSTER_CONFIG``, and
 ``SIPCLUSTER_CLUSTER_ETCD*`` variables, which also carry etcd's TLS files,
-user and password), else the cluster ``sipcluster up`` started on this
-machine (its discovery file), else etcd on 127.0.0.1:2379.
+user and password), else the cluster ``sipcluster up`` runs on this machine
+(``--cluster HOST:PORT`` chooses when several run), else etcd on 127.0.0.1:2379.
 
 Passwords are never taken from the command line (``ps`` and shell history
 would show them): ``user add`` asks for one at the terminal, twice, or reads
@@ -52,11 +52,14 @@ def _node_command(role: str, args: argparse.Namespace) -> int:
 
 def _target(command: str, args: argparse.Namespace):
     """The cluster ``args`` name, or None after printing why it cannot be used."""
-    from .discovery import find_cluster
+    from .discovery import ClusterNotFound, find_cluster
     try:
-        return find_cluster(args.etcd, args.prefix, args.config)
+        return find_cluster(args.etcd, args.prefix, args.config, cluster_listen=args.cluster)
     except ConfigError as error:
         print(f"sipcluster {command}: configuration error: {error}", file=sys.stderr)
+        return None
+    except ClusterNotFound as error:
+        print(f"sipcluster {command}: {error}", file=sys.stderr)
         return None
 
 
@@ -235,12 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--etcd``, ``--prefix`` and ``--config``, read by ``discovery.find_cluster``."""
+    """``--etcd``, ``--prefix``, ``--config`` and ``--cluster``, read by ``discovery.find_cluster``."""
     parser.add_argument("--etcd", default=None, help="etcd endpoint URL(s), comma-separated")
     parser.add_argument("--prefix", default=None, help="etcd key prefix")
     parser.add_argument("--config", default=None,
                         help="node config file for etcd TLS files, user and password "
                              "(default $SIPCLUSTER_CONFIG; SIPCLUSTER_CLUSTER_ETCD_* variables apply)")
+    parser.add_argument("--cluster", default=None, metavar="HOST:PORT",
+                        help="which `sipcluster up` on this machine, by its listen address "
+                             "(needed when several run)")
 
 
 def main(argv: list[str] | None = None) -> int:

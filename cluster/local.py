@@ -253,13 +253,14 @@ class LocalCluster:
         created = o.state_dir is None
         self.workdir = Path(o.state_dir) if o.state_dir else Path(tempfile.mkdtemp(prefix="sipcluster-up-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        discovery = discovery_file()
+        listen = f"[{o.host}]:{o.port}" if ":" in o.host else f"{o.host}:{o.port}"
+        discovery = discovery_file(listen)
         try:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 if self.etcd_url is None:
                     await self._start_etcd()
                 discovery.parent.mkdir(parents=True, exist_ok=True)
-                discovery.write_text(json.dumps({"etcd": self.etcd_url, "prefix": o.prefix,
+                discovery.write_text(json.dumps({"etcd": self.etcd_url, "prefix": o.prefix, "listen": listen,
                                                  "pid": os.getpid(), "workdir": str(self.workdir)}))
                 cli = [sys.executable, "-m", "cluster.cli"]
                 for i in range(1, o.workers + 1):

@@ -172,11 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.config import ConfigError
     from cluster.coordination.connection import EtcdConnection
     from cluster.coordination.errors import CoordinationError
-    from cluster.discovery import find_cluster
+    from cluster.discovery import ClusterNotFound, find_cluster
     try:
-        target = find_cluster(args.etcd, args.prefix, args.config)
+        target = find_cluster(args.etcd, args.prefix, args.config, cluster_listen=args.cluster)
     except ConfigError as error:
         print(f"{parser.prog}: configuration error: {error}", file=sys.stderr)
+        return 2
+    except ClusterNotFound as error:
+        print(f"{parser.prog}: {error}", file=sys.stderr)
         return 2
     connection = EtcdConnection(target.access)
     key = debug_key(target.prefix)
