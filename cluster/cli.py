@@ -7,6 +7,7 @@
     sipcluster user add USER [--password-stdin] [--realm R] [--replace]
     sipcluster user set USER [KEY=VALUE ...] [--password | --password-stdin]
     sipcluster user del USER | list [--json]
+    sipcluster keys generate --dir DIR [--force]
 
 Every command that talks to a cluster finds it the same way
 (:func:`cluster.discovery.find_cluster`): ``--etcd`` if given, else the node
@@ -47,7 +48,24 @@ def _node_command(role: str, args: argparse.Namespace) -> int:
     from .logs import setup_logging
     setup_logging(config.log.level, config.log.format, node=config.cluster.node_id)
     from nodes.runner import run_node
-    return trio.run(run_node, role, config)
+    try:
+        return trio.run(run_node, role, config)
+    except ConfigError as error:
+        # Found while starting (e.g. an unreadable cluster.link_secret_dir key pair).
+        print(f"sipcluster {role}: configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .link.keys import write_keys
+    try:
+        public, secret = write_keys(args.dir, force=args.force)
+    except (OSError, FileExistsError) as error:
+        print(f"sipcluster keys generate: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {public} (public) and {secret} (secret, mode 0600); "
+          f"point cluster.link_secret_dir at {args.dir}")
+    return 0
 
 
 def _target(command: str, args: argparse.Namespace):
@@ -228,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     password.add_argument("--password-stdin", action="store_true",
                           help="also set a new password, read from the first line of standard input")
     user.set_defaults(func=_user)
+
+    keys = sub.add_parser("keys", help="CurveZMQ key pairs for node links")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    generate = keys_sub.add_parser("generate", help="write link.key and link.key_secret into --dir")
+    generate.add_argument("--dir", required=True, help="directory for cluster.link_secret_dir")
+    generate.add_argument("--force", action="store_true", help="replace an existing key pair")
+    keys.set_defaults(func=_keys)
 
     status = sub.add_parser("status", help="show members, ring epoch and shard shares")
     status.add_argument("--json", action="store_true", help="machine-readable output")

@@ -217,7 +217,9 @@ class ClusterConfig(_Section):
     lease_ttl: int = _f(5, "Seconds of the membership lease; a dead node leaves the ring this long after it stops.", lo=2, hi=60)
     node_id: str = _f(doc="Unique member id, `[A-Za-z0-9._-]{1,64}`; the last segment of the member key.",
                       factory=default_node_id, shown="<hostname>-<pid>")
-    link_secret_dir: str | None = _f(None, "Directory with CurveZMQ key files for node links; unset = plaintext links.")
+    link_secret_dir: str | None = _f(None, "Directory with this node's CurveZMQ link key pair, `link.key` and `link.key_secret` "
+                                         "(`sipcluster keys generate --dir DIR`); unset = a pair made in memory at start. "
+                                         "Links are CURVE either way and admit only current members' published keys.")
 
     def _validate(self) -> None:
         if not _PREFIX.match(self.prefix):

@@ -28,6 +28,7 @@ import trio
 
 from .config import load_config
 from .discovery import DEFAULT_PREFIX, discovery_file
+from .link.keys import write_keys
 
 log = logging.getLogger("sipcluster.up")
 
@@ -136,6 +137,11 @@ class LocalCluster:
         if o.app:
             overrides["worker.app"] = o.app
         assert self.workdir is not None
+        # One CurveZMQ key pair per node, kept across its restarts (the
+        # public half is published again with its membership anyway).
+        keys = self.workdir / "keys" / node_id
+        write_keys(keys, force=True)
+        overrides["cluster.link_secret_dir"] = str(keys)
         # Every node of `up` is on this host: links over Unix sockets cost
         # the ZeroMQ I/O threads less kernel time than loopback TCP. A socket
         # path has a length limit (sun_path); beyond it, loopback TCP.

@@ -3,7 +3,7 @@
 The JSON form (``--json``) is stable:
 
     {"etcd": URL, "prefix": P, "revision": int, "ring_epoch": int,
-     "members": [{"id", "role", "link", "http", "metrics", "ready", "pid", "host", "started",
+     "members": [{"id", "role", "link", "curve_key", "http", "metrics", "ready", "pid", "host", "started",
                   "share" (workers only), "status" (the node's /status JSON or null)}],
      "rejected": {key: reason}}
 
@@ -49,7 +49,8 @@ def cluster_status(target: ClusterTarget, *, fetch_nodes: bool = True) -> dict:
     for member in sorted(view.members.values(), key=lambda m: (m.role, m.id)):
         entry = {"id": member.id, "role": member.role, "link": member.link, "http": member.http,
                  "metrics": f"{member.http}/metrics" if member.http else None,
-                 "pid": member.pid, "host": member.host, "started": member.started}
+                 "pid": member.pid, "host": member.host, "started": member.started,
+                 "curve_key": member.curve_key or None}
         if member.role == "worker":
             entry["share"] = round(ring.share(member.id), 6)
         entry["status"] = _node_status(member.http) if fetch_nodes else None

@@ -4,7 +4,10 @@ from .envelope import (
     READS, Envelope, FrameQueue, LinkError, pack, pack_array, pack_frame, pack_v2, unpack,
     unpack_frame,
 )
-from .zmq_trio import Inbox, Outbox
+from .guard import LinkGuard
+from .keys import LinkKeys, node_keys
+from .zmq_trio import Inbox, LinkAuthenticator, Outbox, node_context
 
-__all__ = ["READS", "Envelope", "FrameQueue", "Inbox", "LinkError", "Outbox", "pack", "pack_array",
-           "pack_frame", "pack_v2", "unpack", "unpack_frame"]
+__all__ = ["READS", "Envelope", "FrameQueue", "Inbox", "LinkAuthenticator", "LinkError", "LinkGuard",
+           "LinkKeys", "Outbox", "node_context", "node_keys", "pack", "pack_array", "pack_frame", "pack_v2", "unpack",
+           "unpack_frame"]

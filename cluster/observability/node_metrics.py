@@ -75,6 +75,12 @@ def _common(endpoint: MetricsEndpoint, node) -> EtcdErrors:
             return []
         return [(len(view.workers()), {"role": "worker"}), (len(view.edges()), {"role": "edge"})]
     endpoint.gauge("sipcluster_ring_members", "Members in this node's membership view, by role.", members)
+    endpoint.counter("sipcluster_link_auth_failures_total",
+                     "Connections to this node's link refused: unknown_key (a CURVE key no member "
+                     "publishes), wrong_role (a member that never sends here), handshake (no CURVE: "
+                     "plaintext or garbage).",
+                     lambda: [(value, {"reason": reason})
+                              for reason, value in list(node.link_guard.failures.items())])
     endpoint.counter("sipcluster_node_events_total",
                      "Every event the node counts (its /status 'stats'), by event name.",
                      lambda: _events(node.stats))

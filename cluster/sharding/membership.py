@@ -21,7 +21,9 @@ never stops the watch: it is kept out of the members and reported in
 ``MembershipView.rejected`` with a reason, and surfaces once in the diff.
 Only ``id``, ``role`` and ``link`` are required and unknown JSON fields are
 ignored, so nodes of two releases in a rolling upgrade accept the same records
-and keep building identical rings.
+and keep building identical rings. A record without ``curve_key`` is from a
+release whose links are plaintext: such a node stays a member (and in the
+ring), but no node of this release links to it or admits it (DESIGN §3).
 
 Nothing here does I/O or reads a clock.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterable, Mapping, Union
@@ -38,12 +41,22 @@ from .ring import DEFAULT_VNODES, Ring
 
 __all__ = [
     "BadMemberRecord", "Delete", "EDGE", "Member", "MembershipDiff", "MembershipView", "Put",
-    "ROLES", "WORKER", "diff", "member_key", "members_prefix",
+    "ROLES", "WORKER", "diff", "is_curve_key", "member_key", "members_prefix",
 ]
 
 EDGE = "edge"
 WORKER = "worker"
 ROLES = (EDGE, WORKER)
+
+# A Curve25519 public key in Z85 text (ZeroMQ RFC 32): 40 characters.
+_CURVE_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}\Z")
+
+
+def is_curve_key(text: object) -> bool:
+    """A 32-byte CurveZMQ key in Z85 text (str or ASCII bytes)."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    return isinstance(text, str) and _CURVE_KEY.match(text) is not None
 
 
 class BadMemberRecord(ValueError):
@@ -121,12 +134,17 @@ class Member:
     link_version: int = 1
     """The highest link envelope version the node reads (cluster.link); a
     record without it is from a node that reads version 1 only."""
+    curve_key: str = ""
+    """The node's CurveZMQ public key (Z85) its link serves with and sends
+    from (cluster.link.keys); empty for a node of a release without it."""
 
     def __post_init__(self) -> None:
         _check_id(self.id)
         _check_role(self.role)
         if not isinstance(self.link, str) or "://" not in self.link:
             raise BadMemberRecord(f"link must be a ZeroMQ endpoint, got {self.link!r}")
+        if self.curve_key and not is_curve_key(self.curve_key):
+            raise BadMemberRecord(f"'curve_key' must be a Z85 CurveZMQ key, got {self.curve_key!r}")
 
     @classmethod
     def from_kv(cls, key: bytes | str, value: bytes) -> Member:
@@ -172,6 +190,7 @@ class Member:
             started=float(started),
             draining=record.get("draining") is True,
             link_version=link_version,
+            curve_key=_text(record, "curve_key", required=False),
         )
 
     def to_value(self) -> bytes:
@@ -182,6 +201,8 @@ class Member:
             record["draining"] = True
         if self.link_version != 1:
             record["link_version"] = self.link_version
+        if self.curve_key:
+            record["curve_key"] = self.curve_key
         return json.dumps(record, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 

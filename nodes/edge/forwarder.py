@@ -66,10 +66,14 @@ class Forwarder:
         self.tracing = None
         """``cluster.observability.Tracing`` when tracing is on."""
 
-    def update(self, ring: Ring, worker_links: dict[str, str], array_links: set[str] | None = None) -> None:
+    def update(self, ring: Ring, worker_links: dict[str, str], array_links: set[str] | None = None,
+               server_keys: dict[str, bytes] | None = None) -> None:
+        """Route with ``ring`` to ``worker_links`` (id -> endpoint);
+        ``server_keys`` holds each endpoint's published CURVE key."""
         self.array_links = set(array_links or ())
+        keys = server_keys or {}
         for endpoint in worker_links.values():
-            self.outbox.connect(endpoint)
+            self.outbox.connect(endpoint, keys.get(endpoint))
         for endpoint in set(self.outbox.endpoints()) - set(worker_links.values()):
             self.outbox.disconnect(endpoint)
         self.ring = ring

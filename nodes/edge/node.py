@@ -13,15 +13,17 @@ import socket
 import time
 
 import trio
-import zmq
 
 from cluster.config import Config
 from cluster.coordination import EtcdMembership
 from cluster.link import READS as LINK_READS
-from cluster.link import Envelope, Inbox, LinkError, Outbox, unpack_frame
+from cluster.link import (
+    Envelope, Inbox, LinkAuthenticator, LinkError, LinkGuard, Outbox, node_context, node_keys,
+    unpack_frame,
+)
 from cluster.observability.etcd import EtcdErrors, instrument_store
 from cluster.observability.metrics import ETCD_BOUNDS, LATENCY_BOUNDS, HistogramFamily, HotHistogram
-from cluster.sharding.membership import EDGE, Member, MembershipView
+from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
 
 from .forwarder import Forwarder
 from .tcp import TcpTransport
@@ -41,9 +43,16 @@ class EdgeNode:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node_id = config.cluster.node_id
-        self.context = zmq.Context.instance()
-        self.inbox = Inbox(self.context, config.edge.link, hwm=config.edge.queue)
-        self.outbox = Outbox(self.context, hwm=config.edge.queue)
+        # Its own context: the ZAP handler is per context (cluster.link).
+        self.context = node_context()
+        self.keys = node_keys(config.cluster.link_secret_dir)
+        # Only workers write to an edge's link: their ``out`` envelopes name
+        # any address, and the edge writes the data there.
+        self.link_guard = LinkGuard(accept=(WORKER,))
+        self.authenticator = LinkAuthenticator(self.context, self.link_guard)
+        self.inbox = Inbox(self.context, config.edge.link, hwm=config.edge.queue, keys=self.keys)
+        self.authenticator.watch(self.inbox)
+        self.outbox = Outbox(self.context, hwm=config.edge.queue, keys=self.keys)
         self.forwarder = Forwarder(self.node_id, self.outbox,
                                    max_message=config.edge.max_message, server=SERVER)
         self.stats = self.forwarder.stats
@@ -88,13 +97,14 @@ class EdgeNode:
     def member(self) -> Member:
         return Member(id=self.node_id, role=EDGE, link=self.inbox.endpoint, http=self.http_url,
                       pid=os.getpid(), host=socket.gethostname(), started=time.time(),
-                      link_version=LINK_READS)
+                      link_version=LINK_READS, curve_key=self.keys.public.decode())
 
     # -- running -----------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.authenticator.run)
             for listener in self.udp.values():
                 await nursery.start(listener.run)
             tcp = [(l.host, l.port) for l in config.edge.listen if l.transport == "tcp"]
@@ -114,10 +124,14 @@ class EdgeNode:
         assert self.membership is not None
         async for view in self.membership.views():
             self.view = view
+            self.link_guard.update(view.members.values())
             ring = view.ring()
-            workers = view.workers()
+            # A worker without a published key runs a release with plaintext
+            # links: not linked to (its calls are answered 503) until upgraded.
+            workers = [m for m in view.workers() if m.curve_key]
             links = {m.id: m.link for m in workers}
-            self.forwarder.update(ring, links, {m.link for m in workers if m.link_version >= 2})
+            self.forwarder.update(ring, links, {m.link for m in workers if m.link_version >= 2},
+                                  {m.link: m.curve_key.encode() for m in workers})
 
     async def _link_loop(self) -> None:
         stats = self.stats
@@ -197,4 +211,5 @@ class EdgeNode:
             "tcp_connections": len(self.tcp.connections),
             "advertise": self.forwarder.advertise,
             "stats": dict(self.stats),
+            "link_auth_failures": dict(self.link_guard.failures),
         }

@@ -27,13 +27,13 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import trio
-import zmq
 
 from cluster.config import Config
 from cluster.coordination import EtcdMembership
 from cluster.link import READS as LINK_READS
 from cluster.link import (
-    Envelope, FrameQueue, Inbox, LinkError, Outbox, pack, pack_v2, unpack_frame,
+    Envelope, FrameQueue, Inbox, LinkAuthenticator, LinkError, LinkGuard, Outbox, node_context,
+    node_keys, pack, pack_v2, unpack_frame,
 )
 from cluster.logs import CALL_ID
 from cluster.observability.etcd import EtcdErrors, instrument_kv, instrument_store
@@ -41,7 +41,7 @@ from cluster.observability.metrics import ETCD_BOUNDS, LATENCY_BOUNDS, Histogram
 from cluster.observability.node_metrics import KNOWN_METHODS
 from cluster.observability.sip_logging import SipLogSelection
 from cluster.observability.transactions import ObservedTransactionLayer
-from cluster.sharding.membership import WORKER, Member, MembershipView
+from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
 from cluster.sip import Message, ParseError, Request, make_response, parse_message, reject_malformed
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
@@ -76,9 +76,18 @@ class WorkerNode:
     def __init__(self, config: Config, application=None) -> None:
         self.config = config
         self.node_id = config.cluster.node_id
-        self.context = zmq.Context.instance()
-        self.inbox = Inbox(self.context, config.worker.link)
-        self.outbox = Outbox(self.context)
+        # Its own context: the ZAP handler is per context (cluster.link).
+        self.context = node_context()
+        self.keys = node_keys(config.cluster.link_secret_dir)
+        # Only edges write to a worker's link (workers reach each other's
+        # transactions through an edge, never directly): the ``in``
+        # envelopes whose source address the worker believes (§18.2.1
+        # received/rport, registrar bindings, trusted networks).
+        self.link_guard = LinkGuard(accept=(EDGE,))
+        self.authenticator = LinkAuthenticator(self.context, self.link_guard)
+        self.inbox = Inbox(self.context, config.worker.link, keys=self.keys)
+        self.authenticator.watch(self.inbox)
+        self.outbox = Outbox(self.context, keys=self.keys)
         w = config.worker
         self.transactions = ObservedTransactionLayer(TimerConfig(t1=w.t1, t2=w.t2, t4=w.t4))
         self.application = application or load_application(w.app, self.node_id)
@@ -130,7 +139,7 @@ class WorkerNode:
     def member(self) -> Member:
         return Member(id=self.node_id, role=WORKER, link=self.inbox.endpoint, http=self.http_url,
                       pid=os.getpid(), host=socket.gethostname(), started=time.time(),
-                      link_version=LINK_READS)
+                      link_version=LINK_READS, curve_key=self.keys.public.decode())
 
     async def _secret(self, store) -> bytes:
         configured = self.config.worker.nonce_secret
@@ -170,6 +179,7 @@ class WorkerNode:
             self.application.redirect_domains.update(d.lower() for d in w.redirect_domains)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.authenticator.run)
             await nursery.start(self.store.run)
             nursery.start_soon(self.locations.run)
             await nursery.start(self.users.run)
@@ -252,10 +262,13 @@ class WorkerNode:
         assert self.membership is not None
         async for view in self.membership.views():
             self.view = view
-            members = view.edges()
+            self.link_guard.update(view.members.values())
+            # An edge without a published key runs a release with plaintext
+            # links: not linked to.
+            members = [m for m in view.edges() if m.curve_key]
             edges = {m.id: m.link for m in members}
-            for endpoint in edges.values():
-                self.outbox.connect(endpoint)
+            for member in members:
+                self.outbox.connect(member.link, member.curve_key.encode())
             self.edges = edges
             self.array_edges = {m.id for m in members if m.link_version >= 2}
 
@@ -560,6 +573,7 @@ class WorkerNode:
             "proxy_contexts": len(self.tu.contexts),
             "edges": sorted(self.edges),
             "stats": dict(self.stats),
+            "link_auth_failures": dict(self.link_guard.failures),
         }
 
 

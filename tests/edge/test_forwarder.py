@@ -108,7 +108,7 @@ class RefusingOutbox:
     def send(self, endpoint: str, data: bytes) -> bool:
         return False
 
-    def connect(self, endpoint: str) -> None:
+    def connect(self, endpoint: str, server_key: bytes | None = None) -> None:
         return None
 
     def disconnect(self, endpoint: str) -> None:

@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from cluster import config as node_config
+from cluster.link.keys import PUBLIC_FILE, SECRET_FILE, load_keys, node_keys, write_keys
 from tests.e2e.harness import free_port_pair, options, wait_for
 from tests.support.etcd import free_port
 
@@ -71,7 +72,7 @@ VALUE_SETS: dict[str, dict] = {
                  "external": {"endpoints": ["https://etcd-a.db:2379", "https://etcd-b.db:2379"],
                               "tls": {"enabled": True, "existingSecret": "etcd-client"},
                               "auth": {"existingSecret": "etcd-auth"}}},
-        "link": {"curve": {"enabled": True, "existingSecret": "link-keys"}},
+        "link": {"curve": {"existingSecret": "link-keys"}},
         "otel": {"endpoint": "http://otel-collector.observability:4317", "samplerArg": "0.05"},
         "worker": {"nonceSecret": {"existingSecret": "nonce"}},
     },
@@ -247,8 +248,13 @@ def load_pod_config(rendered_set: Rendered, component: str, tmp_path: Path):
             continue
         local = tmp_path / mount["name"]
         local.mkdir()
+        if mount["name"] == "link-keys":
+            # What `sipcluster keys generate` writes into the Secret.
+            assert [i["path"] for i in secret["items"]] == [PUBLIC_FILE, SECRET_FILE]
+            write_keys(local)
         for item in secret.get("items", ()):
-            (local / item["path"]).write_text("pem\n")
+            if not (local / item["path"]).exists():
+                (local / item["path"]).write_text("pem\n")
         text = text.replace(mount["mountPath"], str(local))
     path = tmp_path / "config.toml"
     path.write_text(text)
@@ -286,7 +292,15 @@ def test_external_etcd_tls_auth_and_link_keys_reach_the_config(tmp_path):
     assert Path(loaded.cluster.etcd_key).name == "tls.key"
     assert loaded.cluster.etcd_user == "secret-from-etcd-auth-0123456789"
     assert loaded.cluster.link_secret_dir.endswith("link-keys")
+    assert node_keys(loaded.cluster.link_secret_dir) == load_keys(loaded.cluster.link_secret_dir)
     assert loaded.worker.nonce_secret == "secret-from-nonce-0123456789"
+
+
+def test_without_a_link_key_secret_each_pod_makes_its_own_pair(tmp_path):
+    r = rendered("default")
+    for component in ("edge", "worker"):
+        assert not [v for v in r.pod(component)["spec"]["volumes"] if v["name"] == "link-keys"]
+        assert load_pod_config(r, component, tmp_path / component).cluster.link_secret_dir is None
 
 
 def test_values_schema_offers_every_config_key_the_chart_does_not_set():

@@ -130,7 +130,7 @@ class Outbox:
         self.sent.append(data)
         return True
 
-    def connect(self, endpoint) -> None:
+    def connect(self, endpoint, server_key=None) -> None:
         pass
 
     def disconnect(self, endpoint) -> None:

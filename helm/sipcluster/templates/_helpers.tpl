@@ -228,7 +228,7 @@ nodes and the helm test alike. */}}
   mountPath: /etc/sipcluster/etcd-tls
   readOnly: true
 {{- end }}
-{{- if .Values.link.curve.enabled }}
+{{- if .Values.link.curve.existingSecret }}
 - name: link-keys
   mountPath: /etc/sipcluster/link-keys
   readOnly: true
@@ -255,11 +255,16 @@ nodes and the helm test alike. */}}
       - key: {{ .Values.etcd.external.tls.keyKey }}
         path: tls.key
 {{- end }}
-{{- if .Values.link.curve.enabled }}
+{{- if .Values.link.curve.existingSecret }}
 - name: link-keys
   secret:
-    secretName: {{ required "link.curve.existingSecret is required with link.curve.enabled" .Values.link.curve.existingSecret }}
+    secretName: {{ .Values.link.curve.existingSecret }}
     defaultMode: 0440
+    items:
+      - key: link.key
+        path: link.key
+      - key: link.key_secret
+        path: link.key_secret
 {{- end }}
 {{- end }}
 
