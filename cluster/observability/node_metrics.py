@@ -215,7 +215,7 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
                    "Dialogs confirmed through this shard and not yet ended by BYE (estimate; see docs).",
                    lambda: one(layer.active_dialogs(trio.current_time())))
     endpoint.gauge("sipcluster_proxy_contexts", "Proxied requests waiting for their final response.",
-                   lambda: one(len(node.tu.contexts)))
+                   lambda: one(len(node.tu.contexts) if node.tu is not None else 0))
 
     def registrations():
         locations = node.locations

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from cluster.sip import Request, Response, URI, make_response
-
-# RFC 3261 §16.6 step 11: Timer C must be larger than 3 minutes.
-TIMER_C = 181.0
+from cluster.sip.transaction.timers import TIMER_C
 
 
 @dataclass(slots=True, eq=False)
@@ -74,7 +72,7 @@ Output = Forward | Upstream | Cancel | Exhausted
 
 
 class ResponseContext:
-    def __init__(self, server_key: tuple, request: Request, *, timer_c: float = TIMER_C) -> None:
+    def __init__(self, server_key: tuple, request: Request, *, timer_c: float | None = TIMER_C) -> None:
         self.server_key = server_key
         self.request = request
         self.is_invite = request.method == "INVITE"

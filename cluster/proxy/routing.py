@@ -16,10 +16,28 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable
 
-from cluster.sip import NameAddress, ParseError, Request, SipURI, URI, Via
+from cluster.sip import NameAddress, Request, SipURI, URI, Via
 from cluster.sip.transaction.stateless import branch_for
 
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061, "WS": 80, "WSS": 443}
+
+
+class RoutingError(Exception):
+    """No way to a target: a URI scheme we cannot route (416) or a host that
+    does not resolve (404). The branch fails with ``status`` (§16.7 step 6);
+    the request itself was well formed, so this is not a ParseError."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def resolve_localhost(host: str) -> str | None:
+    """The resolver a worker uses: ``localhost`` only. Other names need DNS
+    (RFC 3263), which lives in the runtime once configured; numeric hosts
+    never get here."""
+    return "127.0.0.1" if host.lower() == "localhost" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +131,10 @@ def preprocess_routes(request: Request, local: LocalAddresses) -> tuple[SipURI, 
 def hop_for(uri: URI, *, default_transport: str = "UDP",
             resolve: Callable[[str], str | None] | None = None) -> Hop:
     """Next-hop address for ``uri`` (RFC 3263 §4 with numeric hosts; a name
-    goes through ``resolve`` — DNS lives in the runtime, not here)."""
+    goes through ``resolve`` — DNS lives in the runtime, not here);
+    RoutingError when there is none."""
     if not isinstance(uri, SipURI):
-        raise ParseError(f"cannot route to a {uri.scheme}: URI", 416)
+        raise RoutingError(f"cannot route to a {uri.scheme}: URI", 416)
     transport = (uri.transport or "").upper()
     if uri.scheme == "sips":
         transport = "TLS"
@@ -126,7 +145,7 @@ def hop_for(uri: URI, *, default_transport: str = "UDP",
     if not _is_numeric_host(bare):
         resolved = resolve(bare) if resolve is not None else None
         if resolved is None:
-            raise ParseError(f"cannot resolve {bare}", 404)
+            raise RoutingError(f"cannot resolve {bare}", 404)
         bare = resolved
     port = uri.port or DEFAULT_PORTS.get(transport, 5060)
     return Hop(transport, bare, port)

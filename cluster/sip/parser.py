@@ -67,6 +67,23 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
     return message
 
 
+def parse_complete(data: bytes, *, datagram: bool = True) -> Request | Response:
+    """``parse_message`` plus every field a worker's later layers read (the
+    whole Via stack, Expires, Path, Contact, Authorization and
+    Proxy-Authorization): a message it returns raises no ParseError anywhere
+    above the parse, so a broken field is answered 400 with its reason where
+    the message enters (§8.2.6, §21.4.1), not met halfway through routing."""
+    message = parse_message(data, datagram=datagram)
+    message.vias  # a proxy pops ours and forwards the rest (§16.7 step 3, §16.11)
+    if type(message) is Request:
+        message.expires  # the registrar (§10.3)
+        message.paths  # the registrar (RFC 3327)
+        message.contacts  # the application and the registrar
+        message.authorizations  # digest (§22)
+        message.proxy_authorizations
+    return message
+
+
 # Methods seen on nearly every message skip the token check (RFC 3261 §25.1
 # Method is a token; these are all tokens).
 _COMMON_METHODS = frozenset((

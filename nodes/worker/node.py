@@ -24,7 +24,6 @@ import socket
 import time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 
 import trio
 
@@ -42,12 +41,14 @@ from cluster.observability.node_metrics import KNOWN_METHODS
 from cluster.observability.sip_logging import SipLogSelection
 from cluster.observability.transactions import ObservedTransactionLayer
 from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
-from cluster.sip import Message, ParseError, Request, make_response, parse_message, reject_malformed
+from cluster.sip import Message, ParseError, Request, make_response, parse_complete, reject_malformed
+from cluster.sip.transaction.actions import Send
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
+from cluster.tu import EdgeRoute, TransactionUser, route_of
+from cluster.tu.outputs import NO_LOCAL
 
 from .application import load_application
-from .tu import TransactionUser
 
 log = logging.getLogger("sipcluster.worker")
 
@@ -60,20 +61,10 @@ CHALLENGE_SWEEP = 2.0
 """Seconds between looks for digest challenges left unanswered."""
 
 
-@dataclass(frozen=True, slots=True)
-class EdgeRoute:
-    """How to reach a peer again: through which edge, connection and socket."""
-
-    edge: str
-    conn: int | None
-    local: tuple[str, int]
-    advertise: str | None
-
-
 class WorkerNode:
     role = WORKER
 
-    def __init__(self, config: Config, application=None) -> None:
+    def __init__(self, config: Config, application=None, *, services=None) -> None:
         self.config = config
         self.node_id = config.cluster.node_id
         # Its own context: the ZAP handler is per context (cluster.link).
@@ -107,12 +98,14 @@ class WorkerNode:
         self._timer_wake = math.inf
         """The deadline the timer task sleeps until (-inf while it runs)."""
         self.draining = False
-        self.salt = config.cluster.prefix
         self.services = None
         self.store = None
         self.locations = None
         self.users = None
-        self.tu = TransactionUser(self)
+        self.tu: TransactionUser | None = None
+        """The transaction user, once the services it needs exist (``run``)."""
+        if services is not None:
+            self._start_tu(services)
         self._nursery: trio.Nursery | None = None
         # Observability: plain values the metrics read at scrape time.
         self.tracing = None
@@ -169,11 +162,11 @@ class WorkerNode:
         self.locations = LocationCache(kv_store.access, prefix=c.cluster.prefix)
         self._instrument(kv_store)
         self.users = UserFeed(kv_store, c.cluster.prefix)
-        self.services = Services(domains=w.domains, trusted=w.trusted, nonce_secret=await self._secret(kv_store),
-                                 nonce_ttl=w.nonce_ttl, locations=self.locations,
-                                 users=self.users.cache, digest_algorithms=w.digest_algorithms,
-                                 digest_sha256_domains=w.digest_sha256_domains,
-                                 outbound_proxy=w.outbound_proxy, events=self.stats)
+        self._start_tu(Services(domains=w.domains, trusted=w.trusted, nonce_secret=await self._secret(kv_store),
+                                nonce_ttl=w.nonce_ttl, locations=self.locations,
+                                users=self.users.cache, digest_algorithms=w.digest_algorithms,
+                                digest_sha256_domains=w.digest_sha256_domains,
+                                outbound_proxy=w.outbound_proxy, events=self.stats))
         from cluster.app.default import application as default_app
         if self.application is default_app or w.redirect_domains:
             self.application.redirect_domains.update(d.lower() for d in w.redirect_domains)
@@ -194,6 +187,11 @@ class WorkerNode:
             nursery.start_soon(self._challenge_loop)
             log.info("worker ready", extra={"node": self.node_id, "link": self.inbox.endpoint})
             task_status.started()
+
+    def _start_tu(self, services) -> None:
+        self.services = services
+        self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
+                                  salt=self.config.cluster.prefix, stats=self.stats)
 
     def _instrument(self, kv_store) -> None:
         """etcd latency and errors for every client; spans for a call's etcd work."""
@@ -240,7 +238,7 @@ class WorkerNode:
 
     def in_flight(self) -> int:
         """Transactions still waiting for a final response, and proxied calls."""
-        return len(self.tu.contexts) + self.transactions.pending()
+        return self.transactions.pending() if self.tu is None else self.tu.in_flight()
 
     async def drain(self) -> None:
         """SIGTERM: leave the ring, finish in-flight transactions (bounded by
@@ -331,17 +329,23 @@ class WorkerNode:
             # Awake: no kick is needed until the next deadline is computed.
             self._timer_wake = -math.inf
             self._timer_kick = trio.Event()
-            now = trio.current_time()
-            with self._framed(now):
-                # Fired timers are popped before they run, so a bug met by
-                # one costs its actions, not the loop (which would stop the
-                # worker) and not the timers after it.
-                for fire in (self._fire_transaction_timers, self.tu.handle_timer):
-                    try:
-                        fire(now)
-                    except Exception:
-                        self._bug("timer handling failed")
-            self.transactions.rest()
+            self.on_timers(trio.current_time())
+
+    def on_timers(self, now: float) -> None:
+        """Run the TU's due timers and send what they produce."""
+        tu = self.tu
+        if tu is None:
+            return
+        with self._framed(now):
+            # Fired timers are popped before they run, so a bug met by one
+            # costs its actions, not the loop (which would stop the worker)
+            # and not the timers after it.
+            for fire in (tu.transaction_timers, tu.proxy_timers):
+                try:
+                    self._execute(fire(now), now)
+                except Exception:
+                    self._bug("timer handling failed")
+        self.transactions.rest()
 
     async def _challenge_loop(self) -> None:
         """Now and then, log the digest challenges nobody answered (the
@@ -360,14 +364,9 @@ class WorkerNode:
         log.exception(what, extra={} if call_id is None else {"call_id": call_id})
         self.stats["internal_error"] += 1
 
-    def _fire_transaction_timers(self, now: float) -> None:
-        self.tu.perform(self.transactions.handle_timer(now), now)
-
     def _next_deadline(self) -> float:
-        ours, tu = self.transactions.next_deadline(), self.tu.next_deadline()
-        if ours is None:
-            return math.inf if tu is None else tu
-        return ours if tu is None or ours < tu else tu
+        deadline = self.transactions.next_deadline() if self.tu is None else self.tu.next_deadline()
+        return math.inf if deadline is None else deadline
 
     def kick_timers(self) -> None:
         """Wake the timer task when a deadline earlier than the one it sleeps
@@ -376,9 +375,6 @@ class WorkerNode:
         switch."""
         if self._next_deadline() < self._timer_wake:
             self._timer_kick.set()
-
-    def now(self) -> float:
-        return trio.current_time()
 
     # -- message path --------------------------------------------------------------
 
@@ -389,7 +385,10 @@ class WorkerNode:
         self._origin_ns = env.ts_ns
         try:
             try:
-                message = parse_message(env.data, datagram=env.transport == "UDP")
+                # The one parse-error boundary: every field a later layer
+                # reads is checked here, and a request that fails is answered
+                # 400 with the reason (§8.2.6, §21.4.1).
+                message = parse_complete(env.data, datagram=env.transport == "UDP")
             except ParseError as error:
                 self.stats["parse_error"] += 1
                 answer = reject_malformed(env.data, error, server=SERVER)
@@ -425,20 +424,9 @@ class WorkerNode:
 
     def _process(self, message: Message, env: Envelope, now: float) -> None:
         try:
-            if self.services is not None:
-                self.services.learn_advertise(env.advertise)
-            if isinstance(message, Request):
-                _note_source(message, env.peer)
             source = Peer(env.transport, env.peer[0], env.peer[1],
                           EdgeRoute(env.edge, env.conn, env.local, env.advertise))
-            self.tu.perform(self.transactions.receive(message, source, now), now)
-        except ParseError as error:
-            # A lazily parsed field (a lower Via, an Authorization, ...) was broken.
-            self.stats["late_parse_error"] += 1
-            if isinstance(message, Request) and message.method != "ACK":
-                answer = reject_malformed(env.data, error, server=SERVER)
-                if answer is not None:
-                    self.send_raw(env.edge, env.transport, env.peer, env.local, env.conn, answer)
+            self._execute(self.tu.receive(message, source, now), now)
         except Exception:  # the worker must survive any bug in a handler
             self._bug("request processing failed", message.call_id)
             if isinstance(message, Request) and message.method != "ACK":
@@ -450,16 +438,21 @@ class WorkerNode:
                     return
                 self.send_raw(env.edge, env.transport, env.peer, env.local, env.conn, answer)
 
-    # -- registrar --------------------------------------------------------------------
+    def _execute(self, outputs: list, now: float) -> None:
+        """Carry out the TU's outputs in order: sends, registrations."""
+        for output in outputs:
+            if type(output) is Send:
+                self._send(output, now)
+            else:
+                assert self._nursery is not None
+                # The task inherits this context: the call's span and Call-ID for logs.
+                self._nursery.start_soon(self._register, output.request, output.source, self._origin_ns)
 
-    def start_register(self, request: Request, source: Peer) -> None:
-        assert self._nursery is not None
-        # The task inherits this context: the call's span and Call-ID for logs.
-        self._nursery.start_soon(self._register, request, source, self._origin_ns)
+    # -- registrar --------------------------------------------------------------------
 
     async def _register(self, request: Request, source: Peer, origin_ns: int = 0) -> None:
         from cluster.registrar import Outcome, Source, failure, register
-        route = source.context if isinstance(source.context, EdgeRoute) else None
+        route = route_of(source)
         tracing = self.tracing
         scope = tracing.child("registrar.register", {"sip.aor": str(request.to.uri)}) \
             if tracing is not None else nullcontext()
@@ -469,10 +462,6 @@ class WorkerNode:
                     self.store, request, now=time.time(), policy=self.policy,
                     source=Source(source.transport, source.host, source.port),
                     edge=route.edge if route else None, conn=route.conn if route else None)
-            except ParseError as error:
-                # A field read lazily by the registrar was malformed.
-                self.stats["late_parse_error"] += 1
-                result = failure(Outcome.MALFORMED, error.reason, policy=self.policy)
             except Exception:
                 # This task runs in the worker's nursery: an exception escaping
                 # it would stop the worker. A registrar bug costs this
@@ -486,30 +475,22 @@ class WorkerNode:
                 span.set_attribute("sip.response.status_code", result.status)
             self._origin_ns = origin_ns
             try:
-                self.tu.respond(result.response(request), self.now())
+                now = trio.current_time()
+                self._execute(self.tu.respond(result.response(request), now), now)
             finally:
                 self._origin_ns = 0
+            self.kick_timers()
 
     # -- sending ------------------------------------------------------------------------
 
-    def route_to(self, edge: str | None, conn: int | None, advertise: str | None) -> EdgeRoute:
-        if edge is None or edge not in self.edges:
+    def _send(self, send: Send, now: float) -> None:
+        message, dest = send.message, send.destination
+        route = route_of(dest)
+        edge = route.edge if route is not None else None
+        if edge not in self.edges and (route is None or route.local == NO_LOCAL):
+            # A route the TU made names no edge, or one that left: any
+            # linked edge reaches the peer.
             edge = next(iter(self.edges), None) or ""
-        return EdgeRoute(edge, conn, ("", 0), advertise)
-
-    def default_advertise(self) -> str:
-        addresses = sorted(self.services.local.addresses) if self.services else []
-        for host, port in addresses:
-            return f"{host}:{port}" if port else host
-        return "127.0.0.1:5060"
-
-    def resolve(self, host: str) -> str | None:
-        # Names other than localhost need DNS (RFC 3263), which lives in the
-        # runtime's resolver once configured; numeric hosts never get here.
-        return "127.0.0.1" if host.lower() == "localhost" else None
-
-    def send_message(self, message: Message, dest: Peer, key, now: float) -> None:
-        route = dest.context if isinstance(dest.context, EdgeRoute) else self.route_to(None, None, None)
         counts = self.sip_counts
         counts.count(message, counts.requests_out, counts.responses_out)
         data = message.to_bytes()
@@ -517,9 +498,11 @@ class WorkerNode:
             self.sip_log.record("out", message, data, dest.transport, (dest.host, dest.port))
         tracing = self.tracing
         trace = None if tracing is None or self._untraced else tracing.outbound(message)
-        if not self.send_raw(route.edge, dest.transport, (dest.host, dest.port), route.local,
-                             route.conn, data, trace, key) and key is not None:
-            self.tu.perform(self.transactions.transport_error(key, now), now)
+        key = send.key
+        if not self.send_raw(edge, dest.transport, (dest.host, dest.port),
+                             route.local if route is not None else NO_LOCAL,
+                             route.conn if route is not None else None, data, trace, key) and key is not None:
+            self._execute(self.tu.transport_error(key, now), now)
 
     def send_raw(self, edge: str, transport: str, peer: tuple[str, int], local: tuple[str, int],
                  conn: int | None, data: bytes, trace: str | None = None, key=None) -> bool:
@@ -559,7 +542,7 @@ class WorkerNode:
                 self.stats["drop_edge_link_down"] += len(keys)
                 for key in keys:
                     if key is not None:
-                        self.tu.perform(self.transactions.transport_error(key, now), now)
+                        self._execute(self.tu.transport_error(key, now), now)
 
     def status(self) -> dict:
         ready, why = self.readiness()
@@ -570,7 +553,7 @@ class WorkerNode:
             "draining": self.draining,
             "transactions": len(self.transactions),
             "location_revision": self.locations.revision if self.locations is not None else None,
-            "proxy_contexts": len(self.tu.contexts),
+            "proxy_contexts": len(self.tu.contexts) if self.tu is not None else 0,
             "edges": sorted(self.edges),
             "stats": dict(self.stats),
             "link_auth_failures": dict(self.link_guard.failures),
@@ -596,22 +579,3 @@ class SipCounts:
             requests[method if method in KNOWN_METHODS else "other"] += 1
         else:
             responses[message.status] += 1  # type: ignore[attr-defined]
-
-
-def _note_source(request: Request, peer: tuple[str, int]) -> None:
-    """RFC 3261 §18.2.1: add ``received`` when the top Via's host is not the
-    packet's source address; RFC 3581 §4: fill ``rport`` when asked. Responses
-    then follow the real path back, also when another shard forwards them
-    statelessly after a failover."""
-    try:
-        via = request.via
-    except ParseError:
-        return
-    host = via.host[1:-1] if via.host.startswith("[") else via.host
-    updated = via
-    if host != peer[0]:
-        updated = updated.with_param("received", peer[0])
-    if via.has_rport and via.rport is None:
-        updated = updated.with_param("rport", str(peer[1]))
-    if updated is not via:
-        request.set_top_via(updated)

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from cluster.app.api import AuthOutcome, Challenge, Target
 from cluster.auth.digest import NonceManager, OutstandingChallenges, challenge, find_credential, verify
@@ -45,7 +45,8 @@ class Services:
                  locations: "LocationCache | None", users: UserCache | None,
                  digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
                  digest_sha256_domains: tuple[str, ...] = (),
-                 outbound_proxy: str | None = None, events: Counter | None = None) -> None:
+                 outbound_proxy: str | None = None, events: Counter | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.domains = list(domains) or ["localhost"]
         self.local = WorkerLocal(domains=self.domains)
         self.trusted = [ipaddress.ip_network(n) for n in trusted]
@@ -62,6 +63,9 @@ class Services:
         strong = tuple(a for a in self.digest_algorithms if a.upper().startswith("SHA-256")) or ("SHA-256",)
         self._realm_algorithms = {d.lower(): strong for d in digest_sha256_domains}
         self.outbound_proxy = outbound_proxy
+        # Wall-clock time: nonces and registration expiry are shared by every
+        # shard, so they are not on the worker's monotonic clock.
+        self.clock = clock
         # Every request asks about its source, and sources repeat (edges, a
         # few peers): answers are memoised, bounded so a scan of many
         # addresses cannot grow them without end.
@@ -102,7 +106,7 @@ class Services:
         if self.locations is None or not isinstance(uri, SipURI):
             return []
         out = []
-        for binding in self.locations.lookup(uri.aor(), time.time()):
+        for binding in self.locations.lookup(uri.aor(), self.clock()):
             out.append(binding_target(binding))
         return out
 
@@ -138,7 +142,7 @@ class Services:
                                               "offered": ",".join(offered), "call_id": request.call_id})
             self.note("auth_failed", request, source, f"algorithm {algorithm} not offered")
             return AuthOutcome(None, False, f"algorithm {algorithm!r} not offered")
-        result = verify(credential, method=request.method, realm=realm, now=time.time(),
+        result = verify(credential, method=request.method, realm=realm, now=self.clock(),
                         nonces=self.nonces, ha1=self.users.ha1)
         if result.ok:
             return AuthOutcome(result.username)
@@ -152,7 +156,7 @@ class Services:
     def challenge(self, request: Request, decision: Challenge, source: str = "") -> Response:
         status = 407 if decision.proxy else 401
         name = "Proxy-Authenticate" if decision.proxy else "WWW-Authenticate"
-        now = time.time()
+        now = self.clock()
         nonce = self.nonces.make(now, realm=decision.realm)
         response = make_response(request, status)
         algorithms = self.algorithms_for(decision.realm)

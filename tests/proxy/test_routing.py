@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.proxy.routing import (
-    Hop, LocalAddresses, forward_copy, hop_for, loop_detected, loop_hash, next_hop_uri,
+    Hop, LocalAddresses, RoutingError, forward_copy, hop_for, loop_detected, loop_hash, next_hop_uri,
     preprocess_routes, proxy_via, record_route_set, record_route_value, split_hostport,
 )
 from cluster.sip import ParseError, Request, parse_message, parse_uri, parse_via
@@ -139,15 +139,17 @@ def test_hop_for_default_transport_and_resolver():
 
 
 def test_hop_for_unresolvable_name_is_404_and_non_sip_is_416():
-    with pytest.raises(ParseError) as info:
+    # A routing failure, not a parse error: the request was well formed.
+    with pytest.raises(RoutingError) as info:
         hop_for(parse_uri("sip:bob@nowhere.invalid"), resolve=lambda name: None)
     assert info.value.status == 404
-    with pytest.raises(ParseError) as info:
+    with pytest.raises(RoutingError) as info:
         hop_for(parse_uri("sip:bob@nowhere.invalid"))
     assert info.value.status == 404
-    with pytest.raises(ParseError) as info:
+    with pytest.raises(RoutingError) as info:
         hop_for(parse_uri("tel:+15551234"))
     assert info.value.status == 416
+    assert not isinstance(info.value, ParseError)
 
 
 # -- the forwarded copy (§16.6) ---------------------------------------------------------

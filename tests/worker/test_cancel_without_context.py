@@ -43,13 +43,14 @@ class Sent:
 
 
 def _worker(name: str, application: Application | None = None) -> WorkerNode:
-    worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": name}), application)
+    services = Services(domains=["localhost"], trusted=["127.0.0.0/8"],
+                        nonce_secret=b"test-nonce-secret-0123456", nonce_ttl=300,
+                        locations=None, users=None)
+    worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": name}), application,
+                        services=services)
     worker.inbox.close()
     worker.outbox = Sent()
     worker.edges = {EDGE: "sink"}
-    worker.services = Services(domains=["localhost"], trusted=["127.0.0.0/8"],
-                               nonce_secret=b"test-nonce-secret-0123456", nonce_ttl=300,
-                               locations=None, users=None)
     return worker
 
 
@@ -105,7 +106,7 @@ def test_the_cancel_is_retransmitted_until_the_callee_answers():
     worker = _worker("worker-b")
     _feed(worker, _request("CANCEL"))
     before = len([m for m in worker.outbox.messages() if getattr(m, "method", "") == "CANCEL"])
-    worker.tu.perform(worker.transactions.handle_timer(1000.0 + 0.6), 1000.6)  # Timer E (T1)
+    worker.on_timers(1000.0 + 0.6)  # Timer E (T1)
     after = len([m for m in worker.outbox.messages() if getattr(m, "method", "") == "CANCEL"])
     assert (before, after) == (1, 2)
 

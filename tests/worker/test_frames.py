@@ -37,14 +37,15 @@ class Link:
 
 
 def _worker(link: Link, *, reads_frames: bool = True) -> WorkerNode:
-    worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": "w-frames"}))
+    services = Services(domains=["localhost"], trusted=["127.0.0.0/8"],
+                        nonce_secret=b"test-nonce-secret-0123456", nonce_ttl=300,
+                        locations=None, users=None)
+    worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": "w-frames"}),
+                        services=services)
     worker.inbox.close()
     worker.outbox = link
     worker.edges = {EDGE: "sink"}
     worker.array_edges = {EDGE} if reads_frames else set()
-    worker.services = Services(domains=["localhost"], trusted=["127.0.0.0/8"],
-                               nonce_secret=b"test-nonce-secret-0123456", nonce_ttl=300,
-                               locations=None, users=None)
     return worker
 
 

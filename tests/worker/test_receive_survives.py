@@ -3,6 +3,7 @@ logged, and the link loop goes on with the next message."""
 
 from __future__ import annotations
 
+import cluster.tu.core as tu_core
 import nodes.worker.node as node_module
 
 from .test_cancel_without_context import _feed, _request, _worker
@@ -10,14 +11,14 @@ from .test_cancel_without_context import _feed, _request, _worker
 
 def test_a_bug_in_one_message_does_not_escape_receive(monkeypatch):
     worker = _worker("worker-s")
-    real = node_module.parse_message
+    real = node_module.parse_complete
 
     def parse(data, **kw):
         if b"boom" in data:
             raise RuntimeError("a parser bug")
         return real(data, **kw)
 
-    monkeypatch.setattr(node_module, "parse_message", parse)
+    monkeypatch.setattr(node_module, "parse_complete", parse)
     _feed(worker, _request("OPTIONS", uri="sip:boom@localhost"))
     assert worker.stats["internal_error"] == 1
     assert worker.outbox.frames == []
@@ -32,7 +33,7 @@ def test_a_bug_before_the_transaction_layer_is_contained(monkeypatch):
     def broken(request, peer):
         raise RuntimeError("a bug noting the source")
 
-    monkeypatch.setattr(node_module, "_note_source", broken)
+    monkeypatch.setattr(tu_core, "note_source", broken)
     _feed(worker, _request("OPTIONS"))
     assert worker.stats["internal_error"] == 1
     answers = [m.status for m in worker.outbox.messages() if not hasattr(m, "method")]

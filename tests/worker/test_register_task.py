@@ -45,7 +45,7 @@ def run(worker, *datagrams: bytes) -> list:
             for data in datagrams:
                 env = unpack(pack(Envelope("in", EDGE, "UDP", CALLER, EDGE_ADDR, data, None,
                                            time.time_ns(), None, "127.0.0.1:5060", EDGE)))
-                worker.receive(env, worker.now())
+                worker.receive(env, trio.current_time())
             with trio.fail_after(30):
                 while len(worker.outbox.frames) < len(datagrams):
                     await trio.sleep(0.01)

@@ -53,16 +53,27 @@ def test_no_kick_while_the_timer_task_runs_and_none_without_deadlines():
 def test_a_bug_met_by_a_timer_costs_that_timer_not_the_loop():
     import trio
 
-    worker = _worker()
+    from nodes.worker.services import Services
+
+    worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": "w-kick"}),
+                        services=Services(domains=["localhost"], trusted=[], nonce_secret=b"s" * 32,
+                                          nonce_ttl=300, locations=None, users=None))
+    worker.inbox.close()
     fired: list[str] = []
 
     def transaction_timers(now):
         fired.append("transactions")
         if fired.count("transactions") == 1:
             raise RuntimeError("a bug in a timer handler")
+        return []
 
-    worker._fire_transaction_timers = transaction_timers
-    worker.tu.handle_timer = lambda now: fired.append("tu")
+    def proxy_timers(now):
+        fired.append("tu")
+        return []
+
+    # Fault injection: the TU's two timer entry points, the first one failing once.
+    worker.tu.transaction_timers = transaction_timers
+    worker.tu.proxy_timers = proxy_timers
 
     async def main():
         async with trio.open_nursery() as nursery:

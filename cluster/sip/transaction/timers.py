@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 
+TIMER_C = 181.0
+"""Timer C, the one definition (RFC 3261 §16.6 step 11: "MUST be greater
+than 3 minutes"): the INVITE client transaction's and, through the worker's
+TimerConfig, the proxy response context's (§16.8)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TimerConfig:
     """Base values of the transaction timers, in seconds."""
@@ -34,7 +40,7 @@ class TimerConfig:
     d: float = 32.0
     """Timer D on unreliable transports: "at least 32 seconds" (§17.1.1.2),
     long enough to absorb the last retransmission of a non-2xx response."""
-    c: float | None = 180.0
+    c: float | None = TIMER_C
     """Timer C (§16.6 step 11, "greater than 3 minutes") for an INVITE client
     transaction that has provisional responses only; on expiry the TU is told
     (§16.8) and the transaction waits at most 64·T1 more for the final

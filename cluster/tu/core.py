@@ -1,0 +1,600 @@
+"""The transaction user of a worker shard, sans-IO (RFC 3261 §16, §10.3, §22).
+
+It sits on the transaction layer the way aioquic's connection sits under its
+protocol: the worker feeds it inputs — a message parsed from the wire, a
+registrar's response, a failed send, the time — and carries out the list of
+outputs each call returns, in order:
+
+    out = tu.receive(message, source, now)   # a message from an edge
+    out = tu.respond(response, now)          # the registrar's answer
+    out = tu.transport_error(key, now)       # a Send for ``key`` failed
+    out = tu.handle_timer(now)               # at tu.next_deadline()
+
+Outputs are the transaction layer's ``Send`` (its destination's context is an
+``EdgeRoute``) and ``StartRegistration``. The TU checks requests (§16.3),
+asks the application for a decision and carries it out: replies, digest
+challenges (§22), registrations, stateful proxying with forking, CANCEL and
+the application's failure hook (§16.5–§16.10, the response contexts of
+``cluster.proxy.context``), stateless forwarding of ACKs for 2xx and of stray
+responses (§16.11). It reads no clock and does no I/O; ``services`` (location
+and user caches, nonces, dialog tokens) answers from memory.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import Counter
+from typing import Callable
+
+from cluster.app.api import Application, Call, Challenge, Handler, Proxy, Register, Reply, Target
+from cluster.proxy import identity
+from cluster.proxy.context import Cancel, Exhausted, Forward, ResponseContext, Upstream
+from cluster.proxy.routing import (
+    DEFAULT_PORTS, RoutingError, forward_copy, hop_for, loop_detected, next_hop_uri,
+    preprocess_routes, proxy_via, record_route_set, resolve_localhost,
+)
+from cluster.sip import Request, Response, SipURI, TelURI, make_response
+from cluster.sip.transaction.actions import (
+    AckReceived, CancelReceived, RequestReceived, ResponseReceived, Send, StrayResponse,
+    TransactionTerminated, TransactionTimeout, TransportError,
+)
+from cluster.sip.transaction.layer import TransactionLayer
+from cluster.sip.transaction.peer import Peer
+from cluster.sip.transaction.stateless import forward_response_statelessly
+
+from .outputs import NO_LOCAL, EdgeRoute, StartRegistration, route_of
+
+log = logging.getLogger("sipcluster.worker")
+
+# Option tags this proxy understands in Proxy-Require (§16.3 step 5) and, as a
+# registrar, in Require (§8.2.2.3).
+SUPPORTED = frozenset({"path", "outbound"})
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER"
+# The counter name of each action type, built once rather than per action.
+_STAT_NAMES: dict[type, str] = {}
+
+Output = Send | StartRegistration
+
+
+class TUObserver:
+    """Hooks for observability, passed at construction (nothing patches the TU).
+    ``handler`` may wrap the application's handler for one request (a tracing
+    span around the routing decision); the default returns it unchanged."""
+
+    def handler(self, key: str, handler: Handler, call: Call) -> Handler:
+        return handler
+
+
+class TransactionUser:
+    """``application`` decides; ``transactions`` is the worker's transaction
+    layer; ``services`` answers the application's questions from memory;
+    ``shard`` names this worker (our Via's ``wk``), ``salt`` keeps branches
+    of different clusters apart; ``stats`` counts events (the worker's node
+    events); ``resolve`` maps a host name to an address (DNS stays outside)."""
+
+    def __init__(self, application: Application, transactions: TransactionLayer, services, *,
+                 shard: str, salt: str = "", stats: Counter | None = None,
+                 resolve: Callable[[str], str | None] = resolve_localhost,
+                 observer: TUObserver | None = None) -> None:
+        self.application = application
+        self.transactions = transactions
+        self.services = services
+        self.shard = shard
+        self.salt = salt
+        self.stats: Counter = stats if stats is not None else Counter()
+        self.resolve = resolve
+        self.observer = observer
+        self.contexts: dict[tuple, ResponseContext] = {}  # server key -> context
+        self.branches: dict[tuple, tuple[ResponseContext, object]] = {}  # client key -> (ctx, branch)
+        self.calls: dict[int, Call] = {}
+        self.targets: dict[int, dict[int, Target]] = {}  # id(ctx) -> branch index -> target
+        self.record_route: dict[int, bool] = {}
+        self._deadlines: list[tuple[float, int, ResponseContext]] = []
+        self._seq = itertools.count()
+        self._out: list = []
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def receive(self, message: Request | Response, source: Peer, now: float) -> list[Output]:
+        """A message from an edge, parsed and checked (``parse_complete``)."""
+        self._out = out = []
+        route = route_of(source)
+        if route is not None and route.advertise:
+            self.services.learn_advertise(route.advertise)
+        if type(message) is Request:
+            note_source(message, source)
+        self._perform(self.transactions.receive(message, source, now), now)
+        return out
+
+    def respond(self, response: Response, now: float) -> list[Output]:
+        """A response the TU's driver made (the registrar's)."""
+        self._out = out = []
+        self._respond(response, now)
+        return out
+
+    def transport_error(self, key: tuple, now: float) -> list[Output]:
+        """A ``Send`` for transaction ``key`` could not go (§17.1.4, §17.2.4)."""
+        self._out = out = []
+        self._perform(self.transactions.transport_error(key, now), now)
+        return out
+
+    def handle_timer(self, now: float) -> list[Output]:
+        """Both kinds of timer due at ``now``."""
+        out = self.transaction_timers(now)
+        out.extend(self.proxy_timers(now))
+        return out
+
+    def transaction_timers(self, now: float) -> list[Output]:
+        """The transaction layer's timers due at ``now`` (§17 A–K)."""
+        self._out = out = []
+        self._perform(self.transactions.handle_timer(now), now)
+        return out
+
+    def proxy_timers(self, now: float) -> list[Output]:
+        """Per-branch timeouts and Timer C of the response contexts due at ``now`` (§16.8)."""
+        self._out = out = []
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, ctx = heapq.heappop(deadlines)
+            if not ctx.finished:
+                self._run(ctx, ctx.on_deadline(now), now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` must next run (the transaction layer's or a
+        response context's, whichever is first); None when nothing waits."""
+        ours = self._proxy_deadline()
+        layer = self.transactions.next_deadline()
+        if ours is None:
+            return layer
+        return ours if layer is None or ours < layer else layer
+
+    def in_flight(self) -> int:
+        """Proxied requests and transactions still owing a final response."""
+        return len(self.contexts) + self.transactions.pending()
+
+    # -- transaction layer events --------------------------------------------------------
+
+    def _perform(self, actions: list, now: float) -> None:
+        out = self._out
+        stats = self.stats
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                out.append(action)
+            elif kind is RequestReceived:
+                self._on_request(action.key, action.request, action.source, now)
+            elif kind is ResponseReceived:
+                self._on_response(action.key, action.response, now)
+            elif kind is CancelReceived:
+                self._on_cancel(action, now)
+            elif kind is AckReceived:
+                self._forward_ack(action.request, action.source)
+            elif kind is StrayResponse:
+                self._forward_stray(action.response, action.source)
+            elif kind is TransactionTimeout:
+                self._on_client_failure(action.key, now, timer=action.timer)
+            elif kind is TransportError:
+                self._on_client_failure(action.key, now, timer="transport")
+            elif kind is TransactionTerminated:
+                self.branches.pop(action.key, None)
+            name = _STAT_NAMES.get(kind)
+            if name is None:
+                name = _STAT_NAMES[kind] = f"tu_{kind.__name__}"
+            stats[name] += 1
+
+    def _respond(self, response: Response, now: float) -> None:
+        self._perform(self.transactions.send_response(response, now), now)
+
+    def _reply(self, request: Request, status: int, now: float, reason: str | None = None,
+               headers: tuple = (), body: bytes = b"") -> None:
+        self._respond(make_response(request, status, reason, headers=headers, body=body), now)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _on_request(self, key: tuple, request: Request, source: Peer, now: float) -> None:
+        status, headers, routed = self.check(request)
+        if status:
+            self._reply(request, status, now, headers=headers)
+            return
+        services = self.services
+        if not services.is_trusted(source.host):
+            identity.strip_untrusted(request)  # RFC 3325 §5: an unproved claim
+        handler_name, handler = self.application.handler_for(request.method)
+        if handler is None:
+            self._reply(request, 501, now, headers=(("Allow", ALLOW),))
+            return
+        call = Call(request, source, services, self.shard, handler_name, routed)
+        if self.observer is not None:
+            handler = self.observer.handler(handler_name, handler, call)
+        self._execute(key, call, handler(call), now)
+
+    def check(self, request: Request) -> tuple[int, tuple, tuple]:
+        """§16.3 request validation (and the registrar's §8.2.2 checks): the
+        status to answer (0: none) with its headers, and our own Route
+        entries removed (``preprocess_routes``)."""
+        uri = request.uri
+        if not isinstance(uri, (SipURI, TelURI)):
+            return 416, (), ()  # RFC 4475 unkscm / novelsc
+        unknown = [tag for tag in request.proxy_require if tag.lower() not in SUPPORTED]
+        if request.method == "REGISTER":
+            unknown += [tag for tag in request.require if tag.lower() not in SUPPORTED]
+        if unknown:
+            return 420, (("Unsupported", ", ".join(unknown)),), ()  # RFC 4475 bext01
+        local = self.services.local
+        routed = preprocess_routes(request, local)
+        mf = request.max_forwards
+        if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and local.is_us(request.uri)):
+            return 483, (), routed  # §16.3 step 3 (RFC 4475 zeromf)
+        if request.method != "REGISTER" and _may_have_looped(request, local) \
+                and loop_detected(request, local):
+            log.info("request looped back to the cluster (482)",
+                     extra={"method": request.method, "routes_removed": len(routed)})
+            return 482, (), routed
+        return 0, (), routed
+
+    def _execute(self, key: tuple, call: Call, decision, now: float) -> None:
+        request = call.request
+        if decision is None:
+            return
+        if isinstance(decision, Reply):
+            self._reply(request, decision.status, now, decision.reason, decision.headers, decision.body)
+        elif isinstance(decision, Challenge):
+            self._respond(self.services.challenge(request, decision, call.source.host), now)
+        elif isinstance(decision, Register):
+            self._out.append(StartRegistration(request, call.source))
+        elif isinstance(decision, Proxy):
+            self._proxy(key, call, decision, now)
+        else:
+            raise TypeError(f"unknown decision {decision!r}")
+
+    # -- proxying (§16) ----------------------------------------------------------------------
+
+    def _proxy(self, key: tuple, call: Call, decision: Proxy, now: float) -> None:
+        ctx = self.contexts.get(key)
+        if ctx is None:
+            ctx = ResponseContext(key, call.request, timer_c=self.transactions.config.c)
+            self.contexts[key] = ctx
+            self.calls[id(ctx)] = call
+            self.targets[id(ctx)] = {}
+            self.record_route[id(ctx)] = decision.record_route
+        outputs = ctx.add_targets([t.uri for t in decision.targets], parallel=decision.parallel,
+                                  timeout=decision.timeout, now=now)
+        targets = self.targets[id(ctx)]
+        pending = list(decision.targets)
+        for output in outputs:
+            if isinstance(output, Forward):
+                targets[output.branch.index] = pending.pop(0) if pending else Target(output.branch.target)
+        for t, branch in zip(decision.targets, ctx.branches[-len(decision.targets):]):
+            targets.setdefault(branch.index, t)
+        self._run(ctx, outputs, now)
+
+    def _run(self, ctx: ResponseContext, outputs: list, now: float) -> None:
+        for output in outputs:
+            if isinstance(output, Forward):
+                self._forward_branch(ctx, output.branch, now)
+            elif isinstance(output, Upstream):
+                call = self.calls.get(id(ctx))
+                hook = self.application.on_response
+                if hook is not None and call is not None:
+                    try:
+                        hook(call, output.response)
+                    except Exception:  # noqa: BLE001 - an app bug must not stop the call
+                        log.exception("response hook failed")
+                self._respond(output.response, now)
+            elif isinstance(output, Cancel):
+                self._cancel_branch(output.branch, now)
+            elif isinstance(output, Exhausted):
+                self._on_exhausted(ctx, output.best, now)
+        deadline = ctx.next_deadline()
+        if deadline is not None and not ctx.finished:
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), ctx))
+        if ctx.finished:
+            self.contexts.pop(ctx.server_key, None)
+            for table in (self.calls, self.targets, self.record_route):
+                table.pop(id(ctx), None)
+
+    def _forward_branch(self, ctx: ResponseContext, branch, now: float) -> None:
+        call = self.calls[id(ctx)]
+        target: Target = self.targets[id(ctx)].get(branch.index) or Target(branch.target)
+        came = route_of(call.source)
+        advertise = self._advertise(came)
+        salt = f"{self.salt}{branch.index}"
+        try:
+            transport, peer_host, peer_port = self._hop(ctx.request, target, branch.target, advertise, salt)
+        except RoutingError as error:
+            # No way to the target (unresolvable host, unusable URI): the
+            # branch fails with the error's status (§16.7 step 6).
+            branch.request = ctx.request
+            self._run(ctx, ctx.on_failure(branch, error.status, now), now)
+            return
+        via = proxy_via(ctx.request, transport, advertise, salt, shard=self.shard)
+        rr = record_route_set(advertise, call.source.transport, transport,
+                              self._dialog_token(call, peer_host)) \
+            if self.record_route[id(ctx)] else None
+        request = forward_copy(ctx.request, branch.target, via=via, record_route=rr, path=target.path)
+        identity.for_next_hop(request, self.services.is_trusted(peer_host))
+        branch.request = request
+        peer = Peer(transport, peer_host, peer_port,
+                    EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL, advertise))
+        try:
+            client_key, actions = self.transactions.send_request(request, peer, now)
+        except ValueError:
+            # The same branch again: a retransmission reaching a new owner is
+            # forwarded statelessly with the branch the old owner used (§16.11).
+            self._out.append(Send(request, peer))
+            return
+        branch.key = client_key
+        if client_key is not None:
+            self.branches[client_key] = (ctx, branch)
+        self._perform(actions, now)
+
+    def _dialog_token(self, call: Call, hop_host: str) -> str | None:
+        """The dialog token for our Record-Route (``DialogTokens``): open
+        for a dialog set up by a trusted source or an identified sender,
+        else scoped to the host the request goes to."""
+        request = call.request
+        tag = request.from_.tag
+        if not tag:
+            return None
+        tokens = self.services.tokens
+        open_ = call.identity is not None or call.from_trusted
+        return tokens.make(request.call_id, tag, "" if open_ else tokens.scope_for(hop_host))
+
+    def _cancel_branch(self, branch, now: float) -> None:
+        """§9.1: CANCEL mirrors the request's Request-URI, Call-ID, To, From,
+        CSeq number and top Via (same branch) and its Route set."""
+        original: Request = branch.request
+        cancel = Request("CANCEL", original.uri, [
+            ("Via", str(original.via)),
+            ("Max-Forwards", "70"),
+            ("From", original.get("from")),
+            ("To", original.get("to")),
+            ("Call-ID", original.call_id),
+            ("CSeq", f"{original.cseq.seq} CANCEL"),
+        ])
+        for route in original.get_all("route"):
+            cancel.add("Route", route)
+        peer = self.transactions.peer_of(branch.key) if branch.key is not None else None
+        if peer is None:
+            return
+        try:
+            _, actions = self.transactions.send_request(cancel, peer, now)
+        except ValueError:
+            return
+        self._perform(actions, now)
+
+    def _on_response(self, key: tuple, response: Response, now: float) -> None:
+        entry = self.branches.get(key)
+        if entry is None:
+            return  # a response to our CANCEL, or to a context that is gone
+        ctx, branch = entry
+        self._run(ctx, ctx.on_response(branch, response, now), now)
+
+    def _on_client_failure(self, key: tuple, now: float, *, timer: str) -> None:
+        entry = self.branches.get(key)
+        if entry is None:
+            return
+        ctx, branch = entry
+        if timer == "C":
+            self._run(ctx, ctx.on_deadline(float("inf")), now)
+        else:
+            self._run(ctx, ctx.on_timeout(branch, now), now)
+
+    def _on_exhausted(self, ctx: ResponseContext, best: Response, now: float) -> None:
+        hook = self.application.on_failure
+        call = self.calls.get(id(ctx))
+        decision = None
+        if hook is not None and call is not None and not ctx.cancelled:
+            try:
+                decision = hook(call, best)
+            except Exception:  # noqa: BLE001 - an app bug costs the hook, not the call
+                log.exception("failure hook failed")
+        if isinstance(decision, Proxy) and decision.targets:
+            self._proxy(ctx.server_key, call, decision, now)  # type: ignore[arg-type]
+            return
+        if isinstance(decision, Reply):
+            ctx.final_sent = True
+            self._reply(ctx.request, decision.status, now, decision.reason, decision.headers, decision.body)
+            return
+        self._run(ctx, ctx.finish(), now)
+
+    def _on_cancel(self, action: CancelReceived, now: float) -> None:
+        # §9.2 / §16.10: answer the CANCEL, then cancel the pending branches;
+        # the callee's 487 comes back as the best response.
+        if action.key is None:
+            if not self._cancel_without_context(action.request, action.source, now):
+                self._respond(make_response(action.request, 481), now)
+            return
+        self._respond(make_response(action.request, 200), now)
+        ctx = self.contexts.get(action.key)
+        if ctx is not None:
+            self._run(ctx, ctx.cancel(), now)
+            if not any(b.pending for b in ctx.branches) and not ctx.final_sent:
+                ctx.final_sent = True
+                self._respond(make_response(ctx.request, 487), now)
+        elif self.transactions.state(action.key) == "Proceeding":
+            request = self.transactions.request_of(action.key)
+            if request is not None:
+                self._respond(make_response(request, 487), now)
+
+    def _hop(self, request: Request, target: Target, uri, advertise: str,
+             salt: str) -> tuple[str, str, int]:
+        """Transport, host and port of the next hop towards ``target``
+        (§16.6 steps 6-7, RFC 3327 Path, RFC 5626 flows); RoutingError when
+        there is no way there."""
+        if target.edge and target.received and not target.path:
+            transport = (target.transport or "UDP").upper()
+            peer_host, peer_port = target.received
+            if transport != "UDP":
+                # The edge writes on the registration's connection while
+                # it is open; once it is closed the edge connects to this
+                # address instead, which must be the Contact (a UA on TCP
+                # listens there, RFC 3261 §18.2.2), not the closed
+                # connection's ephemeral source port.
+                peer_host, peer_port = _contact_address(
+                    target, transport, self.resolve) or (peer_host, peer_port)
+            return transport, peer_host, peer_port
+        if target.path:
+            # RFC 3327 §5.3: the Path goes first in the route set; the
+            # request as it will leave says where that is.
+            probe = forward_copy(request, uri, via=proxy_via(request, "UDP", advertise, salt),
+                                 record_route=None, path=target.path)
+            next_hop = next_hop_uri(probe)
+        else:
+            # Without building the request: the top Route, else the target.
+            routes = request.routes
+            next_hop = routes[0].uri if routes else (uri if uri is not None else request.uri)
+        hop = hop_for(next_hop, resolve=self.resolve)
+        return hop.transport, hop.host, hop.port
+
+    def _cancel_without_context(self, cancel: Request, source: Peer, now: float) -> bool:
+        """§16.10: a CANCEL with no response context here — its INVITE was
+        handled by a shard that has since failed (the ring moved the call to
+        us), or never reached us. The RFC has such a CANCEL forwarded on,
+        not answered 481, so the callee stops ringing. It goes where routing
+        sends the INVITE's branches, each with the branch it had: both derive
+        from the same incoming transaction key and branch index (§16.11), so
+        the next hop matches it to the INVITE (§9.2) whichever shard forwarded
+        that. Every target gets one: the branches of a parallel fork all ring,
+        and for a sequential one we cannot know which is live (a hop that
+        never saw the INVITE answers 481, which ends there). As for any
+        CANCEL (§16.10) it is answered 200 here and each copy is sent in a
+        client transaction of its own (retransmitted over UDP; its response
+        ends there). False when routing offers no target."""
+        if self.check(cancel)[0]:
+            return False
+        handler_name, handler = self.application.handler_for(cancel.method)
+        if handler is None:
+            return False
+        call = Call(cancel, source, self.services, self.shard, handler_name)
+        decision = handler(call)
+        if not isinstance(decision, Proxy) or not decision.targets:
+            return False
+        came = route_of(source)
+        advertise = self._advertise(came)
+        copies = []
+        for index, target in enumerate(decision.targets):
+            salt = f"{self.salt}{index}"
+            try:
+                transport, host, port = self._hop(cancel, target, target.uri, advertise, salt)
+            except RoutingError:
+                continue  # an unroutable target: the INVITE never went there either
+            via = proxy_via(cancel, transport, advertise, salt, shard=self.shard)
+            out = forward_copy(cancel, target.uri, via=via, record_route=None, path=target.path)
+            route = EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL, advertise)
+            copies.append((out, Peer(transport, host, port, route)))
+        if not copies:
+            return False
+        self._respond(make_response(cancel, 200), now)
+        for out, peer in copies:
+            self.stats["cancel_without_context_forwarded"] += 1
+            try:
+                _, actions = self.transactions.send_request(out, peer, now)
+            except ValueError:
+                continue  # already forwarding this very CANCEL
+            self._perform(actions, now)
+        return True
+
+    # -- stateless paths -----------------------------------------------------------------------
+
+    def _forward_ack(self, request: Request, source: Peer) -> None:
+        """ACK for a 2xx (and other requests the TU forwards without a
+        transaction): loose-route it onwards (§16.11, §12.2.1.1)."""
+        services = self.services
+        local = services.local
+        routed = preprocess_routes(request, local)
+        if local.is_us(request.uri) and not request.routes:
+            return  # an ACK for a response we generated ourselves
+        if not services.is_trusted(source.host) and not services.tokens.authorises(
+                request, routed, source.host):
+            # An ACK cannot be refused with a response: one from outside
+            # that is not in a dialog we set up goes nowhere (no relay).
+            services.note("dialog_refused", request, source.host, "ACK outside a dialog of ours")
+            return
+        came = route_of(source)
+        advertise = self._advertise(came)
+        try:
+            hop = hop_for(next_hop_uri(request), resolve=self.resolve)
+        except RoutingError:
+            self.stats["ack_unroutable"] += 1
+            return
+        via = proxy_via(request, hop.transport, advertise, self.salt + "ack")
+        out = forward_copy(request, None, via=via, record_route=None, in_place=True)
+        route = EdgeRoute(came.edge if came else None, None, NO_LOCAL, advertise)
+        self._out.append(Send(out, Peer(hop.transport, hop.host, hop.port, route)))
+
+    def _forward_stray(self, response: Response, source: Peer) -> None:
+        """§16.11: a response with no transaction (the owner changed or the
+        shard restarted) goes on by its Via stack."""
+        if not self.services.local.is_us_via(response.via):
+            self.stats["stray_not_ours"] += 1
+            return
+        result = forward_response_statelessly(response)
+        if result is None:
+            return
+        forwarded, peer = result
+        came = route_of(source)
+        route = EdgeRoute(came.edge if came else None, None, NO_LOCAL, None)
+        self._out.append(Send(forwarded, Peer(peer.transport, peer.host, peer.port, route)))
+
+    def _advertise(self, came: EdgeRoute | None) -> str:
+        """The address for our Via and Record-Route: the one the request's
+        edge advertises, else the first one we know."""
+        if came is not None and came.advertise:
+            return came.advertise
+        for host, port in sorted(self.services.local.addresses):
+            return f"{host}:{port}" if port else host
+        return "127.0.0.1:5060"
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def _proxy_deadline(self) -> float | None:
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, _, ctx = deadlines[0]
+            current = ctx.next_deadline()
+            if ctx.finished or current is None or current > deadline:
+                heapq.heappop(deadlines)
+                if current is not None and not ctx.finished:
+                    heapq.heappush(deadlines, (current, next(self._seq), ctx))
+                continue
+            return deadline
+        return None
+
+
+def _may_have_looped(request: Request, local) -> bool:
+    """Cheap pre-check for §16.3 step 4: only a request carrying a Via with
+    one of our addresses can have looped through us."""
+    vias = request.get_all("via")
+    if len(vias) < 2:
+        return False
+    ours = local.sent_by_texts
+    return any(text in via for via in vias for text in ours)
+
+
+def note_source(request: Request, source: Peer) -> None:
+    """RFC 3261 §18.2.1: add ``received`` when the top Via's host is not the
+    packet's source address; RFC 3581 §4: fill ``rport`` when asked. Responses
+    then follow the real path back, also when another shard forwards them
+    statelessly after a failover."""
+    via = request.via
+    host = via.host[1:-1] if via.host.startswith("[") else via.host
+    updated = via
+    if host != source.host:
+        updated = updated.with_param("received", source.host)
+    if via.has_rport and via.rport is None:
+        updated = updated.with_param("rport", str(source.port))
+    if updated is not via:
+        request.set_top_via(updated)
+
+
+def _contact_address(target: Target, transport: str, resolve) -> tuple[str, int] | None:
+    """Host and port of a registered Contact, reached over ``transport``."""
+    try:
+        hop = hop_for(target.uri, default_transport=transport, resolve=resolve)
+    except RoutingError:
+        return None
+    return hop.host, target.uri.port or DEFAULT_PORTS.get(transport, 5060)  # type: ignore[union-attr]

@@ -1,0 +1,45 @@
+"""What the transaction user hands its driver, besides the transaction
+layer's ``Send`` actions: typed values, no I/O.
+
+A ``Send`` from the TU names its destination as a ``Peer`` whose context is
+an ``EdgeRoute``: the edge (and connection) through which the worker reaches
+that peer. The worker, not the TU, knows which edges are linked right now, so
+a route naming no edge, or one that left, goes through any linked edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cluster.sip import Request
+from cluster.sip.transaction.peer import Peer
+
+NO_LOCAL: tuple[str, int] = ("", 0)
+"""The local address of a route the TU made: the edge picks its socket."""
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRoute:
+    """How to reach a peer again (the ``Peer.context`` of every peer the
+    worker sees): through which edge, connection and local socket, and the
+    address that edge advertises (our Via and Record-Route, §16.6)."""
+
+    edge: str | None
+    conn: int | None
+    local: tuple[str, int]
+    advertise: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StartRegistration:
+    """Process the REGISTER in the registrar (§10.3, an etcd transaction) and
+    give its response to ``TransactionUser.respond``."""
+
+    request: Request
+    source: Peer
+
+
+def route_of(peer: Peer) -> EdgeRoute | None:
+    """The edge route a peer was seen through, None for a peer built elsewhere."""
+    context = peer.context
+    return context if type(context) is EdgeRoute else None
