@@ -311,6 +311,13 @@ def test_failure_hook_targets_start_new_branches():
 # -- Timer C and per-branch timeouts (§16.8) ---------------------------------------
 
 
+def test_timer_c_is_one_value_for_the_proxy_and_the_invite_client_transaction():
+    from cluster.sip.transaction.timers import TimerConfig
+
+    ctx, _ = start("a")
+    assert ctx.timer_c == TimerConfig().c == TIMER_C > 180  # §16.6 step 11
+
+
 def test_timer_c_is_armed_and_reset_by_provisionals():
     ctx, worker = start("a", now=10.0)
     assert ctx.next_deadline() == 10.0 + TIMER_C
