@@ -448,10 +448,11 @@ class Message:
 
     def pop_via(self) -> Via:
         """Remove the topmost Via value (which may share a field with others)."""
+        parsed = self._cache.get("via")  # the whole stack, when it was read
         for i, h in enumerate(self.headers):
             if h.key == "via":
                 values = split_commas(h.value)
-                top = parse_via(values[0])
+                top = parsed[0] if parsed else parse_via(values[0])  # type: ignore[index]
                 raw = self._raw
                 if len(values) == 1:
                     del self.headers[i]
@@ -461,6 +462,8 @@ class Message:
                     self.headers[i] = Header("via", h.name, ", ".join(values[1:]))
                     spliced = None
                 self._touch("via")
+                if parsed and len(parsed) > 1:  # type: ignore[arg-type]
+                    self._cache["via"] = parsed[1:]  # type: ignore[index]
                 if spliced is not None:
                     # §16.7 step 3 on the bytes as received: a relayed
                     # response is the received one minus a line, so it

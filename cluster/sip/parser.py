@@ -68,20 +68,31 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
 
 
 def parse_complete(data: bytes, *, datagram: bool = True) -> Request | Response:
-    """``parse_message`` plus every field a worker's later layers read (the
-    whole Via stack, Expires, Path, Contact, Authorization and
-    Proxy-Authorization): a message it returns raises no ParseError anywhere
-    above the parse, so a broken field is answered 400 with its reason where
-    the message enters (§8.2.6, §21.4.1), not met halfway through routing."""
+    """``parse_message`` plus every field the worker's own later layers read:
+    the Via stack below the top (a proxy forwards by it, §16.7 step 3,
+    §16.11) and a request's Expires and Path (the registrar, §10.3, RFC 3327)
+    and Authorization and Proxy-Authorization (digest, §22). A message it
+    returns raises no ParseError above the parse, so a broken field is
+    answered 400 with its reason where the message enters (§8.2.6, §21.4.1),
+    not met halfway through routing. Absent fields cost a dict lookup."""
     message = parse_message(data, datagram=datagram)
-    message.vias  # a proxy pops ours and forwards the rest (§16.7 step 3, §16.11)
+    groups = message._index
+    vias = groups["via"]  # type: ignore[index]
+    if len(vias) > 1 or "," in vias[0]:
+        message.vias  # the top one was checked by parse_message
     if type(message) is Request:
-        message.expires  # the registrar (§10.3)
-        message.paths  # the registrar (RFC 3327)
-        message.contacts  # the application and the registrar
-        message.authorizations  # digest (§22)
-        message.proxy_authorizations
+        for key, read in _READ_LATER:
+            if key in groups:  # type: ignore[operator]
+                read(message)
     return message
+
+
+_READ_LATER: tuple = (
+    ("expires", lambda m: m.expires),
+    ("path", lambda m: m.paths),
+    ("authorization", lambda m: m.authorizations),
+    ("proxy-authorization", lambda m: m.proxy_authorizations),
+)
 
 
 # Methods seen on nearly every message skip the token check (RFC 3261 §25.1

@@ -17,7 +17,6 @@ BROKEN = {
     "Authorization": "Authorization: \r\n",
     "Expires": "Expires: soon\r\n",
     "Path": "Path: no-brackets@example.com\r\n",
-    "Contact": "Contact: <sip:alice@example.com\r\n",
 }
 
 
