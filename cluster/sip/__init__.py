@@ -15,12 +15,12 @@ from .fields import CSeq, RetryAfter
 from .framing import KEEPALIVE, PONG, StreamFramer
 from .message import Header, Message, Request, Response
 from .parser import parse_complete, parse_message
-from .responses import make_response, reason_phrase, reject_malformed
+from .responses import answer_internal_error, make_response, reason_phrase, reject_malformed
 from .uri import AbsoluteURI, SipURI, TelURI, URI, parse_uri
 from .via import Via, parse_via
 
 __all__ = [
-    "AbsoluteURI", "AuthField", "CSeq", "Header", "KEEPALIVE", "Message", "NameAddress",
+    "AbsoluteURI", "AuthField", "answer_internal_error", "CSeq", "Header", "KEEPALIVE", "Message", "NameAddress",
     "PONG", "ParseError", "Request", "Response", "RetryAfter", "SipURI", "StreamFramer",
     "TelURI", "URI", "Via", "extract_call_id", "make_response", "parse_auth",
     "parse_complete", "parse_message", "parse_name_addr", "parse_uri", "parse_via", "reason_phrase",

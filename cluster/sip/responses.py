@@ -174,3 +174,17 @@ def reject_malformed(
     out.extend(f"{name}: {value}" for name, value in headers)
     out.append("Content-Length: 0")
     return ("\r\n".join(out) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+def answer_internal_error(message: Request | Response, *, server: str | None = None) -> bytes | None:
+    """The 500 for a request whose handling met a bug (§21.5.1), so the
+    caller is answered instead of retransmitting into the same bug until its
+    Timer B/F fires; None for a response or an ACK (never answered, §17.2.1)
+    or when no answer can be built."""
+    if type(message) is not Request or message.method == "ACK":
+        return None
+    try:
+        headers = (("Server", server),) if server else ()
+        return make_response(message, 500, headers=headers).to_bytes()
+    except Exception:  # noqa: BLE001 - the request that met one bug may hold another
+        return None

@@ -41,7 +41,9 @@ from cluster.observability.node_metrics import KNOWN_METHODS
 from cluster.observability.sip_logging import SipLogSelection
 from cluster.observability.transactions import ObservedTransactionLayer
 from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
-from cluster.sip import Message, ParseError, Request, make_response, parse_complete, reject_malformed
+from cluster.sip import (
+    Message, ParseError, Request, answer_internal_error, parse_complete, reject_malformed,
+)
 from cluster.sip.transaction.actions import Send
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
@@ -429,13 +431,8 @@ class WorkerNode:
             self._execute(self.tu.receive(message, source, now), now)
         except Exception:  # the worker must survive any bug in a handler
             self._bug("request processing failed", message.call_id)
-            if isinstance(message, Request) and message.method != "ACK":
-                # The caller gets an answer instead of retransmitting into the
-                # same bug until its Timer B/F fires (§21.5.1).
-                try:
-                    answer = make_response(message, 500, headers=(("Server", SERVER),)).to_bytes()
-                except Exception:
-                    return
+            answer = answer_internal_error(message, server=SERVER)
+            if answer is not None:
                 self.send_raw(env.edge, env.transport, env.peer, env.local, env.conn, answer)
 
     def _execute(self, outputs: list, now: float) -> None:

@@ -17,12 +17,13 @@ CALLER = Peer("UDP", "198.51.100.7", 5060, EDGE)
 WALL = 1_700_000_000.0
 
 
-def make_tu(app: Application, *, shard: str = "w1", timers: TimerConfig | None = None) -> TransactionUser:
+def make_tu(app: Application, *, shard: str = "w1", timers: TimerConfig | None = None,
+            observer=None) -> TransactionUser:
     services = Services(domains=["example.com"], trusted=["127.0.0.0/8"], nonce_secret=b"k" * 32,
                         nonce_ttl=300, locations=None, users=None, clock=lambda: WALL)
     services.learn_advertise(US)
     return TransactionUser(app, TransactionLayer(timers or TimerConfig()), services, shard=shard,
-                           salt="test/")
+                           salt="test/", observer=observer)
 
 
 def request(method: str = "INVITE", *, uri: str = "sip:bob@example.com", branch: str = "z9hG4bK-caller-1",

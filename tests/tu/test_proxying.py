@@ -8,7 +8,7 @@ from cluster.app.api import Application
 from cluster.sip import Response
 from cluster.sip.transaction.actions import Send
 from cluster.sip.transaction.timers import TIMER_C, TimerConfig
-from cluster.tu import EdgeRoute, StartRegistration
+from cluster.tu import EdgeRoute, StartRegistration, TUObserver
 
 from .support import (
     CALLER, EDGE, US, answer, destinations, forwarding, make_tu, request, requests, sent, statuses,
@@ -202,3 +202,19 @@ def test_received_and_rport_are_noted_on_the_callers_via():
     assert caller_via.rport == 5060, "RFC 3581 §4: rport filled in"
     out = answer(tu, invite, 200, 1.0)
     assert isinstance(sent(out)[0], Response)
+
+
+def test_an_observer_given_at_construction_sees_each_routing_decision():
+    seen = []
+
+    class Recording(TUObserver):
+        def handler(self, key, handler, call):
+            def observed(c):
+                decision = handler(c)
+                seen.append((key, c.request.method, type(decision).__name__))
+                return decision
+            return observed
+
+    tu = make_tu(forwarding(BOB), observer=Recording())
+    assert requests(tu.receive(request(), CALLER, 0.0), "INVITE"), "the wrapped handler still decides"
+    assert seen == [("INVITE", "INVITE", "Proxy")]
