@@ -1,10 +1,14 @@
-"""The worker shard: parses, runs transactions, hands requests to the application.
+"""The worker shard's runtime: the I/O adapter of its transaction user.
 
-One trio process per core (DESIGN §5). Inbound envelopes are parsed once; a
-request that fails to parse is answered 400 with the reason (RFC 3261
-§8.2.6, via ``reject_malformed``) through the edge it came from; a broken
-response is dropped and counted. Transaction timers are driven by one task
-that sleeps until the layer's next deadline.
+One trio process per core (DESIGN §5). The SIP decisions live in the sans-IO
+``cluster.tu.TransactionUser``; this module feeds it and carries out what it
+returns. Inbound envelopes are parsed once, at the one parse-error boundary
+(``parse_complete``): a request that fails is answered 400 with the reason
+(RFC 3261 §8.2.6, via ``reject_malformed``) through the edge it came from; a
+broken response is dropped and counted. The TU's outputs are sends (through
+the edge its ``EdgeRoute`` names, or any linked edge for a route the TU made
+whose edge is gone) and registrations (an etcd task, whose response goes back
+to the TU). One task sleeps until the TU's next deadline.
 
 Observability (DESIGN §9) on the message path is plain counting (requests
 and responses by method and code, link and processing latency, the
