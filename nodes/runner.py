@@ -24,26 +24,24 @@ from .http import StatusServer
 log = logging.getLogger("sipcluster.node")
 
 
-def make_node(role: str, config: Config):
+def make_node(role: str, config: Config, *, tracing=None, collector: Collector | None = None):
+    """The node for ``role``, with tracing (None: off) and its garbage collector policy."""
     if role == "edge":
         from .edge.node import EdgeNode
-        return EdgeNode(config)
+        return EdgeNode(config, tracing=tracing, collector=collector)
     if role == "worker":
         from .worker.node import WorkerNode
-        return WorkerNode(config)
+        return WorkerNode(config, tracing=tracing, collector=collector)
     raise ValueError(f"unknown role {role!r}")
 
 
-def observe(role: str, node):
-    """Tracing (from the environment) and metrics for ``node``; returns the metrics endpoint."""
-    from cluster.observability.node_metrics import edge_metrics, worker_metrics
-    from cluster.observability.tracing import Tracing
-
-    tracing = Tracing.from_environment(role, node.node_id)
-    if tracing is not None:
-        node.set_tracing(tracing)
-        log.info("tracing on", extra={"sampling_bound": tracing.bound / float(1 << 64)})
-    return edge_metrics(node) if role == "edge" else worker_metrics(node)
+def node_metrics(role: str, node):
+    """The metrics endpoint of ``node``."""
+    if role == "edge":
+        from .edge.metrics import edge_metrics
+        return edge_metrics(node)
+    from .worker.metrics import worker_metrics
+    return worker_metrics(node)
 
 
 async def run_node(role: str, config: Config) -> int:
@@ -57,17 +55,20 @@ async def run_node(role: str, config: Config) -> int:
         log.error("etcd rejects this node's credentials (cluster.etcd_user, cluster.etcd_password): %s",
                   rejected)
         return 2
-    node = make_node(role, config)
-    node.collector = Collector()
-    metrics = observe(role, node)
+    from cluster.observability.tracing import Tracing
+    tracing = Tracing.from_environment(role, config.cluster.node_id)
+    if tracing is not None:
+        log.info("tracing on", extra={"sampling_bound": tracing.bound / float(1 << 64)})
+    collector = Collector()
+    node = make_node(role, config, tracing=tracing, collector=collector)
+    metrics = node_metrics(role, node)
     try:
         return await _serve(role, config, node, metrics)
     finally:
-        node.collector.uninstall()
-        if node.tracing is not None:
+        collector.uninstall()
+        if tracing is not None:
             # Off the loop: the exporter may wait for its endpoint.
-            await trio.to_thread.run_sync(node.tracing.shutdown)
-        metrics.shutdown()
+            await trio.to_thread.run_sync(tracing.shutdown)
 
 
 async def _serve(role: str, config: Config, node, metrics) -> int:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import CoordinationError, EtcdAuthError, EtcdCredentialsRejected
+from .observer import EtcdObserver, observed
 
 if TYPE_CHECKING:
     from cluster.config import ClusterConfig
@@ -274,10 +275,13 @@ class EtcdConnection:
     error boundary: it calls ``fn`` (which takes the client from
     ``client()``) and turns any etcd3/gRPC error into ``CoordinationError``;
     an UNAUTHENTICATED answer (expired token) is retried once on a client
-    built again. Thread-safe.
+    built again. Each ``run`` is reported to ``observer`` as it ends, with the
+    error it raised (``EtcdObserver``). Thread-safe.
     """
 
-    def __init__(self, source: EtcdAccess | Callable[[], Any]) -> None:
+    def __init__(self, source: EtcdAccess | Callable[[], Any], *,
+                 observer: EtcdObserver | None = None) -> None:
+        self._observer = observer
         self.access = source if isinstance(source, EtcdAccess) else None
         self._build = source.connect if isinstance(source, EtcdAccess) else source
         self._client: Any = None
@@ -317,6 +321,11 @@ class EtcdConnection:
 
     def run(self, op: str, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` with errors translated, once more after an expired token."""
+        if self._observer is None:
+            return self._run(op, fn, *args)
+        return observed(self._observer, op, self._run, op, fn, *args)
+
+    def _run(self, op: str, fn: Callable[..., T], *args: Any) -> T:
         for attempt in (1, 2):
             try:
                 return fn(*args)

@@ -40,6 +40,7 @@ from cluster.sharding import Delete, Put
 
 from .connection import DEFAULT_TIMEOUT, ENDPOINT_RETRY, EtcdAccess, EtcdConnection
 from .errors import CoordinationError, WatchCompacted
+from .observer import EtcdObserver
 
 if TYPE_CHECKING:
     from cluster.config import ClusterConfig
@@ -123,7 +124,7 @@ class EtcdStore:
     def __init__(self, endpoints: EtcdAccess | str | Sequence[str], *, ca_cert: str | None = None,
                  cert_key: str | None = None, cert_cert: str | None = None,
                  user: str | None = None, password: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, observer: EtcdObserver | None = None) -> None:
         if isinstance(endpoints, EtcdAccess):
             access = endpoints
         else:
@@ -131,15 +132,17 @@ class EtcdStore:
                                 password=password, timeout=timeout)
         self.access = access
         self.timeout = access.timeout
-        self._connection = EtcdConnection(access)
+        self._connection = EtcdConnection(access, observer=observer)
         # Watch receives block until etcd has news; they get their own
         # limiter so they never starve trio's default thread pool.
         self._waits = trio.CapacityLimiter(math.inf)
 
     @classmethod
-    def from_config(cls, cluster: ClusterConfig, *, timeout: float = DEFAULT_TIMEOUT) -> EtcdStore:
-        """A store for ``config.cluster`` (endpoints, TLS files, auth)."""
-        return cls(EtcdAccess.from_config(cluster, timeout=timeout))
+    def from_config(cls, cluster: ClusterConfig, *, timeout: float = DEFAULT_TIMEOUT,
+                    observer: EtcdObserver | None = None) -> EtcdStore:
+        """A store for ``config.cluster`` (endpoints, TLS files, auth) that
+        reports its operations to ``observer``."""
+        return cls(EtcdAccess.from_config(cluster, timeout=timeout), observer=observer)
 
     def __repr__(self) -> str:
         return f"<EtcdStore {self.access.describe()}>"

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from cluster.config import Config
 
     from .etcd import EtcdStore, WatchStream
+    from .observer import EtcdObserver
 
 __all__ = ["DEFAULT_TTL", "EtcdMembership", "RESYNC_INTERVAL", "RETRY_CAP"]
 
@@ -129,12 +130,14 @@ class EtcdMembership:
         self._stream: WatchStream | None = None
 
     @classmethod
-    def from_config(cls, config: Config, member: Member | None) -> EtcdMembership:
-        """The service for a node's configuration; it owns (and closes) its store."""
+    def from_config(cls, config: Config, member: Member | None, *,
+                    observer: EtcdObserver | None = None) -> EtcdMembership:
+        """The service for a node's configuration; it owns (and closes) its
+        store, which reports its operations to ``observer``."""
         from .etcd import EtcdStore
 
         cluster = config.cluster
-        return cls(EtcdStore.from_config(cluster), cluster.prefix, member,
+        return cls(EtcdStore.from_config(cluster, observer=observer), cluster.prefix, member,
                    ttl=cluster.lease_ttl, owns_store=True)
 
     # -- what the node reads -------------------------------------------------------

@@ -1,35 +1,44 @@
-"""etcd operation latency, errors and spans, measured at each client's one error boundary.
+"""etcd operation latency, errors and spans: observers and wrappers the node passes in.
 
-Both etcd adapters funnel every call through one method: ``EtcdStore._translated``
-(membership, user feed) and ``EtcdKV._call`` (registrar store, location
-cache). The node wraps that method on its own instances at start-up, so the
-adapters carry no metrics code and every operation is measured, including
-those that fail. Watch receives wait for news by design: they count as
-operations for errors, never for latency.
+Every etcd client runs its operations through one error boundary, its
+``EtcdConnection``, which reports each to the ``EtcdObserver`` it was built
+with (``cluster.coordination.observer``): ``EtcdStore`` (membership, user
+feed) and ``EtcdKV`` (registrar store, location cache) take one at
+construction. ``EtcdMetrics.client(name)`` is that observer for one client,
+so every operation is measured, including those that fail, and those etcd
+refused for who the node is (``EtcdAuthError``) are counted apart. Watch
+receives wait for news by design: they count as operations for errors,
+never for latency.
 
-For spans, the registrar's reads and writes are wrapped where the call's
-task awaits them (``EtcdLocationStore.read/apply``): the store batches many
-calls into one etcd transaction on its own task, so the span a call sees is
-its wait for that batch, which is what its latency is made of.
+For spans, the registrar's reads and writes are traced where the call's
+task awaits them: ``TracedLocationStore`` is a ``LocationStore`` around the
+etcd one (the store batches many calls into one etcd transaction on its own
+task, so the span a call sees is its wait for that batch, which is what its
+latency is made of); ``TracedLocations`` is the location lookup the
+routing services use, around the cache.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from opentelemetry.trace import SpanKind
 
 from cluster.coordination.errors import EtcdAuthError
 
+from .metrics import ETCD_BOUNDS, HistogramFamily
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .metrics import HistogramFamily
+    from cluster.registrar import Binding
+    from cluster.registrar.cache import LocationCache
+    from cluster.registrar.store import AorState, LocationStore
+
+    from .metrics import MetricsEndpoint
     from .tracing import Tracing
 
-__all__ = ["EtcdErrors", "instrument_kv", "instrument_store", "trace_location_cache",
-           "trace_location_store"]
+__all__ = ["EtcdErrors", "EtcdMetrics", "TracedLocationStore", "TracedLocations"]
 
 
 class EtcdErrors:
@@ -57,67 +66,91 @@ class EtcdErrors:
             return dict(self.auth)
 
 
-def _measured(client: str, original: Callable, latency: HistogramFamily, errors: EtcdErrors,
-              *, op_of: Callable[[tuple], str]) -> Callable:
-    def call(*args: Any) -> Any:
-        op = op_of(args)
-        started = time.perf_counter_ns()
-        try:
-            return original(*args)
-        except BaseException as error:
-            errors.add(client, op, auth=isinstance(error, EtcdAuthError))
-            raise
-        finally:
-            if op != "watch":
-                latency.series(client=client, op=op).observe_ns(time.perf_counter_ns() - started)
-    return call
+class EtcdMetrics:
+    """One node's etcd latency and errors, over all its clients."""
+
+    def __init__(self) -> None:
+        self.latency = HistogramFamily(
+            "sipcluster_etcd_request_duration_seconds",
+            "etcd operations (not watch waits) by client and operation, including failed ones.",
+            ETCD_BOUNDS, threaded=True)
+        self.errors = EtcdErrors()
+
+    def client(self, name: str) -> EtcdClientObserver:
+        """The ``EtcdObserver`` to build client ``name`` with."""
+        return EtcdClientObserver(name, self)
+
+    def export(self, endpoint: MetricsEndpoint) -> None:
+        endpoint.histogram(self.latency)
+        errors = self.errors
+        endpoint.counter("sipcluster_etcd_errors_total", "Failed etcd operations by client and operation.",
+                         lambda: [(v, {"client": c, "op": o}) for (c, o), v in errors.snapshot().items()])
+        endpoint.counter("sipcluster_etcd_auth_failures_total",
+                         "etcd operations refused for who the node is (wrong password, rejected token, missing "
+                         "permission, expired client certificate), by client; also in sipcluster_etcd_errors_total.",
+                         lambda: [(v, {"client": c}) for c, v in errors.auth_snapshot().items()])
 
 
-def instrument_store(store: Any, client: str, latency: HistogramFamily, errors: EtcdErrors) -> None:
-    """Measure every operation of a ``cluster.coordination.EtcdStore``."""
-    store._translated = _measured(client, store._translated, latency, errors,
-                                  op_of=lambda args: str(args[0]))
+class EtcdClientObserver:
+    """``EtcdObserver`` of one client: latency by operation, failures counted."""
+
+    __slots__ = ("name", "_metrics")
+
+    def __init__(self, name: str, metrics: EtcdMetrics) -> None:
+        self.name = name
+        self._metrics = metrics
+
+    def operation(self, op: str, elapsed_ns: int, error: BaseException | None) -> None:
+        op = op.replace(" ", "_")
+        if error is not None:
+            self._metrics.errors.add(self.name, op, auth=isinstance(error, EtcdAuthError))
+        if op != "watch":
+            self._metrics.latency.series(client=self.name, op=op).observe_ns(elapsed_ns)
 
 
-def instrument_kv(kv: Any, client: str, latency: HistogramFamily, errors: EtcdErrors) -> None:
-    """Measure every operation of a ``cluster.registrar.etcd_kv.EtcdKV``."""
-    kv._call = _measured(client, kv._call, latency, errors,
-                         op_of=lambda args: str(args[0]).replace(" ", "_"))
+class TracedLocationStore:
+    """A ``LocationStore`` whose reads and writes are ``etcd location.read`` /
+    ``etcd location.apply`` spans under the current span."""
 
+    def __init__(self, store: LocationStore, tracing: Tracing) -> None:
+        self._store = store
+        self._tracing = tracing
 
-def trace_location_store(store: Any, tracing: Tracing) -> None:
-    """``etcd location.read`` / ``etcd location.apply`` spans under the current span."""
-    read, apply = store.read, store.apply
+    async def bindings(self, aor: str, *, now: float) -> list[Binding]:
+        return (await self.read(aor)).live(now)
 
-    async def traced_read(aor: str):
-        with tracing.child("etcd location.read", {"db.system": "etcd", "db.operation": "read",
-                                                  "sip.aor": aor}, kind=SpanKind.CLIENT):
-            return await read(aor)
+    async def read(self, aor: str) -> AorState:
+        with self._tracing.child("etcd location.read", {"db.system": "etcd", "db.operation": "read",
+                                                        "sip.aor": aor}, kind=SpanKind.CLIENT):
+            return await self._store.read(aor)
 
-    async def traced_apply(aor: str, puts, deletes, *, expect):
+    async def apply(self, aor: str, puts: Iterable[Binding], deletes: Iterable[str], *,
+                    expect: Any) -> int | None:
         puts = list(puts)
         deletes = list(deletes)
-        with tracing.child("etcd location.apply", {
+        with self._tracing.child("etcd location.apply", {
                 "db.system": "etcd", "db.operation": "txn", "sip.aor": aor,
                 "sip.registrar.puts": len(puts), "sip.registrar.deletes": len(deletes)},
                 kind=SpanKind.CLIENT) as span:
-            revision = await apply(aor, puts, deletes, expect=expect)
+            revision = await self._store.apply(aor, puts, deletes, expect=expect)
             if span is not None:
                 span.set_attribute("sip.registrar.conflict", revision is None)
             return revision
 
-    store.read, store.apply = traced_read, traced_apply
+    async def all_aors(self) -> list[str]:
+        return await self._store.all_aors()
 
 
-def trace_location_cache(cache: Any, tracing: Tracing) -> None:
-    """``location.lookup`` spans (a local cache read) under the current span."""
-    lookup = cache.lookup
+class TracedLocations:
+    """The cache's ``lookup`` as a ``location.lookup`` span (a local read) under the current span."""
 
-    def traced_lookup(aor: str, now: float):
-        with tracing.child("location.lookup", {"sip.aor": aor}) as span:
-            bindings = lookup(aor, now)
+    def __init__(self, cache: LocationCache, tracing: Tracing) -> None:
+        self._cache = cache
+        self._tracing = tracing
+
+    def lookup(self, aor: str, now: float) -> list[Binding]:
+        with self._tracing.child("location.lookup", {"sip.aor": aor}) as span:
+            bindings = self._cache.lookup(aor, now)
             if span is not None:
                 span.set_attribute("sip.location.bindings", len(bindings))
             return bindings
-
-    cache.lookup = traced_lookup

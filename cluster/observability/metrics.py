@@ -1,43 +1,37 @@
-"""Per-node metrics: the OpenTelemetry SDK, read by Prometheus from ``/metrics`` (DESIGN §9).
+"""Per-node metrics, read by Prometheus from ``/metrics`` (DESIGN §9).
 
-The hot paths never call the SDK. A counter ``add()`` costs about 3 µs and a
-histogram ``record()`` about 5 µs in the SDK, more than the edge spends on a
-whole message. So the nodes bump plain ints and ``Counter`` entries where
-messages flow, and everything reaches the SDK at scrape time:
+The hot paths never call a metrics library. They bump plain ints and
+``Counter`` entries where messages flow, and ``HotHistogram`` series (one
+``bisect`` and two additions per value); everything is read at scrape time:
 
-- counters and gauges are *observable* instruments whose callbacks read
-  those plain values when Prometheus scrapes;
-- latency histograms are ``HotHistogram`` series: the hot path does one
-  ``bisect`` and two additions; at scrape time the reader turns them into SDK
-  ``Histogram`` points (the SDK has no observable histogram), so they go
-  through the same OpenTelemetry → Prometheus translation as everything else.
+- counters and gauges are callbacks that read those plain values;
+- latency histograms hand over their buckets as they are.
 
-Instrument names are the exported Prometheus names (counters end in
-``_total``, histograms in their unit), so ``ops/`` dashboards and alerts can
-be checked against ``MetricsEndpoint.names()``.
+``MetricsEndpoint`` is a ``prometheus_client`` custom collector (the
+library's documented extension point: ``collect()`` yields metric families)
+next to the library's process collector. Names are the exported Prometheus
+names (counters end in ``_total``, histograms in their unit), so ``ops/``
+dashboards and alerts can be checked against ``MetricsEndpoint.names()``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-import time
 from bisect import bisect_left
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality, Histogram, HistogramDataPoint, Metric, MetricsData, ResourceMetrics,
-    ScopeMetrics,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
-    "LATENCY_BOUNDS", "ETCD_BOUNDS", "HistogramFamily", "HotHistogram", "MetricsEndpoint",
+    "LATENCY_BOUNDS", "ETCD_BOUNDS", "HistogramFamily", "HotHistogram", "MetricsEndpoint", "one",
 ]
+
+log = logging.getLogger("sipcluster.metrics")
 
 #: Seconds; link hops on one host are tens of µs, across hosts about a millisecond.
 LATENCY_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -63,6 +57,10 @@ class HotHistogram:
         self.counts[bisect_left(self.bounds, ns)] += 1
         self.total += ns
 
+    def reading(self) -> tuple[list[int], int]:
+        """(count per bucket, the last one above every bound; total ns)."""
+        return list(self.counts), self.total
+
 
 class _LockedHistogram(HotHistogram):
     """For values observed from worker threads (etcd calls)."""
@@ -77,6 +75,10 @@ class _LockedHistogram(HotHistogram):
         with self.lock:
             self.counts[bisect_left(self.bounds, ns)] += 1
             self.total += ns
+
+    def reading(self) -> tuple[list[int], int]:
+        with self.lock:
+            return list(self.counts), self.total
 
 
 class HistogramFamily:
@@ -98,84 +100,65 @@ class HistogramFamily:
             found = self._series[key] = self._kind(self.bounds)
         return found
 
-    def metric(self, start_ns: int, now_ns: int) -> Metric:
-        points = []
+    def family(self) -> HistogramMetricFamily:
+        """The Prometheus family: each series' buckets made cumulative, "le" bounds."""
+        names = sorted({name for key in self._series for name, _ in key})
+        family = HistogramMetricFamily(self.name, self.description, labels=names)
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
         for key, series in list(self._series.items()):
-            counts = list(series.counts)
-            points.append(HistogramDataPoint(
-                attributes=dict(key), start_time_unix_nano=start_ns, time_unix_nano=now_ns,
-                count=sum(counts), sum=series.total / 1e9, bucket_counts=counts,
-                explicit_bounds=self.bounds, min=0.0, max=0.0))
-        return Metric(self.name, self.description, "s",
-                      Histogram(points, AggregationTemporality.CUMULATIVE))
+            counts, total = series.reading()
+            cumulative, running = [], 0
+            for le, count in zip(les, counts):
+                running += count
+                cumulative.append((le, running))
+            values = dict(key)
+            family.add_metric([values.get(name, "") for name in names], cumulative, total / 1e9)
+        return family
 
 
-class _Reader(PrometheusMetricReader):
-    """The Prometheus reader, plus the hot histograms at every collection."""
-
-    def __init__(self, families: list[HistogramFamily], registry: CollectorRegistry,
-                 resource: Resource) -> None:
-        super().__init__(disable_target_info=False, scope_info_enabled=False, registry=registry)
-        self._families = families
-        self._resource = resource
-        self._start_ns = time.time_ns()
-
-    def _receive_metrics(self, metrics_data: MetricsData | None, timeout_millis: float = 10_000,
-                         **kwargs) -> None:
-        if self._families:
-            now = time.time_ns()
-            scope = ScopeMetrics(InstrumentationScope("sipcluster.hot"),
-                                 [f.metric(self._start_ns, now) for f in self._families], "")
-            if metrics_data is None or not metrics_data.resource_metrics:
-                metrics_data = MetricsData([ResourceMetrics(self._resource, [scope], "")])
-            else:
-                first = metrics_data.resource_metrics[0]
-                metrics_data = MetricsData([ResourceMetrics(
-                    first.resource, [*first.scope_metrics, scope], first.schema_url),
-                    *metrics_data.resource_metrics[1:]])
-        super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
+Reader = Callable[[], Reading]
 
 
 class MetricsEndpoint:
-    """One node's meter provider and its Prometheus text rendering."""
+    """One node's metrics: a ``prometheus_client`` collector and its text rendering."""
 
     def __init__(self, *, role: str, node_id: str) -> None:
         self.role = role
         self.node_id = node_id
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
+        self._instruments: list[tuple[str, str, str, Reader]] = []
         self._families: list[HistogramFamily] = []
         self._names: set[str] = set()
-        resource = Resource.create({"service.name": f"sipcluster-{role}",
-                                    "service.instance.id": node_id, "sipcluster.role": role})
-        self.reader = _Reader(self._families, self.registry, resource)
-        self.provider = MeterProvider(metric_readers=[self.reader], resource=resource)
-        self.meter = self.provider.get_meter("sipcluster")
-        # Always one instrument, so the SDK always hands the reader a
-        # collection the hot histograms can join.
+        self.gauge("target_info", "Target metadata",
+                   lambda: one(1, service_instance_id=node_id, service_name=f"sipcluster-{role}",
+                               sipcluster_role=role))
         self.gauge("sipcluster_node_info", "Always 1; labels name the node and its role.",
                    lambda: one(1, node=node_id, role=role))
+        self.registry.register(self)
 
     # -- declaring -----------------------------------------------------------------
 
-    def counter(self, name: str, description: str, read: Callable[[], Reading]) -> None:
+    def counter(self, name: str, description: str, read: Reader) -> None:
         """A monotonic counter (``name`` ends in ``_total``) read at scrape time."""
         assert name.endswith("_total"), name
-        self._names.add(name)
-        self.meter.create_observable_counter(name, [_callback(read, zero=True)], description=description)
+        self._declare(name, "counter", description, read)
 
-    def gauge(self, name: str, description: str, read: Callable[[], Reading], unit: str = "") -> None:
-        self._names.add(name)
-        self.meter.create_observable_gauge(name, [_callback(read)], description=description, unit=unit)
+    def gauge(self, name: str, description: str, read: Reader) -> None:
+        self._declare(name, "gauge", description, read)
 
-    def histogram(self, name: str, description: str, bounds: Iterable[float] = LATENCY_BOUNDS, *,
-                  threaded: bool = False) -> HistogramFamily:
-        """A hot histogram in seconds (``name`` ends in ``_seconds``)."""
-        assert name.endswith("_seconds"), name
-        family = HistogramFamily(name, description, bounds, threaded=threaded)
+    def histogram(self, family: HistogramFamily) -> HistogramFamily:
+        """Export ``family`` (its ``name`` ends in its unit, ``_seconds``)."""
+        assert family.name.endswith("_seconds"), family.name
+        assert family.name not in self._names, family.name
         self._families.append(family)
-        self._names.add(name)
+        self._names.add(family.name)
         return family
+
+    def _declare(self, name: str, kind: str, description: str, read: Reader) -> None:
+        assert name not in self._names, name
+        self._names.add(name)
+        self._instruments.append((name, kind, description, read))
 
     def names(self) -> frozenset[str]:
         """Every metric family this node exports (Prometheus names, without
@@ -184,29 +167,39 @@ class MetricsEndpoint:
 
     # -- reading -------------------------------------------------------------------
 
+    def collect(self) -> Iterator[Metric]:
+        """``prometheus_client``'s ``Collector`` protocol: the families, read now.
+
+        A reading that fails costs its own family in this scrape (logged),
+        never the scrape or the node."""
+        for name, kind, description, read in self._instruments:
+            try:
+                readings = [(value, dict(labels)) for value, labels in read()]
+            except Exception:
+                log.exception("metric %s could not be read", name)
+                continue
+            if not readings and kind == "counter":
+                # A counter nothing has bumped yet still exists (at 0), so
+                # that rate() and alerts see it from the first scrape.
+                readings = [(0, {})]
+            names = sorted({label for _, labels in readings for label in labels})
+            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                name, description, labels=names)
+            for value, labels in readings:
+                family.add_metric([str(labels.get(label, "")) for label in names], value)
+            yield family
+        for histogram in self._families:
+            yield histogram.family()
+
     def render(self) -> bytes:
         """Prometheus text exposition format 0.0.4."""
         return generate_latest(self.registry)
-
-    def shutdown(self) -> None:
-        self.provider.shutdown()
 
 
 PROCESS_METRICS = (
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
     "process_start_time_seconds", "process_open_fds", "process_max_fds",
 )
-
-
-def _callback(read: Callable[[], Reading], *, zero: bool = False):
-    def observe(options: CallbackOptions) -> list[Observation]:
-        observations = [Observation(value, dict(attributes)) for value, attributes in read()]
-        if not observations and zero:
-            # A counter nothing has bumped yet still exists (at 0), so that
-            # rate() and alerts see it from the first scrape.
-            observations.append(Observation(0))
-        return observations
-    return observe
 
 
 def one(value: float, **attributes: str) -> list[tuple[float, Mapping[str, str]]]:

@@ -84,6 +84,10 @@ def count_spans(body: bytes) -> int:
     return sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
 class OtlpSink:
     """``with OtlpSink() as sink``: serving on ``sink.endpoint`` until the block ends.
 
@@ -133,8 +137,7 @@ class OtlpSink:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), Handler)
         self.endpoint = f"http://{host}:{self.server.server_address[1]}"
         self._thread: threading.Thread | None = None
 

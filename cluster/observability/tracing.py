@@ -68,14 +68,17 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
+from cluster.tu import TUObserver
+
 if TYPE_CHECKING:  # pragma: no cover
     from opentelemetry.sdk.trace import Span
 
+    from cluster.app.api import Call, Handler
     from cluster.link import Envelope
     from cluster.sip import Message
 
 __all__ = [
-    "Tracing", "format_traceparent", "parse_traceparent", "trace_id_for",
+    "RouteSpans", "Tracing", "format_traceparent", "parse_traceparent", "trace_id_for",
 ]
 
 log = logging.getLogger("sipcluster.tracing")
@@ -349,39 +352,6 @@ class Tracing:
         context = span.get_span_context()
         return format_traceparent(context.trace_id, context.span_id)
 
-    def instrument_application(self, app) -> None:
-        """Wrap ``app.handler_for`` so that a traced call's handler runs in a
-        ``sip.route <handler>`` span naming the handler and its decision.
-        Untraced calls get the handler itself (no wrapper, no allocation)."""
-        if getattr(app, "_sipcluster_traced", False):
-            return
-        original = app.handler_for
-        tracing = self
-        tracer = self.tracer
-        node_id = self.node_id
-
-        def handler_for(method: str):
-            found = original(method)
-            handler = found[1]
-            # Handlers run while the worker processes a message: ``current``
-            # says whether that message is traced, without the context API.
-            if handler is None or tracing.current is None:
-                return found
-            qualified = f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', handler)}"
-
-            def traced(call):
-                with tracer.start_as_current_span(
-                        f"sip.route {getattr(handler, '__name__', 'handler')}",
-                        attributes={"sip.app": getattr(app, "name", "?"), "sip.app.handler": qualified,
-                                    "sip.app.handler_key": found[0], "sip.node": node_id}) as span:
-                    decision = handler(call)
-                    span.set_attribute("sip.route.decision", describe_decision(decision))
-                    return decision
-            return found[0], traced
-
-        app.handler_for = handler_for
-        app._sipcluster_traced = True
-
     def child(self, name: str, attributes: dict | None = None, kind: SpanKind = SpanKind.INTERNAL):
         """A context manager: a child span of the current span when the call
         is sampled; otherwise nothing is created (``None`` is yielded).
@@ -395,6 +365,36 @@ class Tracing:
         attributes = dict(attributes or ())
         attributes["sip.node"] = self.node_id
         return self.tracer.start_as_current_span(name, kind=kind, attributes=attributes)
+
+
+class RouteSpans(TUObserver):
+    """The transaction user's observer when tracing is on: a traced call's
+    handler runs in a ``sip.route <handler>`` span naming the handler and its
+    decision. Untraced calls get the handler itself (no wrapper, no allocation)."""
+
+    def __init__(self, tracing: Tracing, app_name: str) -> None:
+        self._tracing = tracing
+        self._app_name = app_name
+
+    def handler(self, key: str, handler: Handler, call: Call) -> Handler:
+        tracing = self._tracing
+        # Handlers run while the worker processes a message: ``current``
+        # says whether that message is traced, without the context API.
+        if tracing.current is None:
+            return handler
+        attributes = {"sip.app": self._app_name,
+                      "sip.app.handler": f"{getattr(handler, '__module__', '?')}."
+                                         f"{getattr(handler, '__qualname__', handler)}",
+                      "sip.app.handler_key": key, "sip.node": tracing.node_id}
+        tracer = tracing.tracer
+
+        def traced(call: Call):
+            with tracer.start_as_current_span(f"sip.route {getattr(handler, '__name__', 'handler')}",
+                                              attributes=attributes) as span:
+                decision = handler(call)
+                span.set_attribute("sip.route.decision", describe_decision(decision))
+                return decision
+        return traced
 
 
 class _NoSpan:

@@ -1,8 +1,8 @@
 """Counting transactions, calls and dialogs from the transaction layer's actions.
 
-``ObservedTransactionLayer`` is the worker's ``TransactionLayer`` with a look
-at every action list it returns; the sans-IO layer itself stays free of
-metrics. Counting happens when an outcome is known, not when a transaction
+``TransactionCounts`` is the ``TransactionObserver`` the worker builds its
+``TransactionLayer`` with: it looks at every action list the layer returns;
+the sans-IO layer itself stays free of metrics. Counting happens when an outcome is known, not when a transaction
 is forgotten (a UDP non-INVITE server transaction lingers 64·T1 = 32 s in
 Completed, RFC 3261 §17.2.2; a metric that late is no use on a dashboard):
 
@@ -25,13 +25,12 @@ from __future__ import annotations
 from collections import Counter
 
 from cluster.sip import Response
-from cluster.sip.transaction import TransactionLayer
 from cluster.sip.transaction.actions import (
     CancelReceived, RequestReceived, ResponseReceived, Send, TransactionTerminated,
     TransactionTimeout, TransportError,
 )
 
-__all__ = ["DIALOG_MAX_AGE", "ObservedTransactionLayer", "transaction_type"]
+__all__ = ["DIALOG_MAX_AGE", "TransactionCounts", "transaction_type"]
 
 #: Seconds a dialog entry is kept without its BYE (a lost or re-routed BYE).
 DIALOG_MAX_AGE = 4 * 3600.0
@@ -52,11 +51,11 @@ def _class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-class ObservedTransactionLayer(TransactionLayer):
-    """``TransactionLayer`` plus counters read by the metrics at scrape time."""
+class TransactionCounts:
+    """Counters of one transaction layer, read by the metrics at scrape time
+    (a ``cluster.sip.transaction.TransactionObserver``)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
         self.started: Counter[str] = Counter()
         """Transactions created, by type."""
         self.outcomes: Counter[tuple[str, str]] = Counter()
@@ -71,29 +70,12 @@ class ObservedTransactionLayer(TransactionLayer):
         self._final: set[tuple] = set()
         self._initial_invites: set[tuple] = set()
 
-    # -- the layer's inputs --------------------------------------------------------
+    # -- TransactionObserver -------------------------------------------------------
 
-    def receive(self, message, source, now):
-        return self._observe(super().receive(message, source, now), now)
+    def client_started(self, key: tuple) -> None:
+        self.started[transaction_type(key)] += 1
 
-    def send_request(self, request, destination, now):
-        key, actions = super().send_request(request, destination, now)
-        if key is not None:
-            self.started[transaction_type(key)] += 1
-        return key, self._observe(actions, now)
-
-    def send_response(self, response, now):
-        return self._observe(super().send_response(response, now), now)
-
-    def handle_timer(self, now):
-        return self._observe(super().handle_timer(now), now)
-
-    def transport_error(self, key, now):
-        return self._observe(super().transport_error(key, now), now)
-
-    # -- counting ------------------------------------------------------------------------
-
-    def _observe(self, actions: list, now: float) -> list:
+    def actions(self, actions: list, now: float) -> None:
         for action in actions:
             kind = type(action)
             if kind is Send:
@@ -124,7 +106,8 @@ class ObservedTransactionLayer(TransactionLayer):
             elif kind is TransactionTerminated:
                 self._final.discard(action.key)
                 self._initial_invites.discard(action.key)
-        return actions
+
+    # -- counting ------------------------------------------------------------------------
 
     def _client_final(self, key: tuple, outcome: str) -> None:
         if key in self._final:

@@ -45,9 +45,10 @@ from typing import Callable, Sequence
 import trio
 
 from cluster.coordination.connection import EtcdAccess
+from cluster.coordination.observer import EtcdObserver
 
 from .binding import Binding
-from .etcd_kv import EtcdKV, WatchStream, connect
+from .etcd_kv import EtcdKV, WatchStream
 from .etcd_store import decode_binding, location_prefix, split_key
 from .store import StoreUnavailable
 
@@ -95,8 +96,9 @@ class LocationCache:
         progress_interval: float = PROGRESS_INTERVAL,
         progress_timeout: float = PROGRESS_TIMEOUT,
         retry_interval: float = RETRY_INTERVAL,
+        observer: EtcdObserver | None = None,
     ) -> None:
-        self._kv = etcd if isinstance(etcd, EtcdKV) else EtcdKV(connect(etcd))
+        self._kv = EtcdKV.of(etcd, observer)
         self.root = location_prefix(prefix)
         self.resync_interval = resync_interval
         self.progress_interval = progress_interval

@@ -26,6 +26,7 @@ import grpc
 from etcd3 import etcdrpc
 
 from cluster.coordination.connection import EtcdAccess, EtcdConnection
+from cluster.coordination.observer import EtcdObserver
 
 from .store import StoreUnavailable
 
@@ -47,14 +48,16 @@ class LeaseNotFound(StoreUnavailable):
 
 
 def connect(target: EtcdConnection | EtcdAccess | Callable[[], object] | Sequence[str], *,
-            timeout: float = _DEFAULT_TIMEOUT) -> EtcdConnection:
+            timeout: float = _DEFAULT_TIMEOUT, observer: EtcdObserver | None = None) -> EtcdConnection:
     """The connection for an ``EtcdAccess`` (TLS, auth), a client factory, or
-    plain ``http://host:port`` endpoints."""
+    plain ``http://host:port`` endpoints, reporting to ``observer``."""
     if isinstance(target, EtcdConnection):
+        if observer is not None:
+            raise ValueError("give the observer to the EtcdConnection passed in")
         return target
     if isinstance(target, EtcdAccess) or callable(target):
-        return EtcdConnection(target)
-    return EtcdConnection(EtcdAccess(tuple(target), timeout=timeout))
+        return EtcdConnection(target, observer=observer)
+    return EtcdConnection(EtcdAccess(tuple(target), timeout=timeout), observer=observer)
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -85,14 +88,27 @@ def delete(key: bytes) -> Op:
 class EtcdKV:
     """Blocking etcd calls over one connection. Thread-safe (gRPC channels are).
 
-    ``connection`` is an ``EtcdConnection`` or, for tests, an etcd3 client.
+    ``connection`` is an ``EtcdConnection`` or, for tests, an etcd3 client
+    (then ``observer`` is told about every call, ``EtcdObserver``).
     """
 
-    def __init__(self, connection: EtcdConnection | Any) -> None:
+    def __init__(self, connection: EtcdConnection | Any, *, observer: EtcdObserver | None = None) -> None:
         if not isinstance(connection, EtcdConnection):
             client = connection
-            connection = EtcdConnection(lambda: client)
+            connection = EtcdConnection(lambda: client, observer=observer)
+        elif observer is not None:
+            raise ValueError("give the observer to the EtcdConnection passed in")
         self.connection = connection
+
+    @classmethod
+    def of(cls, etcd: EtcdKV | EtcdConnection | EtcdAccess | Callable[[], object] | Sequence[str],
+           observer: EtcdObserver | None = None) -> EtcdKV:
+        """``etcd`` itself, or a client over ``connect(etcd)`` reporting to ``observer``."""
+        if isinstance(etcd, EtcdKV):
+            if observer is not None:
+                raise ValueError("give the observer to the EtcdKV passed in")
+            return etcd
+        return cls(connect(etcd, observer=observer))
 
     @property
     def client(self) -> Any:

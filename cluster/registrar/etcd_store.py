@@ -41,9 +41,10 @@ import msgpack
 import trio
 
 from cluster.coordination.connection import EtcdAccess
+from cluster.coordination.observer import EtcdObserver
 
 from .binding import Binding
-from .etcd_kv import EtcdKV, LeaseNotFound, connect, delete, exists, prefix_end, put, unchanged_since
+from .etcd_kv import EtcdKV, LeaseNotFound, delete, exists, prefix_end, put, unchanged_since
 from .store import AorState, StoreUnavailable
 
 __all__ = ["EtcdLocationStore", "StoreCounters", "aor_prefix", "location_prefix", "split_key"]
@@ -143,8 +144,9 @@ class EtcdLocationStore:
         max_delay: float = 0.002,
         queue_size: int = 8192,
         clock: Callable[[], float] = time.time,
+        observer: EtcdObserver | None = None,
     ) -> None:
-        self._kv = etcd if isinstance(etcd, EtcdKV) else EtcdKV(connect(etcd))
+        self._kv = EtcdKV.of(etcd, observer)
         self.root = location_prefix(prefix)
         self.bucket = bucket
         self.lease_margin = lease_margin
@@ -183,6 +185,11 @@ class EtcdLocationStore:
     def lease_ids(self) -> dict[float, int]:
         """Bucket end → lease id, for the leases currently cached."""
         return dict(self._leases)
+
+    def queued(self) -> tuple[int, int]:
+        """(reads, writes) waiting for the batcher to take them."""
+        return (self._read_in.statistics().current_buffer_used,
+                self._write_in.statistics().current_buffer_used)
 
     # -- LocationStore ---------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from collections import Counter
 from hashlib import blake2b as _blake2b
 
 from cluster.link import Envelope, FrameQueue, Outbox, pack, pack_v2
-from cluster.observability.tracing import traceparent
+from cluster.observability.tracing import Tracing, traceparent
 from cluster.sharding.ring import EmptyRing, Ring
 from cluster.sip import ParseError, extract_call_id, reject_malformed
 
@@ -49,7 +49,8 @@ def response_shard(data: bytes) -> str | None:
 
 
 class Forwarder:
-    def __init__(self, node_id: str, outbox: Outbox, *, max_message: int, server: str) -> None:
+    def __init__(self, node_id: str, outbox: Outbox, *, max_message: int, server: str,
+                 tracing: Tracing | None = None) -> None:
         self.node_id = node_id
         self.outbox = outbox
         self.max_message = max_message
@@ -63,8 +64,8 @@ class Forwarder:
         self.received: Counter[str] = Counter()
         """Messages read from the network by transport (keep-alives excluded);
         the listeners count, UDP once per drained batch."""
-        self.tracing = None
-        """``cluster.observability.Tracing`` when tracing is on."""
+        self.tracing = tracing
+        """Set when tracing is on."""
 
     def update(self, ring: Ring, worker_links: dict[str, str], array_links: set[str] | None = None,
                server_keys: dict[str, bytes] | None = None) -> None:

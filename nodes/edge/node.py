@@ -21,8 +21,9 @@ from cluster.link import (
     Envelope, Inbox, LinkAuthenticator, LinkError, LinkGuard, Outbox, node_context, node_keys,
     unpack_frame,
 )
-from cluster.observability.etcd import EtcdErrors, instrument_store
-from cluster.observability.metrics import ETCD_BOUNDS, LATENCY_BOUNDS, HistogramFamily, HotHistogram
+from cluster.observability.etcd import EtcdMetrics
+from cluster.observability.node_metrics import hop_latency
+from cluster.observability.tracing import Tracing
 from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
 
 from .forwarder import Forwarder
@@ -40,7 +41,9 @@ SERVER = "sipcluster-edge"
 class EdgeNode:
     role = EDGE
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, tracing: Tracing | None = None, collector=None) -> None:
+        """``tracing`` when tracing is on; ``collector``, the garbage
+        collector policy the node runs under (``nodes.collector``), for its metrics."""
         self.config = config
         self.node_id = config.cluster.node_id
         # Its own context: the ZAP handler is per context (cluster.link).
@@ -54,7 +57,7 @@ class EdgeNode:
         self.authenticator.watch(self.inbox)
         self.outbox = Outbox(self.context, hwm=config.edge.queue, keys=self.keys)
         self.forwarder = Forwarder(self.node_id, self.outbox,
-                                   max_message=config.edge.max_message, server=SERVER)
+                                   max_message=config.edge.max_message, server=SERVER, tracing=tracing)
         self.stats = self.forwarder.stats
         self.udp: dict[tuple[str, int], UdpListener] = {}
         for listen in config.edge.listen:
@@ -68,17 +71,12 @@ class EdgeNode:
         self.view: MembershipView | None = None
         self.http_url = ""
         # Observability (DESIGN §9): plain values the metrics read at scrape time.
-        self.tracing = None
-        self.turnaround = HotHistogram(LATENCY_BOUNDS)
-        """Edge receive → the answer or forwarded copy written by an edge (one clock)."""
-        self.etcd_latency = HistogramFamily("sipcluster_etcd_request_duration_seconds", "etcd operations",
-                                            ETCD_BOUNDS, threaded=True)
-        self.etcd_errors = EtcdErrors()
-
-    def set_tracing(self, tracing) -> None:
-        """Turn tracing on (``cluster.observability.Tracing``) before ``run``."""
         self.tracing = tracing
-        self.forwarder.tracing = tracing
+        self.collector = collector
+        self.hops = hop_latency()
+        self.turnaround = self.hops.series(hop="edge_worker_edge")
+        """Edge receive → the answer or forwarded copy written by an edge (one clock)."""
+        self.etcd_metrics = EtcdMetrics()
 
     # -- addresses -------------------------------------------------------------
 
@@ -111,8 +109,8 @@ class EdgeNode:
             if tcp:
                 await nursery.start(self.tcp.run, tcp)
             self.forwarder.advertise = self._advertise()
-            self.membership = EtcdMembership.from_config(config, self.member())
-            instrument_store(self.membership.store, "membership", self.etcd_latency, self.etcd_errors)
+            self.membership = EtcdMembership.from_config(
+                config, self.member(), observer=self.etcd_metrics.client("membership"))
             await nursery.start(self.membership.run)
             nursery.start_soon(self._follow_membership)
             nursery.start_soon(self._link_loop)

@@ -39,15 +39,16 @@ from cluster.link import (
     node_keys, pack, pack_v2, unpack_frame,
 )
 from cluster.logs import CALL_ID
-from cluster.observability.etcd import EtcdErrors, instrument_kv, instrument_store
-from cluster.observability.metrics import ETCD_BOUNDS, LATENCY_BOUNDS, HistogramFamily, HotHistogram
-from cluster.observability.node_metrics import KNOWN_METHODS
+from cluster.observability.etcd import EtcdMetrics, TracedLocations, TracedLocationStore
+from cluster.observability.node_metrics import KNOWN_METHODS, hop_latency
 from cluster.observability.sip_logging import SipLogSelection
-from cluster.observability.transactions import ObservedTransactionLayer
+from cluster.observability.tracing import RouteSpans, Tracing
+from cluster.observability.transactions import TransactionCounts
 from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
 from cluster.sip import (
     Message, ParseError, Request, answer_internal_error, parse_complete, reject_malformed,
 )
+from cluster.sip.transaction import TransactionLayer
 from cluster.sip.transaction.actions import Send
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
@@ -70,7 +71,12 @@ CHALLENGE_SWEEP = 2.0
 class WorkerNode:
     role = WORKER
 
-    def __init__(self, config: Config, application=None, *, services=None) -> None:
+    def __init__(self, config: Config, application=None, *, services=None,
+                 tracing: Tracing | None = None, collector=None) -> None:
+        """``services`` starts the transaction user at once (tests; ``run``
+        builds them otherwise); ``tracing`` when tracing is on; ``collector``,
+        the garbage collector policy the node runs under (``nodes.collector``),
+        for its metrics."""
         self.config = config
         self.node_id = config.cluster.node_id
         # Its own context: the ZAP handler is per context (cluster.link).
@@ -86,8 +92,11 @@ class WorkerNode:
         self.authenticator.watch(self.inbox)
         self.outbox = Outbox(self.context, keys=self.keys)
         w = config.worker
-        self.transactions = ObservedTransactionLayer(TimerConfig(t1=w.t1, t2=w.t2, t4=w.t4))
+        self.transaction_counts = TransactionCounts()
+        self.transactions = TransactionLayer(TimerConfig(t1=w.t1, t2=w.t2, t4=w.t4),
+                                             observer=self.transaction_counts)
         self.application = application or load_application(w.app, self.node_id)
+        self.tracing = tracing
         self.stats: Counter[str] = Counter()
         self.edges: dict[str, str] = {}
         self.array_edges: set[str] = set()
@@ -107,6 +116,8 @@ class WorkerNode:
         self.services = None
         self.store = None
         self.locations = None
+        self.location_store = None
+        """The registrar's ``LocationStore``: ``store``, traced when tracing is on."""
         self.users = None
         self.tu: TransactionUser | None = None
         """The transaction user, once the services it needs exist (``run``)."""
@@ -114,26 +125,19 @@ class WorkerNode:
             self._start_tu(services)
         self._nursery: trio.Nursery | None = None
         # Observability: plain values the metrics read at scrape time.
-        self.tracing = None
+        self.collector = collector
         self.sip_log = SipLogSelection()
         self.sip_counts = SipCounts()
-        self.link_latency = HotHistogram(LATENCY_BOUNDS)
+        self.hops = hop_latency()
+        self.link_latency = self.hops.series(hop="edge_to_worker")
         """Edge → worker link (the edge's ts_ns against this clock)."""
-        self.processing_latency = HotHistogram(LATENCY_BOUNDS)
+        self.processing_latency = self.hops.series(hop="worker")
         """Receive → done with one inbound message (parse, transaction, application)."""
-        self.etcd_latency = HistogramFamily("sipcluster_etcd_request_duration_seconds", "etcd operations",
-                                            ETCD_BOUNDS, threaded=True)
-        self.etcd_errors = EtcdErrors()
+        self.etcd_metrics = EtcdMetrics()
         self.link_batch = 0
         self._origin_ns = 0
         self._untraced = False
         self._ring: tuple = (None, None)
-
-    def set_tracing(self, tracing) -> None:
-        """Turn tracing on (``cluster.observability.Tracing``) before ``run``."""
-        self.tracing = tracing
-        if tracing is not None:
-            tracing.instrument_application(self.application)
 
     def member(self) -> Member:
         return Member(id=self.node_id, role=WORKER, link=self.inbox.endpoint, http=self.http_url,
@@ -163,13 +167,21 @@ class WorkerNode:
         self.policy = RegistrarPolicy(min_expires=w.registrar_min_expires,
                                       max_expires=w.registrar_max_expires,
                                       default_expires=w.registrar_default_expires)
-        kv_store = EtcdStore.from_config(c.cluster)
-        self.store = EtcdLocationStore(kv_store.access, prefix=c.cluster.prefix)
-        self.locations = LocationCache(kv_store.access, prefix=c.cluster.prefix)
-        self._instrument(kv_store)
+        etcd = self.etcd_metrics
+        kv_store = EtcdStore.from_config(c.cluster, observer=etcd.client("users"))
+        self.store = EtcdLocationStore(kv_store.access, prefix=c.cluster.prefix,
+                                       observer=etcd.client("registrar"))
+        self.locations = LocationCache(kv_store.access, prefix=c.cluster.prefix,
+                                       observer=etcd.client("location_cache"))
+        locations = self.locations
+        self.location_store = self.store
+        if self.tracing is not None:
+            # Spans for a call's etcd work and location lookups.
+            self.location_store = TracedLocationStore(self.store, self.tracing)
+            locations = TracedLocations(self.locations, self.tracing)
         self.users = UserFeed(kv_store, c.cluster.prefix)
         self._start_tu(Services(domains=w.domains, trusted=w.trusted, nonce_secret=await self._secret(kv_store),
-                                nonce_ttl=w.nonce_ttl, locations=self.locations,
+                                nonce_ttl=w.nonce_ttl, locations=locations,
                                 users=self.users.cache, digest_algorithms=w.digest_algorithms,
                                 digest_sha256_domains=w.digest_sha256_domains,
                                 outbound_proxy=w.outbound_proxy, events=self.stats))
@@ -182,8 +194,8 @@ class WorkerNode:
             await nursery.start(self.store.run)
             nursery.start_soon(self.locations.run)
             await nursery.start(self.users.run)
-            self.membership = EtcdMembership.from_config(self.config, self.member())
-            instrument_store(self.membership.store, "membership", self.etcd_latency, self.etcd_errors)
+            self.membership = EtcdMembership.from_config(self.config, self.member(),
+                                                         observer=etcd.client("membership"))
             await nursery.start(self.membership.run)
             from cluster.observability.sip_logging import follow_selection
             nursery.start_soon(follow_selection, kv_store, c.cluster.prefix, self.sip_log)
@@ -196,21 +208,10 @@ class WorkerNode:
 
     def _start_tu(self, services) -> None:
         self.services = services
+        # Tracing sees each routing decision through the TU's observer hook.
+        observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
         self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
-                                  salt=self.config.cluster.prefix, stats=self.stats)
-
-    def _instrument(self, kv_store) -> None:
-        """etcd latency and errors for every client; spans for a call's etcd work."""
-        from cluster.observability.etcd import trace_location_cache, trace_location_store
-        latency, errors = self.etcd_latency, self.etcd_errors
-        instrument_store(kv_store, "users", latency, errors)
-        for client, owner in (("registrar", self.store), ("location_cache", self.locations)):
-            kv = getattr(owner, "_kv", None)
-            if kv is not None:
-                instrument_kv(kv, client, latency, errors)
-        if self.tracing is not None:
-            trace_location_store(self.store, self.tracing)
-            trace_location_cache(self.locations, self.tracing)
+                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why): in the ring (registered, following the membership,
@@ -460,7 +461,7 @@ class WorkerNode:
         with scope as span:
             try:
                 result = await register(
-                    self.store, request, now=time.time(), policy=self.policy,
+                    self.location_store, request, now=time.time(), policy=self.policy,
                     source=Source(source.transport, source.host, source.port),
                     edge=route.edge if route else None, conn=route.conn if route else None)
             except Exception:

@@ -193,15 +193,13 @@ def test_concurrent_first_workers_agree_on_one_random_secret(secure_etcd):
 
 
 def test_auth_failures_are_counted_apart_from_other_etcd_errors(secure_etcd):
-    from cluster.observability.etcd import EtcdErrors, instrument_store
-    from cluster.observability.metrics import HistogramFamily
+    from cluster.observability.etcd import EtcdMetrics
 
-    errors = EtcdErrors()
-    latency = HistogramFamily("sipcluster_etcd_request_duration_seconds", "etcd", (0.1, 1.0), threaded=True)
+    metrics = EtcdMetrics()
+    errors = metrics.errors
 
     async def main():
-        refused = EtcdStore(secure_etcd.access(password="rotated-elsewhere"))
-        instrument_store(refused, "users", latency, errors)
+        refused = EtcdStore(secure_etcd.access(password="rotated-elsewhere"), observer=metrics.client("users"))
         try:
             for _ in range(2):
                 with pytest.raises(EtcdCredentialsRejected):
@@ -209,8 +207,7 @@ def test_auth_failures_are_counted_apart_from_other_etcd_errors(secure_etcd):
         finally:
             refused.close()
         down = EtcdStore(f"https://127.0.0.1:{secure_etcd.port + 0}", ca_cert=str(secure_etcd.pki.ca),
-                         timeout=1.0)  # no client certificate: refused in the handshake
-        instrument_store(down, "membership", latency, errors)
+                         timeout=1.0, observer=metrics.client("membership"))  # no client certificate
         try:
             with pytest.raises(CoordinationError):
                 await down.get("/tls/k")

@@ -1,5 +1,5 @@
 """Metrics: hot-path counters read at scrape time, exported through the
-OpenTelemetry SDK in Prometheus text, with the names the ops/ files use."""
+prometheus_client collector in Prometheus text, with the names the ops/ files use."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.observability.metrics import MetricsEndpoint, one
-from cluster.observability.node_metrics import udp_socket_queue
-from cluster.observability.transactions import ObservedTransactionLayer, transaction_type
+from cluster.observability.metrics import HistogramFamily, MetricsEndpoint, one
+from cluster.observability.transactions import TransactionCounts, transaction_type
 from cluster.sip import make_response
+from cluster.sip.transaction import TransactionLayer
+from nodes.edge.metrics import udp_socket_queue
 from tests.sip.transaction.messages import SERVER, UDP, request, response
 
 
@@ -26,7 +27,7 @@ def samples(text: bytes) -> dict[tuple[str, tuple], float]:
 
 def test_hot_histogram_buckets_are_prometheus_le_and_cumulative():
     endpoint = MetricsEndpoint(role="worker", node_id="w1")
-    series = endpoint.histogram("sipcluster_test_seconds", "test", (0.001, 0.01)).series(hop="a")
+    series = endpoint.histogram(HistogramFamily("sipcluster_test_seconds", "test", (0.001, 0.01))).series(hop="a")
     for ns in (500_000, 1_000_000, 1_000_001, 20_000_000):
         series.observe_ns(ns)
     got = samples(endpoint.render())
@@ -63,67 +64,72 @@ def test_transaction_types_from_keys():
 
 
 def test_server_outcome_counted_once_at_the_first_final_response():
-    layer = ObservedTransactionLayer()
+    counts = TransactionCounts()
+    layer = TransactionLayer(observer=counts)
     options = request("OPTIONS", uri="sip:example.com")
     layer.receive(options, UDP, 0.0)
     layer.send_response(response(options, 200), 0.01)
     layer.receive(options, UDP, 0.5)  # retransmission: the 200 again, not counted
-    assert layer.started == {"server_non_invite": 1}
-    assert layer.outcomes == {("server_non_invite", "2xx"): 1}
+    assert counts.started == {"server_non_invite": 1}
+    assert counts.outcomes == {("server_non_invite", "2xx"): 1}
     assert layer.counters.retransmissions_absorbed == 1
 
 
 def test_call_answered_then_dialog_ended_by_bye():
-    layer = ObservedTransactionLayer()
+    counts = TransactionCounts()
+    layer = TransactionLayer(observer=counts)
     invite = request("INVITE", call_id="call-a")
     layer.receive(invite, UDP, 0.0)
-    assert layer.calls_started == 1
+    assert counts.calls_started == 1
     layer.send_response(response(invite, 180), 0.1)
     layer.send_response(response(invite, 200), 0.2)
-    assert layer.calls_answered == 1 and layer.active_dialogs(0.3) == 1
-    assert layer.outcomes == {("server_invite", "2xx"): 1}
+    assert counts.calls_answered == 1 and counts.active_dialogs(0.3) == 1
+    assert counts.outcomes == {("server_invite", "2xx"): 1}
     bye = request("BYE", branch="z9hG4bKbye1", to_tag="tt1", call_id="call-a", seq=2)
     layer.receive(bye, UDP, 5.0)
-    assert layer.calls_started == 1  # in-dialog: not a new call
+    assert counts.calls_started == 1  # in-dialog: not a new call
     layer.send_response(response(bye, 200), 5.1)
-    assert layer.active_dialogs(5.2) == 0
+    assert counts.active_dialogs(5.2) == 0
 
 
 def test_failed_call_by_code_and_reinvite_is_not_a_call():
-    layer = ObservedTransactionLayer()
+    counts = TransactionCounts()
+    layer = TransactionLayer(observer=counts)
     invite = request("INVITE", call_id="call-b")
     layer.receive(invite, UDP, 0.0)
     layer.send_response(response(invite, 486), 0.1)
-    assert layer.calls_failed == {486: 1} and layer.calls_answered == 0
+    assert counts.calls_failed == {486: 1} and counts.calls_answered == 0
     reinvite = request("INVITE", branch="z9hG4bKre1", to_tag="x", call_id="call-c", seq=3)
     layer.receive(reinvite, UDP, 1.0)
     layer.send_response(response(reinvite, 200), 1.1)
-    assert layer.calls_started == 1 and layer.calls_answered == 0
+    assert counts.calls_started == 1 and counts.calls_answered == 0
 
 
 def test_client_timeout_and_response_outcomes():
-    layer = ObservedTransactionLayer()
+    counts = TransactionCounts()
+    layer = TransactionLayer(observer=counts)
     options = request("OPTIONS", branch="z9hG4bKout1", uri="sip:far@example.net")
     key, _ = layer.send_request(options, SERVER, 0.0)
-    assert layer.started == {"client_non_invite": 1}
+    assert counts.started == {"client_non_invite": 1}
     layer.handle_timer(64.0)  # Timer F
-    assert layer.outcomes == {("client_non_invite", "timeout"): 1}
-    assert layer.timeouts["F"] == 1
+    assert counts.outcomes == {("client_non_invite", "timeout"): 1}
+    assert counts.timeouts["F"] == 1
     invite = request("INVITE", branch="z9hG4bKout2")
     key, _ = layer.send_request(invite, SERVER, 100.0)
     ok = make_response(invite, 200, to_tag="t9")
     layer.receive(ok, SERVER, 100.1)
     layer.receive(ok, SERVER, 100.6)  # a retransmitted 2xx (RFC 6026 §7.2) counts once
-    assert layer.outcomes[("client_invite", "2xx")] == 1
+    assert counts.outcomes[("client_invite", "2xx")] == 1
 
 
 def test_dialog_entries_expire():
-    layer = ObservedTransactionLayer()
+    counts = TransactionCounts()
+    layer = TransactionLayer(observer=counts)
     invite = request("INVITE", call_id="call-d")
     layer.receive(invite, UDP, 0.0)
     layer.send_response(response(invite, 200), 0.1)
-    assert layer.active_dialogs(10.0) == 1
-    assert layer.active_dialogs(5 * 3600.0) == 0
+    assert counts.active_dialogs(10.0) == 1
+    assert counts.active_dialogs(5 * 3600.0) == 0
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/udp"), reason="Linux /proc")

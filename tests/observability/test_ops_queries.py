@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from cluster.config import load_config
-from cluster.observability.node_metrics import edge_metrics, worker_metrics
+from nodes.edge.metrics import edge_metrics
+from nodes.worker.metrics import worker_metrics
 from tests.e2e.harness import free_port_pair
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from cluster.app.api import Application
 from cluster.link import Envelope, unpack
 from cluster.observability.tracing import (
-    Tracing, describe_decision, format_traceparent, parse_traceparent, trace_id_for,
+    RouteSpans, Tracing, describe_decision, format_traceparent, parse_traceparent, trace_id_for,
 )
 from cluster.sharding.ring import Ring
 from cluster.sip import extract_call_id, parse_message
@@ -142,10 +142,8 @@ class Outbox:
 
 def forwarder(node_tracing=None) -> tuple[Forwarder, Outbox]:
     outbox = Outbox()
-    fwd = Forwarder("e1", outbox, max_message=65535, server="test")
+    fwd = Forwarder("e1", outbox, max_message=65535, server="test", tracing=node_tracing)
     fwd.update(Ring(["w1"]), {"w1": "tcp://w1"})
-    if node_tracing is not None:
-        fwd.tracing = node_tracing
     return fwd, outbox
 
 
@@ -232,16 +230,16 @@ def test_route_span_names_the_handler_and_decision_only_for_traced_calls():
     def answer(call):
         return call.reply(200)
 
-    worker.instrument_application(app)
-    worker.instrument_application(app)  # idempotent
-    name, handler = app.handler_for("OPTIONS")
-    assert handler is answer  # no span around: the handler itself
+    observer = RouteSpans(worker, app.name)
+    key, answer_ = app.handler_for("OPTIONS")
+    assert observer.handler(key, answer_, FakeCall()) is answer  # untraced: the handler itself
     with worker.use(worker.tracer.start_span("worker.transaction OPTIONS")):
-        name, handler = app.handler_for("OPTIONS")
+        handler = observer.handler(key, answer_, FakeCall())
         assert handler is not answer
         decision = handler(FakeCall())
+        assert app.handler_for("OPTIONS")[1] is answer  # the application itself is untouched
     assert decision.status == 200
-    assert app.handler_for("OPTIONS")[1] is answer  # the message is done: untraced again
+    assert observer.handler(key, answer_, FakeCall()) is answer  # the message is done: untraced again
     route = [s for s in spans.get_finished_spans() if s.name == "sip.route answer"][0]
     parent = [s for s in spans.get_finished_spans() if s.name == "worker.transaction OPTIONS"][0]
     assert route.parent.span_id == parent.context.span_id

@@ -62,7 +62,7 @@ def open_worker(store):
         return call.register()
 
     worker = _worker("worker-r", app)
-    worker.store = store
+    worker.store = worker.location_store = store
     worker.policy = DEFAULT_POLICY  # set with the store when the runtime starts
     return worker
 

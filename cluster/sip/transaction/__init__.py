@@ -15,7 +15,7 @@ from .actions import (
 )
 from .client_invite import ClientInviteTransaction
 from .client_non_invite import ClientNonInviteTransaction
-from .layer import TransactionLayer
+from .layer import TransactionLayer, TransactionObserver
 from .machine import (
     ACCEPTED, CALLING, COMPLETED, CONFIRMED, PROCEEDING, TERMINATED, TRYING,
     TransactionCounters,
@@ -31,7 +31,7 @@ __all__ = [
     "ClientInviteTransaction", "ClientNonInviteTransaction", "PROCEEDING", "Peer",
     "RequestReceived", "ResponseReceived", "Send", "ServerInviteTransaction",
     "ServerNonInviteTransaction", "StrayResponse", "TERMINATED", "TRYING", "TimerConfig",
-    "Timers", "TransactionCounters", "TransactionKey", "TransactionLayer",
+    "Timers", "TransactionCounters", "TransactionKey", "TransactionLayer", "TransactionObserver",
     "TransactionTerminated", "TransactionTimeout", "TransportError", "branch_for",
     "forward_response_statelessly", "response_destination", "trying",
 ]

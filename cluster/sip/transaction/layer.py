@@ -14,6 +14,8 @@ Time is always a parameter; the layer reads no clock and does no I/O.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ..errors import ParseError
 from ..message import Message, Request, Response
 from ..responses import make_response
@@ -33,13 +35,26 @@ from .server_invite import ServerInviteTransaction
 from .server_non_invite import ServerNonInviteTransaction
 from .timers import TimerConfig, TimerQueue
 
+
+class TransactionObserver(Protocol):
+    """Sees what the layer does, without the layer knowing why (metrics)."""
+
+    def client_started(self, key: TransactionKey) -> None:
+        """``send_request`` created client transaction ``key``."""
+
+    def actions(self, actions: list[Action], now: float) -> None:
+        """What one input returned, before the caller carries it out; it must
+        not change the list."""
+
+
 class TransactionLayer:
     """Client and server transactions of one worker.
 
     ``config``: T1, T2, T4 and the timers derived from them. ``send_trying``: INVITE server transactions answer 100 (Trying) at once
     (§17.2.1). ``reject_merged``: answer 482 to merged requests (§8.2.2.2);
     off by default because a proxy must forward them (the copies of a forked
-    request legitimately meet again downstream only at a UAS).
+    request legitimately meet again downstream only at a UAS). ``observer``
+    sees every input's actions (``TransactionObserver``).
     """
 
     def __init__(
@@ -48,6 +63,7 @@ class TransactionLayer:
         *,
         send_trying: bool = True,
         reject_merged: bool = False,
+        observer: TransactionObserver | None = None,
     ) -> None:
         self.config = config if config is not None else TimerConfig()
         self.counters = TransactionCounters()
@@ -57,6 +73,7 @@ class TransactionLayer:
                                      self._resting)
         self._unreliable = Environment(self.config.for_transport(False), self._queue, self.counters,
                                        self._resting)
+        self._observer = observer
         self._send_trying = send_trying
         self._reject_merged = reject_merged
         self._client: dict[TransactionKey, Transaction] = {}
@@ -120,6 +137,9 @@ class TransactionLayer:
 
     def receive(self, message: Message, source: Peer, now: float) -> list[Action]:
         """A message parsed from the network."""
+        return self._observed(self._receive(message, source, now), now)
+
+    def _receive(self, message: Message, source: Peer, now: float) -> list[Action]:
         try:
             if isinstance(message, Request):
                 return self._receive_request(message, source, now)
@@ -142,7 +162,7 @@ class TransactionLayer:
         that is a TU bug, not network input."""
         method = request.method
         if method == "ACK":
-            return None, [Send(request, destination)]
+            return None, self._observed([Send(request, destination)], now)
         via = request.via
         if not via.rfc3261_branch:
             raise ValueError("a client transaction needs an RFC 3261 branch in the top Via")
@@ -157,9 +177,11 @@ class TransactionLayer:
             txn = ClientNonInviteTransaction(key, request, destination, env)
         self._client[key] = txn
         self.counters.client_created += 1
+        if self._observer is not None:
+            self._observer.client_started(key)
         out: list[Action] = []
         txn.start(now, out)
-        return key, out
+        return key, self._observed(out, now)
 
     def send_response(self, response: Response, now: float) -> list[Action]:
         """A response from the TU, matched to its server transaction by the
@@ -180,7 +202,7 @@ class TransactionLayer:
         txn.on_tu_response(response, now, out)
         if txn.state is TERMINATED:
             self._forget(txn)
-        return out
+        return self._observed(out, now)
 
     def handle_timer(self, now: float) -> list[Action]:
         """Fire every timer due at ``now``: O(expired · log n), however many
@@ -190,7 +212,7 @@ class TransactionLayer:
             txn.on_timer(name, now, out)  # type: ignore[attr-defined]
             if txn.state is TERMINATED:  # type: ignore[attr-defined]
                 self._forget(txn)  # type: ignore[arg-type]
-        return out
+        return self._observed(out, now)
 
     def transport_error(self, key: TransactionKey, now: float) -> list[Action]:
         """The runtime could not deliver a ``Send`` of transaction ``key``."""
@@ -201,6 +223,11 @@ class TransactionLayer:
         txn.on_transport_error(now, out)
         if txn.state is TERMINATED:
             self._forget(txn)
+        return self._observed(out, now)
+
+    def _observed(self, out: list[Action], now: float) -> list[Action]:
+        if self._observer is not None:
+            self._observer.actions(out, now)
         return out
 
     # -- requests -------------------------------------------------------------------
