@@ -51,7 +51,6 @@ def test_every_runtime_dependency_is_imported_somewhere():
     # distribution name -> module name, where they differ
     modules = {"python3-etcd3": "etcd3", "pyzmq": "zmq", "dnspython": "dns",
                "opentelemetry-sdk": "opentelemetry.sdk",
-               "opentelemetry-exporter-otlp-proto-http": "opentelemetry.exporter.otlp.proto.http",
                "opentelemetry-proto": "opentelemetry.proto", "prometheus-client": "prometheus_client"}
     # dnspython is on the design card for RFC 3263 resolution, whose
     # resolver has not landed yet; remove it from here when it does.

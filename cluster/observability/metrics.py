@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
 )
-from prometheus_client.utils import floatToGoString
+from prometheus_client.registry import Collector
 
 __all__ = [
     "LATENCY_BOUNDS", "ETCD_BOUNDS", "HistogramFamily", "HotHistogram", "MetricsEndpoint", "one",
@@ -104,7 +104,7 @@ class HistogramFamily:
         """The Prometheus family: each series' buckets made cumulative, "le" bounds."""
         names = sorted({name for key in self._series for name, _ in key})
         family = HistogramMetricFamily(self.name, self.description, labels=names)
-        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
         for key, series in list(self._series.items()):
             counts, total = series.reading()
             cumulative, running = [], 0
@@ -119,7 +119,7 @@ class HistogramFamily:
 Reader = Callable[[], Reading]
 
 
-class MetricsEndpoint:
+class MetricsEndpoint(Collector):
     """One node's metrics: a ``prometheus_client`` collector and its text rendering."""
 
     def __init__(self, *, role: str, node_id: str) -> None:

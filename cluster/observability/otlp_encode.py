@@ -20,7 +20,7 @@ The output is meant to be byte for byte what
 - the status is always present; an attribute whose value cannot be encoded
   (an int beyond int64, a string with lone surrogates) is logged and left out.
 
-``FastOTLPSpanExporter`` is the SDK's OTLP/HTTP exporter with this encoder.
+``otlp_http.OtlpHttpSpanExporter`` posts these bytes.
 """
 
 from __future__ import annotations
@@ -31,26 +31,13 @@ from operator import attrgetter
 from struct import Struct
 
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import Span as SDKSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
 
-try:  # The private helpers of the installed exporter's own ``export``.
-    from opentelemetry.exporter.otlp.proto.http._common import (
-        RequestPayloadTooLargeError, _is_request_too_large,
-    )
-    from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
-except ImportError:  # pragma: no cover - another exporter version: use its export
-    _PARENT_API = False
-else:
-    _PARENT_API = True
-
-__all__ = ["FastOTLPSpanExporter", "encode_spans"]
+__all__ = ["encode_spans"]
 
 log = logging.getLogger("sipcluster.otlp")
-_exporter_log = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
 
 # Wire types (protobuf encoding): 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32.
 # Tags are (field number << 3) | wire type, as one byte below field 16.
@@ -315,7 +302,8 @@ def _sdk_span_types() -> frozenset:
     per span cost more than encoding a short attribute. The SDK's classes
     qualify while their fields carry the properties' names and ``Span``
     does not override the properties; any other class (or an SDK that
-    changed) is read through the properties."""
+    changed) is read through the properties. A private use of the SDK,
+    listed and checked in ``cluster/internals.py``."""
     try:
         probe = ReadableSpan("probe")
     except Exception:  # noqa: BLE001 - another SDK: the properties only
@@ -482,52 +470,3 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         out.append(tail)
         out[resource_at] = b"\x0a" + _varint(size)
     return b"".join(out)
-
-
-# -- exporter -------------------------------------------------------------------------
-
-
-class FastOTLPSpanExporter(OTLPSpanExporter):
-    """``OTLPSpanExporter`` (HTTP/protobuf) that encodes with ``encode_spans``.
-
-    ``export`` is the installed parent's, step for step, with the encoder
-    swapped. An exporter version without the private state it relies on
-    gets the parent's ``export`` (checked once, here)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._fast_export = _PARENT_API and all(
-            hasattr(self, name) for name in ("_shutdown", "_metrics", "_client", "_max_request_size"))
-        if not self._fast_export:
-            log.info("this OTLP exporter version is not the one FastOTLPSpanExporter knows; "
-                     "spans are encoded by the SDK")
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if not self._fast_export:
-            return super().export(spans)
-        if self._shutdown:
-            _exporter_log.warning("Exporter already shutdown, ignoring batch")
-            return SpanExportResult.FAILURE
-        with self._metrics.export_operation(len(spans)) as result:
-            try:
-                data = encode_spans(spans)
-            except Exception as error:  # noqa: BLE001 - the parent reports it as a failed batch
-                _exporter_log.error("Failed to encode span batch: %s", error)
-                result.error = error
-                return SpanExportResult.FAILURE
-            if _is_request_too_large(data, self._max_request_size):
-                _exporter_log.warning(
-                    "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
-                    len(data), self._max_request_size)
-                result.error = RequestPayloadTooLargeError(
-                    f"Serialized span request size {len(data)} bytes exceeds max_request_size "
-                    f"{self._max_request_size} bytes.")
-                return SpanExportResult.FAILURE
-            exported = self._client.export(data)
-            if not exported.success:
-                result.error = exported.error
-                result.error_attrs = (
-                    {HTTP_RESPONSE_STATUS_CODE: exported.status_code}
-                    if exported.status_code is not None else None)
-                return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS

@@ -1,7 +1,7 @@
 """A minimal OTLP/HTTP trace receiver: tests, benchmarks and a look at spans on a laptop.
 
 It accepts ``POST /v1/traces`` with a protobuf ``ExportTraceServiceRequest``
-(gzip or not), as ``opentelemetry-exporter-otlp-proto-http`` sends it, and
+(gzip or not), as OTLP/HTTP exporters (``otlp_http`` among them) send it, and
 keeps each span as a flat ``ReceivedSpan``. Run it next to ``sipcluster up``::
 
     python -m cluster.observability.otlp_sink --port 4318 &

@@ -127,7 +127,8 @@ class EtcdKV:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND and "lease" in (exc.details() or ""):
                 raise LeaseNotFound(f"{what}: {exc.details()}") from None
-            # Marks the endpoint failed so the next call fails over; re-raises.
+            # Marks the endpoint failed so the next call fails over; re-raises
+            # (a private part of etcd3, listed in cluster/internals.py).
             self.connection.client()._manage_grpc_errors(exc)
             raise
 

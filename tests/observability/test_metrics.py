@@ -144,3 +144,23 @@ def test_udp_receive_queue_read_from_proc():
         queued, drops = udp_socket_queue(inode, False)
         assert queued >= 300 and drops == 0
     assert udp_socket_queue(inode, False) is None
+
+
+def test_a_reading_that_fails_costs_its_family_not_the_scrape(caplog):
+    endpoint = MetricsEndpoint(role="worker", node_id="w1")
+
+    def broken():
+        raise RuntimeError("a bug in a reading")
+    endpoint.gauge("sipcluster_broken", "t", broken)
+    endpoint.counter("sipcluster_fine_total", "t", lambda: one(2))
+    got = samples(endpoint.render())
+    assert got[("sipcluster_fine_total", ())] == 2
+    assert not any(name == "sipcluster_broken" for name, _ in got)
+    assert "sipcluster_broken could not be read" in caplog.text
+
+
+def test_the_endpoint_is_a_prometheus_client_collector():
+    from prometheus_client.registry import Collector
+    endpoint = MetricsEndpoint(role="edge", node_id="e1")
+    assert Collector in type(endpoint).__mro__
+    assert {family.name for family in endpoint.collect()} >= {"sipcluster_node_info", "target_info"}

@@ -4,19 +4,16 @@ message (and its serialization) is the oracle for every batch."""
 from __future__ import annotations
 
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
-from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -24,8 +21,8 @@ from opentelemetry.trace import (
 )
 
 from cluster.observability import otlp_encode
-from cluster.observability.otlp_encode import FastOTLPSpanExporter, encode_spans
-from cluster.observability.tracing import Tracing, _span_exporter
+from cluster.observability.otlp_encode import encode_spans
+from cluster.observability.tracing import Tracing
 from tests.sip.samples import INVITE
 
 INT64_MAX = (1 << 63) - 1
@@ -267,109 +264,3 @@ def test_generated_attributes_encode_like_the_sdk(attributes, event_attributes):
     spans = _HYPOTHESIS_SPANS.get_finished_spans()
     assert len(spans) == 1
     assert_like_sdk(spans)
-
-
-# -- exporter ------------------------------------------------------------------------------
-
-
-class _Collector(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.received.append((self.path, self.headers.get("Content-Type"), body))
-        self.send_response(self.server.status)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        return None
-
-
-@pytest.fixture
-def collector():
-    server = HTTPServer(("127.0.0.1", 0), _Collector)
-    server.received = []
-    server.status = 200
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def exporter_for(server, **kwargs) -> FastOTLPSpanExporter:
-    return FastOTLPSpanExporter(endpoint=f"http://127.0.0.1:{server.server_port}/v1/traces",
-                                compression=Compression.NoCompression, timeout=5, **kwargs)
-
-
-def some_spans():
-    tp, exporter = provider()
-    tracer = tp.get_tracer("sipcluster")
-    with tracer.start_as_current_span("edge.receive INVITE", kind=SpanKind.SERVER,
-                                      attributes={"sip.call_id": "a@b", "network.peer.port": 5060}):
-        with tracer.start_as_current_span("sip.route", attributes={"sip.node": "w-1"}):
-            pass
-    return exporter.get_finished_spans()
-
-
-def test_exporter_posts_our_bytes(collector):
-    spans = some_spans()
-    exporter = exporter_for(collector)
-    assert exporter._fast_export
-    assert exporter.export(spans) is SpanExportResult.SUCCESS
-    [(path, content_type, body)] = collector.received
-    assert path == "/v1/traces" and content_type == "application/x-protobuf"
-    assert ExportTraceServiceRequest.FromString(body) == sdk_encode_spans(spans)
-    exporter.shutdown()
-
-
-def test_exporter_reports_a_rejected_batch(collector):
-    collector.status = 400
-    exporter = exporter_for(collector)
-    assert exporter.export(some_spans()) is SpanExportResult.FAILURE
-    assert len(collector.received) == 1
-
-
-def test_exporter_drops_a_batch_over_the_size_limit_without_posting(collector):
-    exporter = exporter_for(collector, max_request_size=10)
-    assert exporter.export(some_spans()) is SpanExportResult.FAILURE
-    assert collector.received == []
-
-
-def test_exporter_refuses_batches_after_shutdown(collector):
-    exporter = exporter_for(collector)
-    exporter.shutdown()
-    assert exporter.export(some_spans()) is SpanExportResult.FAILURE
-    assert collector.received == []
-
-
-def test_exporter_reports_an_encoding_failure(collector):
-    tp, spans = provider()
-    tp.get_tracer("t").start_span("bad \udcff").end()
-    exporter = exporter_for(collector)
-    assert exporter.export(spans.get_finished_spans()) is SpanExportResult.FAILURE
-    assert collector.received == []
-
-
-def test_exporter_of_another_version_uses_the_parents_export(collector, monkeypatch):
-    monkeypatch.setattr(otlp_encode, "_PARENT_API", False)
-
-    def broken(spans):
-        raise AssertionError("the fast encoder must not run")
-
-    monkeypatch.setattr(otlp_encode, "encode_spans", broken)
-    spans = some_spans()
-    exporter = exporter_for(collector)
-    assert not exporter._fast_export
-    assert exporter.export(spans) is SpanExportResult.SUCCESS
-    [(_, _, body)] = collector.received
-    assert body == sdk_encode_spans(spans).SerializePartialToString()
-
-
-def test_tracing_exports_otlp_with_the_fast_exporter():
-    exporter = _span_exporter("otlp", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
-    assert type(exporter) is FastOTLPSpanExporter
-    exporter.shutdown()

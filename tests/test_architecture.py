@@ -1,0 +1,97 @@
+"""Layering and wiring rules read from the source (STYLE §7, issue 16).
+
+- Observability is passed in (observers, wrappers implementing the same
+  protocol), never patched in: no module of ``cluster/observability``
+  assigns or deletes an attribute of an object other than ``self``, or
+  calls ``setattr``/``delattr``.
+- ``cluster/`` is the lower layer: apart from the CLI, which starts nodes,
+  it never imports ``nodes``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _attribute_targets(node: ast.AST) -> list[ast.Attribute]:
+    if isinstance(node, (ast.Assign, ast.Delete)):
+        targets = node.targets
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        targets = [node.target]
+    else:
+        return []
+    found = []
+    for target in targets:
+        for part in ast.walk(target):
+            if isinstance(part, ast.Attribute) and isinstance(part.ctx, (ast.Store, ast.Del)):
+                found.append(part)
+    return found
+
+
+def foreign_assignments(path: Path) -> list[str]:
+    """``x.attr = ...`` / ``del x.attr`` with ``x`` other than ``self``, and
+    ``setattr``/``delattr`` calls, as ``file:line: text``."""
+    source = path.read_text()
+    out = []
+    for node in ast.walk(ast.parse(source, str(path))):
+        for target in _attribute_targets(node):
+            if not (isinstance(target.value, ast.Name) and target.value.id == "self"):
+                out.append(f"{path.name}:{node.lineno}: {ast.get_source_segment(source, node)}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in ("setattr", "delattr"):
+            out.append(f"{path.name}:{node.lineno}: {ast.get_source_segment(source, node)}")
+    return out
+
+
+def imports_of(path: Path, package: str) -> list[str]:
+    """Every import of ``package`` (or a module under it) in ``path``, as ``file:line``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        if any(name == package or name.startswith(package + ".") for name in names):
+            out.append(f"{path.name}:{node.lineno}")
+    return out
+
+
+def test_observability_assigns_no_attribute_of_another_object():
+    found = [hit for path in sorted((ROOT / "cluster" / "observability").rglob("*.py"))
+             for hit in foreign_assignments(path)]
+    assert found == [], "observability must be passed in, not patched in:\n" + "\n".join(found)
+
+
+def test_cluster_never_imports_nodes_except_the_cli():
+    found = [hit for path in sorted((ROOT / "cluster").rglob("*.py"))
+             if path != ROOT / "cluster" / "cli.py" for hit in imports_of(path, "nodes")]
+    assert found == [], "cluster/ is the lower layer:\n" + "\n".join(found)
+
+
+def test_the_checks_see_what_they_look_for(tmp_path):
+    # The rules above pass only because the code obeys them: the same
+    # checks flag each form they forbid.
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import nodes.worker\n"
+        "from nodes.edge.node import EdgeNode\n"
+        "from cluster import nodes_like\n"
+        "def wire(node, app, handler):\n"
+        "    self_like = node\n"
+        "    node.etcd_latency = 1\n"
+        "    app.handler_for = handler\n"
+        "    node.stats.total += 1\n"
+        "    del node.tracing\n"
+        "    setattr(node, 'x', 1)\n"
+        "class Own:\n"
+        "    def __init__(self):\n"
+        "        self.ok = 1\n"
+        "        self.part.inner = 2\n")
+    hits = foreign_assignments(sample)
+    assert sorted(int(hit.split(":")[1]) for hit in hits) == [6, 7, 8, 9, 10, 14]
+    assert [hit.rsplit(":", 1)[1] for hit in imports_of(sample, "nodes")] == ["1", "2"]
