@@ -38,6 +38,8 @@ import yaml
 
 from cluster import config as node_config
 from cluster.link.keys import PUBLIC_FILE, SECRET_FILE, load_keys, node_keys, write_keys
+from cluster.observability.otlp_http import OtlpHttpSpanExporter
+from cluster.observability.tracing import _span_exporter
 from tests.e2e.harness import free_port_pair, options, wait_for
 from tests.support.etcd import free_port
 
@@ -73,7 +75,7 @@ VALUE_SETS: dict[str, dict] = {
                               "tls": {"enabled": True, "existingSecret": "etcd-client"},
                               "auth": {"existingSecret": "etcd-auth"}}},
         "link": {"curve": {"existingSecret": "link-keys"}},
-        "otel": {"endpoint": "http://otel-collector.observability:4317", "samplerArg": "0.05"},
+        "otel": {"endpoint": "http://otel-collector.observability:4318", "samplerArg": "0.05"},
         "worker": {"nonceSecret": {"existingSecret": "nonce"}},
     },
     "bundled-etcd-3": {
@@ -191,6 +193,8 @@ def test_every_manifest_validates_strictly(name, version):
     ({"worker": {"nonceSecret": {"value": "too-short"}}}, "value"),
     ({"etcd": {"mode": "external"}}, "endpoints"),
     ({"etcd": {"bundled": {"replicas": 2}}}, "replicas"),
+    ({"otel": {"protocol": "grpc"}}, "protocol"),  # the nodes speak OTLP/HTTP only
+    ({"otel": {"endpoint": "otel-collector:4317"}}, "endpoint"),
 ])
 def test_schema_rejects_bad_values(values, field):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError, match=field):
@@ -387,6 +391,15 @@ def test_probes_use_the_health_endpoints_on_the_http_port(name, component):
     assert listen == f"$(POD_IP):{port(container, 'http')['containerPort']}"
 
 
+def test_default_otel_values_and_docs_name_otlp_over_http_on_4318():
+    defaults = values_of("default")["otel"]
+    assert defaults["protocol"] == "http/protobuf"
+    text = (CHART / "values.yaml").read_text()
+    guide = (ROOT / "ops" / "guide" / "kubernetes.md").read_text()
+    assert ":4318" in text and ":4317" not in text and "protocol: http/protobuf" in text
+    assert ":4318" in guide and "http/protobuf" in guide
+
+
 @pytest.mark.parametrize("name", VALUE_SETS)
 @pytest.mark.parametrize("component", ["edge", "worker"])
 def test_pods_get_identity_and_otel_environment(name, component):
@@ -405,7 +418,14 @@ def test_pods_get_identity_and_otel_environment(name, component):
     else:
         assert env["OTEL_TRACES_EXPORTER"]["value"] == "none"
     assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == otel["samplerArg"]
-    pod_environment(r.container(component))  # every $(VAR) is defined before use
+    environment = pod_environment(r.container(component))  # every $(VAR) is defined before use
+    if otel["endpoint"]:
+        # What the nodes make of it: OTLP/HTTP to the collector's /v1/traces.
+        assert environment["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+        exporter = _span_exporter("otlp", environment)
+        assert type(exporter) is OtlpHttpSpanExporter
+        assert exporter.endpoint == otel["endpoint"].rstrip("/") + "/v1/traces"
+        exporter.shutdown()
     assert r.container(component)["args"][:3] == [component, "--config", "/etc/sipcluster/config.toml"]
 
 
