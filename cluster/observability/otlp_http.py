@@ -7,7 +7,8 @@ exporter. It speaks OTLP/HTTP with binary protobuf (OTLP specification,
 application/x-protobuf``, optionally gzip-compressed; a 2xx answer is
 success; 429, 502, 503 and 504 and failed connections are retried with
 exponential backoff (1, 2, 4 … s, or the server's ``Retry-After``) until the
-batch's timeout runs out; any other answer fails the batch at once.
+batch's timeout runs out; any other answer, or a certificate that is not
+trusted, fails the batch at once.
 
 Configuration, from the standard variables (the ``TRACES_`` form wins):
 
@@ -162,6 +163,12 @@ class OtlpHttpSpanExporter(SpanExporter):
                 break
             try:
                 status, retry_after, detail = self._post(body, remaining)
+            except ssl.SSLCertVerificationError as error:
+                # Retrying will not make the collector's certificate trusted.
+                self._close()
+                log.warning("OTLP collector %s is not trusted (%s; OTEL_EXPORTER_OTLP_CERTIFICATE names "
+                            "the CA); %d spans dropped", self.endpoint, error.verify_message, count)
+                return SpanExportResult.FAILURE
             except (OSError, http.client.HTTPException) as error:
                 self._close()
                 status, retry_after, detail = None, None, str(error) or type(error).__name__

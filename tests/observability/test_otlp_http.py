@@ -5,8 +5,10 @@ and retries only what OTLP says to retry."""
 from __future__ import annotations
 
 import gzip
+import ssl
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -42,14 +44,16 @@ class _Collector(BaseHTTPRequestHandler):
         return None
 
 
-@pytest.fixture
-def collector():
+@contextmanager
+def running_collector(tls: ssl.SSLContext | None = None):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
     server.daemon_threads = True
     server.received = []
     server.statuses = []
     server.hang = threading.Event()
     server.hang_release = threading.Event()
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     try:
@@ -59,6 +63,12 @@ def collector():
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def collector():
+    with running_collector() as server:
+        yield server
 
 
 def url(server, path: str = "/v1/traces") -> str:
@@ -168,3 +178,23 @@ def test_spans_of_a_node_reach_the_collector_through_the_batch_processor(collect
                          "UDP", ("192.0.2.1", 5060), "w-1").end()
     tracing.shutdown()
     assert collector.received and collector.received[0][0] == "/v1/traces"
+
+
+def test_https_collector_verified_with_the_configured_ca(tmp_path):
+    from tests.support.pki import make_pki
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    with running_collector(context) as server:
+        endpoint = f"https://127.0.0.1:{server.server_port}"
+        trusted = OtlpHttpSpanExporter.from_environment({
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(pki.ca),
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "3000"})
+        assert trusted.export(some_spans()) is SpanExportResult.SUCCESS
+        assert len(server.received) == 1
+        # Without the CA (system trust store only) the collector is not trusted.
+        untrusted = OtlpHttpSpanExporter(endpoint + "/v1/traces", timeout=30)
+        started = time.monotonic()
+        assert untrusted.export(some_spans()) is SpanExportResult.FAILURE
+        assert time.monotonic() - started < 10  # not retried until the timeout
+        assert len(server.received) == 1
