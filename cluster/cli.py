@@ -8,6 +8,8 @@
     sipcluster user set USER [KEY=VALUE ...] [--password | --password-stdin]
     sipcluster user del USER | list [--json]
     sipcluster keys generate --dir DIR [--force]
+    sipcluster bans list [--json]
+    sipcluster bans del ADDRESS|USER
 
 Every command that talks to a cluster finds it the same way
 (:func:`cluster.discovery.find_cluster`): ``--etcd`` if given, else the node
@@ -133,16 +135,35 @@ def _settings(items: list[str]) -> dict:
     return settings
 
 
-def _user(args: argparse.Namespace) -> int:
-    from .auth.users import UnknownUser, UserDirectory, UserExists
+def _on_cluster(command: str, args: argparse.Namespace, directory_type, action) -> int:
+    """``action(directory)`` on the cluster ``args`` name, with a
+    ``directory_type(access, prefix)`` (``UserDirectory``, ``BanDirectory``)
+    closed after; an etcd failure is one line naming the cluster."""
     from .coordination.errors import CoordinationError
+    target = _target(command, args)
+    if target is None:
+        return 2
+    directory = directory_type(target.access, target.prefix)
+    try:
+        return action(directory)
+    except CoordinationError as error:
+        print(f"sipcluster {command}: cannot use the cluster at {target.etcd}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        directory.close()
+
+
+def _user(args: argparse.Namespace) -> int:
+    from .auth.users import UserDirectory
     if getattr(args, "password", None) is not None and args.action == "add":
         print(f"sipcluster user add: {NO_PASSWORD_ARGUMENT}", file=sys.stderr)
         return 2
-    target = _target(f"user {args.action}", args)
-    if target is None:
-        return 2
-    directory = UserDirectory(target.access, target.prefix)
+    return _on_cluster(f"user {args.action}", args, UserDirectory,
+                       lambda directory: _user_action(directory, args))
+
+
+def _user_action(directory, args: argparse.Namespace) -> int:
+    from .auth.users import UnknownUser, UserExists
     try:
         if args.action == "add":
             password = read_password(args.user, args.password_stdin)
@@ -178,12 +199,37 @@ def _user(args: argparse.Namespace) -> int:
     except (ValueError, UserExists, UnknownUser) as error:
         print(f"sipcluster user {args.action}: {error}", file=sys.stderr)
         return 1
-    except CoordinationError as error:
-        print(f"sipcluster user {args.action}: cannot use the cluster at {target.etcd}: {error}",
-              file=sys.stderr)
-        return 1
-    finally:
-        directory.close()
+    return 0
+
+
+def _bans(args: argparse.Namespace) -> int:
+    """``bans list``: every ban in etcd with its reason and time left;
+    ``bans del``: lift the bans of an address or a user on every node."""
+    from .defence.store import BanDirectory
+    return _on_cluster(f"bans {args.action}", args, BanDirectory,
+                       lambda directory: _bans_action(directory, args))
+
+
+def _bans_action(directory, args: argparse.Namespace) -> int:
+    import time
+    if args.action == "del":
+        lifted = directory.delete(args.subject)
+        if not lifted:
+            print(f"sipcluster bans del: no ban of {args.subject}", file=sys.stderr)
+            return 1
+        print(f"lifted the {' and '.join(lifted)} ban of {args.subject}")
+        return 0
+    now = time.time()
+    bans = directory.list(now)
+    if args.json:
+        print(json.dumps([{"kind": b.kind, "subject": b.subject, "reason": b.reason, "by": b.by,
+                           "detail": b.detail, "until": b.until,
+                           "seconds_left": max(0, round(b.until - now))} for b in bans], indent=2))
+        return 0
+    for b in bans:
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.until))
+        print(f"{b.kind:4}  {b.subject}  reason={b.reason}  until={until} "
+              f"({max(0, round(b.until - now))} s)  by={b.by}  {b.detail}".rstrip())
     return 0
 
 
@@ -257,7 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show members, ring epoch and shard shares")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
-    for p in (add, delete, listing, setting, status):
+
+    bans = sub.add_parser("bans", help="source addresses and users banned by the edge defences")
+    bans_sub = bans.add_subparsers(dest="action", required=True)
+    bans_list = bans_sub.add_parser("list", help="every ban in force, with reason and expiry")
+    bans_list.add_argument("--json", action="store_true", help="machine-readable output")
+    bans_del = bans_sub.add_parser("del", help="lift the ban of an address or a user (user@realm)")
+    bans_del.add_argument("subject", metavar="ADDRESS|USER")
+    bans.set_defaults(func=_bans)
+    for p in (add, delete, listing, setting, status, bans_list, bans_del):
         add_cluster_arguments(p)
     return parser
 

@@ -25,6 +25,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, get_type_hints
 
+from .defence.scanner import DEFAULT_BLOCKED_AGENTS
+
 __all__ = [
     "CONFIG_ENV", "ClusterConfig", "Config", "ConfigError", "EdgeConfig", "ENV_PREFIX",
     "HttpConfig", "Listen", "LogConfig", "NON_FIELD_ENV", "SUPPORTED_TRANSPORTS", "TRANSPORTS", "WorkerConfig",
@@ -279,8 +281,21 @@ class EdgeConfig(_Section):
     queue: int = _f(10000, "Length of each bounded queue; a full queue is a counted drop.", lo=1)
     tcp_idle_timeout: float = _f(300.0, "Seconds before an idle TCP connection is closed.", above=0)
     max_connections: int = _f(10000, "Most concurrent stream connections.", lo=1)
-    rate_limit: float = _f(0.0, "Requests per second allowed per source IP; 0 turns rate limiting off.", lo=0)
+    rate_limit: float = _f(0.0, "Requests per second allowed per source IP; a source above it (after its "
+                                "`rate_burst`) is banned for `rate_ban_time`, every message from it dropped "
+                                "unanswered. 0 turns rate limiting off.", lo=0)
     rate_burst: int = _f(100, "Requests a source IP may send in a burst above `rate_limit`.", lo=1)
+    rate_ban_time: float = _f(60.0, "Seconds a source that exceeded `rate_limit` stays banned (on every edge, "
+                                    "through etcd).", above=0)
+    rate_exempt: tuple[str, ...] = _f((), "CIDR networks never banned for their request rate (trunks, "
+                                          "other proxies).")
+    rate_sources: int = _f(65536, "Most source addresses whose request rate is tracked; the least recently "
+                                  "seen is forgotten first, so a spoofed-source flood cannot grow memory.", lo=1)
+    max_bans: int = _f(65536, "Most banned addresses an edge holds; beyond it the oldest bans are forgotten "
+                              "(counted in `sipcluster_edge_ban_evictions_total`).", lo=1)
+    user_agent_block: tuple[str, ...] = _f(DEFAULT_BLOCKED_AGENTS, "Requests whose User-Agent contains one of "
+                                           "these (case-insensitive) are dropped unanswered (scanners); empty "
+                                           "turns the check off.")
 
     def _validate(self) -> None:
         if not self.listen:
@@ -306,6 +321,14 @@ class EdgeConfig(_Section):
             if _is_unspecified(host):
                 raise ConfigError("edge.advertise", f"{self.advertise!r} is an unspecified address")
         _check_link("edge.link", self.link)
+        for i, network in enumerate(self.rate_exempt):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"edge.rate_exempt[{i}]", f"{network!r} is not a CIDR network: {exc}") from None
+        for i, token in enumerate(self.user_agent_block):
+            if not token.strip() or not token.isascii():
+                raise ConfigError(f"edge.user_agent_block[{i}]", f"{token!r} is not a non-empty ASCII text")
 
     def advertised(self) -> tuple[str, int]:
         """``(host, port)`` for Via sent-by and Record-Route (RFC 3261 §18.2.1, §16.6 step 4).
@@ -355,6 +378,11 @@ class WorkerConfig(_Section):
     registrar_min_expires: int = _f(60, "Shortest registration accepted, seconds; shorter gets 423 (RFC 3261 §10.3 step 7).", lo=1)
     registrar_max_expires: int = _f(7200, "Longest registration granted, seconds; longer is shortened.")
     registrar_default_expires: int = _f(3600, "Expiry of a registration that asks for none, seconds.")
+    auth_fail_limit: int = _f(10, "Failed digest attempts for one user, or from one source address, within "
+                                  "`auth_fail_window` that ban the user (refused with 403 by every worker) or "
+                                  "the address (dropped by every edge) for `auth_ban_time`; 0 turns it off.", lo=0)
+    auth_fail_window: float = _f(60.0, "Seconds over which failed digest attempts are counted.", above=0)
+    auth_ban_time: float = _f(600.0, "Seconds a password-guessing ban lasts.", above=0)
 
     def _validate(self) -> None:
         _check_link("worker.link", self.link)

@@ -90,6 +90,9 @@ class AuthOutcome:
     username: str | None
     stale: bool = False
     reason: str = ""
+    banned: bool = False
+    """The user is banned for password guessing (``worker.auth_fail_limit``):
+    no password is checked until the ban ends; refuse, do not challenge."""
 
     @property
     def ok(self) -> bool:

@@ -35,6 +35,7 @@ from .api import Application, Call, Target
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER"
 SHARD_HEADER = "X-Sipcluster-Shard"
+BANNED_REASON = "Temporarily Blocked"
 
 application = Application("default")
 
@@ -45,6 +46,8 @@ def register(call: Call):
     if not call.is_local(request.uri) and not call.is_local(request.to.uri):
         return relay(call)
     auth = call.authenticate()
+    if auth.banned:
+        return call.reply(403, BANNED_REASON)
     if not auth.ok:
         return call.challenge(stale=auth.stale)
     record = call.services.authenticated_record(auth.username, call.default_realm())
@@ -109,6 +112,8 @@ def check_identity(call: Call, trusted: bool):
     if trusted and request.method != "INVITE":
         return None
     auth = call.authenticate(proxy=True)
+    if auth.banned:
+        return call.reply(403, BANNED_REASON)
     if not auth.ok:
         return call.challenge(proxy=True, stale=auth.stale)
     record = call.services.authenticated_record(auth.username, call.default_realm())

@@ -520,8 +520,7 @@ class UserDirectory:
         self._connection.close()
 
     def _call(self, op: str, method: str, *args: Any) -> Any:
-        connection = self._connection
-        return connection.run(f"users {op}", lambda: getattr(connection.client(), method)(*args))
+        return self._connection.call(f"users {op}", method, *args)
 
     def _update(self, op: str, key: str, change: Callable[[bytes | None], bytes]) -> bytes:
         """Write ``change(current value)`` unless the key moved meanwhile; retry."""

@@ -343,6 +343,10 @@ class EtcdConnection:
                 raise translated from error
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def call(self, op: str, method: str, *args: Any) -> Any:
+        """The client's ``method(*args)`` (``"get"``, ``"put"``, ``"delete"``…) through ``run``."""
+        return self.run(op, lambda: getattr(self.client(), method)(*args))
+
     def _renewable(self, error: BaseException) -> bool:
         import grpc
         return (self.access is not None and self.access.user is not None

@@ -120,30 +120,21 @@ async def follow_selection(store: EtcdStore, prefix: str, selection: SipLogSelec
                            task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Keep ``selection`` equal to the etcd key: read it, then watch it; on any
     failure read again (a missed change is never left standing)."""
-    from cluster.coordination.errors import CoordinationError
+    from cluster.coordination.feed import follow_prefix
     from cluster.sharding import Delete
 
     key = debug_key(prefix).encode()
-    started = False
-    while True:
-        try:
-            snapshot = await store.get_prefix(key)
-            selection.load(next((kv.value for kv in snapshot.kvs if kv.key == key), None))
-            revision = snapshot.revision
-            if not started:
-                task_status.started()
-                started = True
-            async with store.watch_prefix(key, start_revision=revision + 1) as stream:
-                async for events in stream:
-                    for event in events:
-                        if event.key == key:
-                            selection.load(None if isinstance(event, Delete) else event.value)
-        except CoordinationError as error:
-            control_log.debug("SIP log selection watch failed: %s", error)
-            if not started:
-                task_status.started()
-                started = True
-            await trio.sleep(retry)
+
+    async def load(snapshot) -> None:
+        selection.load(next((kv.value for kv in snapshot.kvs if kv.key == key), None))
+
+    async def apply(events) -> None:
+        for event in events:
+            if event.key == key:
+                selection.load(None if isinstance(event, Delete) else event.value)
+
+    await follow_prefix(store, key, load=load, apply=apply, retry=retry, task_status=task_status,
+                        failed=lambda error: control_log.debug("SIP log selection watch failed: %s", error))
 
 
 def selection_value(call_ids: Iterable[str], users: Iterable[str], until: float | None) -> bytes:

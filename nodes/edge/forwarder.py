@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from hashlib import blake2b as _blake2b
 
+from cluster.defence import EdgeGuard
 from cluster.link import Envelope, FrameQueue, Outbox, pack, pack_v2
 from cluster.observability.tracing import Tracing, traceparent
 from cluster.sharding.ring import EmptyRing, Ring
@@ -50,8 +51,11 @@ def response_shard(data: bytes) -> str | None:
 
 class Forwarder:
     def __init__(self, node_id: str, outbox: Outbox, *, max_message: int, server: str,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, guard: EdgeGuard | None = None,
+                 stats: Counter[str] | None = None) -> None:
         self.node_id = node_id
+        self.guard = guard
+        """``cluster.defence.EdgeGuard``: bans, scanners and rate limits, checked first."""
         self.outbox = outbox
         self.max_message = max_message
         self.server = server
@@ -60,7 +64,8 @@ class Forwarder:
         self.array_links: set[str] = set()
         """Worker endpoints that read version-2 envelopes (cluster.link)."""
         self.advertise: dict[str, str] = {}
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        """The edge's event counters (shared with what ``guard`` reports to)."""
         self.received: Counter[str] = Counter()
         """Messages read from the network by transport (keep-alives excluded);
         the listeners count, UDP once per drained batch."""
@@ -91,6 +96,13 @@ class Forwarder:
         endpoint instead of sent; ``flush`` sends each endpoint's queue as
         one ZeroMQ message and returns the answers for what it could not."""
         stats = self.stats
+        guard = self.guard
+        if guard is not None:
+            # DESIGN §8 edge defences: what they drop gets no answer at all.
+            dropped = guard.admit(data, source[0], time.time())
+            if dropped is not None:
+                stats[dropped] += 1
+                return None
         if len(data) > self.max_message:
             stats["drop_oversize"] += 1
             return reject_malformed(data, ParseError("message too large", 513), server=self.server)

@@ -56,6 +56,12 @@ def edge_metrics(node: EdgeNode) -> MetricsEndpoint:
                               (stats["tcp_keepalive"], {"transport": "tcp"})])
     endpoint.gauge("sipcluster_edge_tcp_connections", "Open TCP connections.",
                    lambda: one(len(node.tcp.connections)))
+    guard = node.guard
+    endpoint.gauge("sipcluster_edge_bans", "Source addresses this edge drops (its own rate bans and etcd's bans).",
+                   lambda: one(len(guard.bans)))
+    endpoint.counter("sipcluster_edge_bans_total", "Bans made here or learnt, by reason: rate (edge.rate_limit) "
+                     "or evicted (edge.max_bans full, the oldest forgotten).",
+                     lambda: [(stats["ban_rate"], {"reason": "rate"}), (guard.bans.evicted, {"reason": "evicted"})])
 
     def udp_readings(index: int):
         out = []

@@ -11,11 +11,13 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 
 import trio
 
 from cluster.config import Config
 from cluster.coordination import EtcdMembership
+from cluster.defence.store import BanPublisher
 from cluster.link import READS as LINK_READS
 from cluster.link import (
     Envelope, Inbox, LinkAuthenticator, LinkError, LinkGuard, Outbox, node_context, node_keys,
@@ -26,6 +28,7 @@ from cluster.observability.node_metrics import hop_latency
 from cluster.observability.tracing import Tracing
 from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
 
+from .defence import EdgeBans, EdgeDefenceEvents, build_guard
 from .forwarder import Forwarder
 from .tcp import TcpTransport
 from .udp import UdpListener
@@ -56,9 +59,13 @@ class EdgeNode:
         self.inbox = Inbox(self.context, config.edge.link, hwm=config.edge.queue, keys=self.keys)
         self.authenticator.watch(self.inbox)
         self.outbox = Outbox(self.context, hwm=config.edge.queue, keys=self.keys)
-        self.forwarder = Forwarder(self.node_id, self.outbox,
-                                   max_message=config.edge.max_message, server=SERVER, tracing=tracing)
-        self.stats = self.forwarder.stats
+        self.stats: Counter[str] = Counter()
+        self.ban_publisher = BanPublisher(config.cluster.prefix, self.stats)
+        self.defence_events = EdgeDefenceEvents(self.node_id, self.stats, config.edge.rate_limit,
+                                                self.ban_publisher)
+        self.guard = build_guard(config.edge, self.defence_events)
+        self.forwarder = Forwarder(self.node_id, self.outbox, max_message=config.edge.max_message,
+                                   server=SERVER, tracing=tracing, guard=self.guard, stats=self.stats)
         self.udp: dict[tuple[str, int], UdpListener] = {}
         for listen in config.edge.listen:
             if listen.transport == "udp":
@@ -112,11 +119,25 @@ class EdgeNode:
             self.membership = EtcdMembership.from_config(
                 config, self.member(), observer=self.etcd_metrics.client("membership"))
             await nursery.start(self.membership.run)
+            await self._start_bans(nursery)
             nursery.start_soon(self._follow_membership)
             nursery.start_soon(self._link_loop)
             log.info("edge ready", extra={"node": self.node_id, "udp": list(self.udp),
                                           "tcp": self.tcp.locals, "link": self.inbox.endpoint})
             task_status.started()
+
+    async def _start_bans(self, nursery: trio.Nursery) -> None:
+        """Share the rate bans made here and enforce every edge's and worker's
+        address bans (``cluster.defence.store``)."""
+        from cluster.coordination import EtcdStore
+        from cluster.defence import ADDRESS
+        from cluster.defence.store import BanFeed
+        store = EtcdStore.from_config(self.config.cluster, observer=self.etcd_metrics.client("bans"))
+        prefix = self.config.cluster.prefix
+        bans = EdgeBans(self.guard)
+        await nursery.start(self.ban_publisher.run, store)
+        await nursery.start(BanFeed(store, prefix, kinds=(ADDRESS,), put=bans.put, lifted=bans.lifted,
+                                    reset=bans.reset, stats=self.stats).run)
 
     async def _follow_membership(self) -> None:
         assert self.membership is not None

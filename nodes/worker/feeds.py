@@ -14,6 +14,7 @@ import trio
 from cluster.auth.users import UserCache, users_prefix
 from cluster.coordination import EtcdStore
 from cluster.coordination.errors import CoordinationError
+from cluster.coordination.feed import follow_prefix
 
 log = logging.getLogger("sipcluster.worker")
 
@@ -26,22 +27,17 @@ class UserFeed:
         self.loaded = trio.Event()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        started = False
-        while True:
-            try:
-                snapshot = await self.store.get_prefix(self.prefix)
-                self.cache.load(snapshot.revision, [(kv.key, kv.value) for kv in snapshot.kvs])
-                self.loaded.set()
-                if not started:
-                    task_status.started()
-                    started = True
-                async with self.store.watch_prefix(self.prefix,
-                                                   start_revision=snapshot.revision + 1) as stream:
-                    async for events in stream:
-                        self.cache.apply(events)
-            except CoordinationError as error:
-                log.warning("user watch failed; reading again", extra={"error": str(error)})
-                if not started:
-                    task_status.started()
-                    started = True
-                await trio.sleep(1.0)
+        cache = self.cache
+
+        async def load(snapshot) -> None:
+            cache.load(snapshot.revision, [(kv.key, kv.value) for kv in snapshot.kvs])
+            self.loaded.set()
+
+        async def apply(events) -> None:
+            cache.apply(events)
+
+        def failed(error: CoordinationError) -> None:
+            log.warning("user watch failed; reading again", extra={"error": str(error)})
+
+        await follow_prefix(self.store, self.prefix, load=load, apply=apply, failed=failed,
+                            task_status=task_status)

@@ -66,6 +66,8 @@ YIELD_EVERY = 256
 """Inbound messages handled before the link loop lets other tasks run."""
 CHALLENGE_SWEEP = 2.0
 """Seconds between looks for digest challenges left unanswered."""
+USER_BANS = 65536
+"""Most user bans a worker holds (password guessing); the oldest go first."""
 
 
 class WorkerNode:
@@ -119,6 +121,7 @@ class WorkerNode:
         self.location_store = None
         """The registrar's ``LocationStore``: ``store``, traced when tracing is on."""
         self.users = None
+        self.password_guard = _password_guard(config, self.node_id, self.stats)
         self.tu: TransactionUser | None = None
         """The transaction user, once the services it needs exist (``run``)."""
         if services is not None:
@@ -184,7 +187,8 @@ class WorkerNode:
                                 nonce_ttl=w.nonce_ttl, locations=locations,
                                 users=self.users.cache, digest_algorithms=w.digest_algorithms,
                                 digest_sha256_domains=w.digest_sha256_domains,
-                                outbound_proxy=w.outbound_proxy, events=self.stats))
+                                outbound_proxy=w.outbound_proxy, events=self.stats,
+                                guard=self.password_guard))
         from cluster.app.default import application as default_app
         if self.application is default_app or w.redirect_domains:
             self.application.redirect_domains.update(d.lower() for d in w.redirect_domains)
@@ -194,6 +198,7 @@ class WorkerNode:
             await nursery.start(self.store.run)
             nursery.start_soon(self.locations.run)
             await nursery.start(self.users.run)
+            await self._start_bans(nursery, kv_store)
             self.membership = EtcdMembership.from_config(self.config, self.member(),
                                                          observer=etcd.client("membership"))
             await nursery.start(self.membership.run)
@@ -212,6 +217,18 @@ class WorkerNode:
         observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
         self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
                                   salt=self.config.cluster.prefix, stats=self.stats, observer=observer)
+
+    async def _start_bans(self, nursery: trio.Nursery, store) -> None:
+        """Publish password-guessing bans; hold the user bans etcd reports."""
+        from cluster.defence import USER
+        from cluster.defence.store import BanFeed
+        guard = self.password_guard
+        if guard is None:
+            return
+        prefix = self.config.cluster.prefix
+        await nursery.start(guard.publisher.run, store)
+        await nursery.start(BanFeed(store, prefix, kinds=(USER,), put=lambda ban: guard.put(ban, time.time()),
+                                    lifted=guard.lifted, reset=guard.reset, stats=self.stats).run)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why): in the ring (registered, following the membership,
@@ -276,6 +293,9 @@ class WorkerNode:
                 self.outbox.connect(member.link, member.curve_key.encode())
             self.edges = edges
             self.array_edges = {m.id for m in members if m.link_version >= 2}
+            if self.password_guard is not None:
+                # Each worker counts the failures it sees (cluster.defence.guessing).
+                self.password_guard.failures.workers = len(view.workers())
 
     async def _link_loop(self) -> None:
         while True:
@@ -581,3 +601,16 @@ class SipCounts:
             requests[method if method in KNOWN_METHODS else "other"] += 1
         else:
             responses[message.status] += 1  # type: ignore[attr-defined]
+
+
+def _password_guard(config: Config, node_id: str, stats):
+    """``worker.auth_fail_*`` as a ``PasswordGuard``; None when turned off."""
+    from cluster.defence import AuthFailures, BanTable
+    from cluster.defence.store import BanPublisher
+    from nodes.worker.defence import PasswordGuard
+    w = config.worker
+    if w.auth_fail_limit <= 0:
+        return None
+    failures = AuthFailures(limit=w.auth_fail_limit, window=w.auth_fail_window, ban_time=w.auth_ban_time)
+    return PasswordGuard(failures, BanTable(USER_BANS), node_id, stats,
+                         BanPublisher(config.cluster.prefix, stats))

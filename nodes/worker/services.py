@@ -21,17 +21,18 @@ from cluster.proxy.routing import DialogTokens, LocalAddresses, split_hostport
 from cluster.sip import Request, Response, SipURI, URI, Via, make_response
 
 if TYPE_CHECKING:  # pragma: no cover
+    from nodes.worker.defence import PasswordGuard
     from cluster.registrar.cache import LocationCache
 
 
 _MEMO_LIMIT = 4096
 log = logging.getLogger("sipcluster.worker")
 
-SECURITY_EVENTS = ("relay_refused", "dialog_refused", "identity_refused", "auth_failed")
+SECURITY_EVENTS = ("relay_refused", "dialog_refused", "identity_refused", "auth_failed", "auth_banned")
 """Node events (``sipcluster_node_events_total{event=...}``) counting refused
 relays, in-dialog requests without a valid dialog token, authenticated users
-claiming an identity they do not own, and credentials that failed to verify
-(alert SipclusterTrustRefusals)."""
+claiming an identity they do not own, credentials that failed to verify, and
+credentials of a user banned for password guessing (alert SipclusterTrustRefusals)."""
 
 
 class WorkerLocal(LocalAddresses):
@@ -46,7 +47,8 @@ class Services:
                  digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
                  digest_sha256_domains: tuple[str, ...] = (),
                  outbound_proxy: str | None = None, events: Counter | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 guard: "PasswordGuard | None" = None) -> None:
         self.domains = list(domains) or ["localhost"]
         self.local = WorkerLocal(domains=self.domains)
         self.trusted = [ipaddress.ip_network(n) for n in trusted]
@@ -58,6 +60,8 @@ class Services:
         self.events: Counter = events if events is not None else Counter()
         self.locations = locations
         self.users = users
+        self.guard = guard
+        """Password-guessing bans (``nodes.worker.defence``), when on."""
         self.serial_forking = False
         self.digest_algorithms = tuple(_spelled(a) for a in digest_algorithms)
         strong = tuple(a for a in self.digest_algorithms if a.upper().startswith("SHA-256")) or ("SHA-256",)
@@ -132,6 +136,12 @@ class Services:
         if credential is None or self.users is None:
             return AuthOutcome(None, False, "no credentials")
         self.challenges.answered(request.call_id)
+        guard = self.guard
+        username = credential.get("username") or ""
+        now = self.clock()
+        if guard is not None and username and guard.user_banned(f"{username}@{realm}", now):
+            self.note("auth_banned", request, source, f"user {username}@{realm} is banned")
+            return AuthOutcome(None, False, "user banned for password guessing", banned=True)
         offered = self.algorithms_for(realm)
         algorithm = credential.get("algorithm") or "MD5"  # RFC 7616 §3.4: absent means MD5
         if algorithm.upper() not in (a.upper() for a in offered):
@@ -142,12 +152,17 @@ class Services:
                                               "offered": ",".join(offered), "call_id": request.call_id})
             self.note("auth_failed", request, source, f"algorithm {algorithm} not offered")
             return AuthOutcome(None, False, f"algorithm {algorithm!r} not offered")
-        result = verify(credential, method=request.method, realm=realm, now=self.clock(),
+        result = verify(credential, method=request.method, realm=realm, now=now,
                         nonces=self.nonces, ha1=self.users.ha1)
         if result.ok:
             return AuthOutcome(result.username)
         if not result.stale:
             self.note("auth_failed", request, source, result.reason)
+            if guard is not None:
+                # Only users that exist are banned: guesses at invented names
+                # must not fill etcd with bans (the address is banned anyway).
+                known = username and self.users.lookup(username, realm) is not None
+                guard.failed(f"{username}@{realm}" if known else None, source, now)
         return AuthOutcome(None, result.stale, result.reason)
 
     def authenticated_record(self, username: str, realm: str):

@@ -260,7 +260,8 @@ def test_outstanding_challenges_are_bounded():
 
 
 def test_security_events_are_the_ones_counted():
-    assert set(SECURITY_EVENTS) == {"relay_refused", "dialog_refused", "identity_refused", "auth_failed"}
+    assert set(SECURITY_EVENTS) == {"relay_refused", "dialog_refused", "identity_refused", "auth_failed",
+                                    "auth_banned"}
 
 
 def test_preprocess_routes_returns_our_removed_entries():
