@@ -21,6 +21,7 @@ DEFAULT_BLOCKED_AGENTS = ("friendly-scanner", "sipvicious", "sipcli", "VaxSIPUse
 
 _NAMES = (b"\nUser-Agent", b"\nuser-agent")
 _NAME_LENGTH = len(_NAMES[0])
+_MEMO_LIMIT = 4096
 
 
 def _header_value(data: bytes) -> tuple[int, bytes] | None:
@@ -35,11 +36,14 @@ def _header_value(data: bytes) -> tuple[int, bytes] | None:
 
 
 class ScannerMatcher:
-    __slots__ = ("tokens", "_search")
+    __slots__ = ("tokens", "_search", "_verdicts")
 
     def __init__(self, tokens: tuple[str, ...]) -> None:
         self.tokens = tuple(t for t in tokens if t)
         self._search = None
+        # User agents repeat (one per phone model): a value's verdict is
+        # memoised, bounded so that a client rotating values cannot grow it.
+        self._verdicts: dict[bytes, bool] = {}
         if self.tokens:
             self._search = re.compile(b"|".join(re.escape(t.lower().encode()) for t in self.tokens)).search
 
@@ -50,8 +54,8 @@ class ScannerMatcher:
         search = self._search
         if search is None:
             return False
-        # The common path (a User-Agent that names no scanner) is five calls
-        # into C: find, find, slice, lower, search.
+        # The common path (a User-Agent that names no scanner, seen before)
+        # is four calls into C: find, find, slice, dict lookup.
         at = data.find(b"\nUser-Agent")
         if at < 0:
             at = data.find(b"\nuser-agent")
@@ -59,12 +63,17 @@ class ScannerMatcher:
                 return False
         start = at + _NAME_LENGTH
         stop = data.find(b"\n", start)
-        value = data[start:stop].lower() if stop >= 0 else data[start:].lower()
-        if search(value) is None:
+        value = data[start:stop] if stop >= 0 else data[start:]
+        blocked = self._verdicts.get(value)
+        if blocked is None:
+            blocked = search(value.lower()) is not None and value.lstrip(b" \t").startswith(b":")
+            verdicts = self._verdicts
+            if len(verdicts) >= _MEMO_LIMIT:
+                verdicts.clear()
+            verdicts[value] = blocked
+        if not blocked:
             return False
-        # Rare from here: a blocked token; is this really the header?
-        if not value.lstrip(b" \t").startswith(b":"):
-            return False
+        # Rare from here: is this really the header, not a line of the body?
         end = data.find(b"\r\n\r\n")
         return end < 0 or at < end
 

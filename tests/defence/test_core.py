@@ -66,17 +66,25 @@ def test_clock_stepped_back_gives_no_tokens():
     assert not rates.take("a", 50.0)
 
 
-def test_source_table_is_bounded_and_forgets_the_least_recent():
-    rates = SourceRates(1.0, 2, 3)
+def test_source_table_is_bounded_and_spares_active_sources():
+    rates = SourceRates(0.001, 2, 3)
     for source in ("a", "b", "c"):
         rates.take(source, 0.0)
-    rates.take("a", 0.0)  # a is now the most recent; b the least
-    assert not rates.take("a", 0.0)
-    rates.take("d", 0.0)
+    # "a" (the oldest entry) keeps sending; "b" and "c" went quiet.
+    assert rates.take("a", 5.0)
+    assert not rates.take("a", 5.0)
+    rates.take("d", 5.0)
     assert len(rates) == 3 and rates.evicted == 1
-    # "a" kept its empty bucket (it was seen recently); "b" was forgotten.
-    assert not rates.take("a", 0.0)
-    assert rates.take("b", 0.0) and rates.take("b", 0.0)
+    # "a" kept its empty bucket (active within ACTIVE s); "b" was forgotten.
+    assert not rates.take("a", 5.0)
+    assert rates.take("b", 5.0) and rates.take("b", 5.0)
+
+
+def test_when_every_source_is_active_the_oldest_goes_anyway():
+    rates = SourceRates(1.0, 1, 4)
+    for source in ("a", "b", "c", "d", "e"):
+        rates.take(source, 0.0)
+    assert len(rates) == 4 and rates.evicted == 1
 
 
 def test_a_spoofed_flood_of_sources_stays_bounded():
