@@ -184,6 +184,28 @@ class EtcdStore:
         response = self._client().get_prefix_response(prefix, sort_order="ascend")
         return Snapshot(response.header.revision, tuple(map(_key_value, response.kvs)))
 
+    async def get_prefix_pages(self, prefix: str | bytes, page: int) -> AsyncIterator[Snapshot]:
+        """Every key under ``prefix`` as ``get_prefix`` reads them, in pages of
+        at most ``page`` keys, all as of the revision of the first page.
+
+        For prefixes that may hold more than one gRPC message takes (4 MiB):
+        each page is a separate range read, so no read is unbounded. A page
+        read after etcd compacted that revision fails (``CoordinationError``):
+        read again."""
+        prefix = _as_bytes(prefix)
+        start, revision, more = prefix, 0, True
+        while more:
+            snapshot, more = await self._run("get_prefix", self._get_page, prefix, start, page, revision)
+            revision = snapshot.revision
+            if snapshot.kvs:
+                start = snapshot.kvs[-1].key + b"\0"
+            yield snapshot
+
+    def _get_page(self, prefix: bytes, start: bytes, limit: int, revision: int) -> tuple[Snapshot, bool]:
+        response = self._client().get_range_response(start, prefix_range_end(prefix), sort_order="ascend",
+                                                     limit=limit, revision=revision or None)
+        return Snapshot(revision or response.header.revision, tuple(map(_key_value, response.kvs))), response.more
+
     async def put(self, key: str | bytes, value: bytes, *, lease: int | None = None) -> int:
         """Write ``value`` (attached to ``lease`` if given); returns the new revision."""
         return await self._run("put", self._put, key, value, lease)

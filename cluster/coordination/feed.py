@@ -23,16 +23,25 @@ async def follow_prefix(store: EtcdStore, prefix: str | bytes, *,
                         load: Callable[[Snapshot], Awaitable[None]],
                         apply: Callable[[tuple[Put | Delete, ...]], Awaitable[None]],
                         failed: Callable[[CoordinationError], None], retry: float = 1.0,
-                        task_status=trio.TASK_STATUS_IGNORED) -> None:
+                        page: int | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """``load`` each full read, ``apply`` each batch of watch events after it;
     ``failed`` hears each failure before the next read, ``retry`` seconds
     later. Started after the first read, or its first failure (the caller
-    runs without, and the feed keeps trying)."""
+    runs without, and the feed keeps trying).
+
+    With ``page``, a full read is several range reads of at most ``page``
+    keys (``EtcdStore.get_prefix_pages``) and ``load`` is called once per
+    page, in key order; for a prefix that can grow past one gRPC message
+    (4 MiB), which a single read could never take."""
     started = False
     while True:
         try:
-            snapshot = await store.get_prefix(prefix)
-            await load(snapshot)
+            if page is None:
+                snapshot = await store.get_prefix(prefix)
+                await load(snapshot)
+            else:
+                async for snapshot in store.get_prefix_pages(prefix, page):
+                    await load(snapshot)
             if not started:
                 task_status.started()
                 started = True

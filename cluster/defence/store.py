@@ -32,8 +32,8 @@ __all__ = ["BanDirectory", "BanFeed", "BanPublisher"]
 log = logging.getLogger("sipcluster.defence")
 
 APPLY_CHUNK = 1000
-"""Keys applied from a snapshot between checkpoints (a 100,000-key ban list
-must not hold the event loop)."""
+"""Keys read per page and applied between checkpoints: a ban list of any
+size is read in bounded pieces and never holds the event loop long."""
 
 
 class BanFeed:
@@ -54,24 +54,33 @@ class BanFeed:
         self._lifted = lifted
         self._reset = reset
         self.stats = stats if stats is not None else {}
-        self.loaded = trio.Event()
+        self._reading = False
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await follow_prefix(self.store, bans_prefix(self.prefix), load=self._load, apply=self._apply,
-                            failed=lambda error: log.warning("ban watch failed; reading again",
-                                                             extra={"error": str(error)}),
-                            task_status=task_status)
+                            failed=self._failed, page=APPLY_CHUNK, task_status=task_status)
 
-    async def _load(self, snapshot) -> None:
-        self._reset()
-        await self._apply(tuple(Put(kv.key, kv.value, kv.mod_revision) for kv in snapshot.kvs))
-        self.loaded.set()
+    async def _load(self, page) -> None:
+        if not self._reading:
+            # The first page of a full read: it replaces what was known.
+            self._reset()
+            self._reading = True
+        await self._events(tuple(Put(kv.key, kv.value, kv.mod_revision) for kv in page.kvs))
 
     async def _apply(self, events) -> None:
+        self._reading = False  # the watch runs: the next full read starts afresh
+        await self._events(events)
+
+    def _failed(self, error: CoordinationError) -> None:
+        self._reading = False
+        log.warning("ban watch failed; reading again", extra={"error": str(error)})
+
+    async def _events(self, events) -> None:
         for i, event in enumerate(events):
             self._event(event)
             if i % APPLY_CHUNK == APPLY_CHUNK - 1:
                 await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
 
     def _event(self, event: Put | Delete) -> None:
         named = parse_ban_key(self.prefix, event.key)

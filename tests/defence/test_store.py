@@ -108,22 +108,26 @@ def test_publisher_spends_a_bounded_number_of_writes():
     trio.run(main)
 
 
+TOTAL = 100_000
+
+
 def test_a_huge_ban_list_fills_the_table_to_its_bound_without_stalling(etcd_server):
     prefix = fresh_prefix()
     client = etcd_server.client()
     until_ = time.time() + 300
     lease = client.lease(300)
     value = encode_ban(Ban(ADDRESS, "", until_, "rate", "elsewhere"))
-    for start in range(0, 5000, 100):
+    for start in range(0, TOTAL, 100):
         client.transaction(compare=[], success=[
-            client.transactions.put(ban_key(prefix, ADDRESS, f"10.9.{i >> 8}.{i & 255}"), value, lease)
+            client.transactions.put(ban_key(prefix, ADDRESS, f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}"),
+                                    value, lease)
             for i in range(start, start + 100)], failure=[])
     client.put(ban_key(prefix, ADDRESS, "10.8.0.1"), b"not json", lease)
     client.put(f"{prefix}/bans/addr/", json.dumps({"until": until_}).encode(), lease)  # no subject
 
     async def main():
         store = EtcdStore(etcd_server.endpoint)
-        table = BanTable(1000)
+        table = BanTable(65536)
         stats = Counter()
         ticks = []
 
@@ -136,9 +140,9 @@ def test_a_huge_ban_list_fills_the_table_to_its_bound_without_stalling(etcd_serv
             nursery.start_soon(ticker)
             feed = table_feed(store, prefix, table, stats=stats)
             await nursery.start(feed.run)
-            assert len(table) == 1000 and table.evicted == 4000
+            assert len(table) == 65536 and table.evicted == TOTAL - 65536
             assert stats["ban_bad_record"] == 1
-            # The loop kept running while 5,000 keys were applied.
+            # The loop kept running while 100,000 keys were read and applied.
             gaps = [b - a for a, b in zip(ticks, ticks[1:])]
             assert len(ticks) > 5 and max(gaps) < 2.0
             nursery.cancel_scope.cancel()
