@@ -283,3 +283,26 @@ def test_failure_tables_are_bounded_and_off_at_zero():
         failures.failed(f"u{i}@x", f"10.0.{i >> 8 & 255}.{i & 255}", 0.0)
     assert len(failures._counts) <= 100
     assert AuthFailures(limit=0, window=1.0, ban_time=1.0).failed("a@b", "c", 0.0) == []
+
+
+def test_an_attack_costs_a_few_log_lines(caplog):
+    from collections import Counter
+
+    from cluster.config import EdgeConfig
+    from nodes.edge.defence import EdgeDefenceEvents, build_guard
+
+    stats = Counter()
+    events = EdgeDefenceEvents("edge-1", stats, 5.0, None)
+    guard = build_guard(EdgeConfig(rate_limit=5.0, rate_burst=10, user_agent_block=("friendly-scanner",)), events)
+    with caplog.at_level("INFO", logger="sipcluster.edge"):
+        for i in range(1000):
+            guard.admit(OPTIONS, "192.0.2.66", 100.0 + i * 0.001)
+            guard.admit(_with_agent(b"friendly-scanner"), "192.0.2.20", 100.0 + i * 0.001)
+    assert stats["ban_rate"] == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("source banned: request rate above edge.rate_limit") == 1
+    # Per kind at most five lines per 10 s: banned, rate_limited, scanner drops.
+    assert 3 <= messages.count("message dropped by the edge defences") <= 15
+    dropped = [r for r in caplog.records if r.getMessage() == "message dropped by the edge defences"]
+    assert {r.reason for r in dropped} == {"banned", "rate_limited", "scanner"}
+    assert any(r.user_agent == "friendly-scanner" for r in dropped)
