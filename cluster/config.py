@@ -323,7 +323,7 @@ class EdgeConfig(_Section):
         _check_link("edge.link", self.link)
         for i, network in enumerate(self.rate_exempt):
             try:
-                ipaddress.ip_network(network, strict=False)
+                ipaddress.ip_network(network)
             except ValueError as exc:
                 raise ConfigError(f"edge.rate_exempt[{i}]", f"{network!r} is not a CIDR network: {exc}") from None
         for i, token in enumerate(self.user_agent_block):
