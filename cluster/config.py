@@ -380,7 +380,8 @@ class WorkerConfig(_Section):
     registrar_default_expires: int = _f(3600, "Expiry of a registration that asks for none, seconds.")
     auth_fail_limit: int = _f(10, "Failed digest attempts for one user, or from one source address, within "
                                   "`auth_fail_window` that ban the user (refused with 403 by every worker) or "
-                                  "the address (dropped by every edge) for `auth_ban_time`; 0 turns it off.", lo=0)
+                                  "the address (dropped by every edge; never one in `trusted`, which may relay "
+                                  "many users) for `auth_ban_time`; 0 turns it off.", lo=0)
     auth_fail_window: float = _f(60.0, "Seconds over which failed digest attempts are counted.", above=0)
     auth_ban_time: float = _f(600.0, "Seconds a password-guessing ban lasts.", above=0)
 

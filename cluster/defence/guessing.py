@@ -39,9 +39,10 @@ class AuthFailures:
         """Failures one worker sees before it bans."""
         return max(1, math.ceil(self.limit / max(1, self.workers)))
 
-    def failed(self, user: str | None, source: str, now: float) -> list[tuple[str, str]]:
+    def failed(self, user: str | None, source: str | None, now: float) -> list[tuple[str, str]]:
         """Record one failed attempt; returns the (kind, subject) to ban now
-        (``bans.ADDRESS`` or ``bans.USER``), at most once per window."""
+        (``bans.ADDRESS`` or ``bans.USER``), at most once per window. A None
+        ``user`` or ``source`` is not counted."""
         if self.limit <= 0:
             return []
         out = []

@@ -30,8 +30,9 @@ class PasswordGuard:
     def user_banned(self, user: str, now: float) -> bool:
         return self.users.banned(user, now)
 
-    def failed(self, user: str | None, source: str, now: float) -> None:
-        """One failed digest attempt by ``user`` (None: no such user) from ``source``."""
+    def failed(self, user: str | None, source: str | None, now: float) -> None:
+        """One failed digest attempt by ``user`` (None: no such user) from
+        ``source`` (None: a trusted source, never banned)."""
         failures = self.failures
         for kind, subject in failures.failed(user, source, now):
             ban = Ban(kind, subject, now + failures.ban_time, "auth", self.node_id,

@@ -162,7 +162,10 @@ class Services:
                 # Only users that exist are banned: guesses at invented names
                 # must not fill etcd with bans (the address is banned anyway).
                 known = username and self.users.lookup(username, realm) is not None
-                guard.failed(f"{username}@{realm}" if known else None, source, now)
+                # A trusted source (an SBC, a PBX) speaks for many users: one
+                # user's stale password must not ban it for all of them.
+                guard.failed(f"{username}@{realm}" if known else None,
+                             None if self.is_trusted(source) else source, now)
         return AuthOutcome(None, result.stale, result.reason)
 
     def authenticated_record(self, username: str, realm: str):

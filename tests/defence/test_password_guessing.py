@@ -82,3 +82,18 @@ def test_without_a_guard_nothing_is_banned():
     for _ in range(20):
         assert isinstance(_attempt(services, "guess"), Challenge)
     assert _accepted(_attempt(services, "pw-alice"))
+
+
+def test_a_trusted_source_is_never_banned_its_user_is():
+    # An SBC in worker.trusted relays many users: one user's wrong password
+    # bans that user, never the SBC's address.
+    services, _, publisher, _ = _guarded(limit=2)
+    for _ in range(3):
+        request = _request("INVITE", "sip:bob@example.com")
+        _, decision = _decide(services, request, host="127.0.0.1")
+        assert isinstance(decision, Challenge)
+        response = services.challenge(request, decision, "127.0.0.1")
+        again = _request("INVITE", "sip:bob@example.com", call_id=request.call_id)
+        _authorize(services, again, response, "alice", "guess")
+        _decide(services, again, host="127.0.0.1")
+    assert [(b.kind, b.subject) for b in publisher.offered] == [(USER, "alice@example.com")]

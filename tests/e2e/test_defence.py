@@ -31,6 +31,9 @@ def cluster(etcd_server, tmp_path_factory):
         "SIPCLUSTER_EDGE_RATE_BAN_TIME": "300", "SIPCLUSTER_EDGE_RATE_EXEMPT": f"{EXEMPT}/32",
         "SIPCLUSTER_WORKER_AUTH_FAIL_LIMIT": str(AUTH_FAIL_LIMIT),
         "SIPCLUSTER_WORKER_AUTH_BAN_TIME": "300",
+        # The guesser must be outside the trusted networks: a trusted source
+        # (an SBC) is never banned for its users' failures.
+        "SIPCLUSTER_WORKER_TRUSTED": f"{LEGIT}/32",
     }).start()
     try:
         wait_for(lambda: options_from(LEGIT, up.port) == 200, timeout=60, what="the cluster answers")
