@@ -22,8 +22,9 @@ import socket
 import sys
 import tomllib
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 __all__ = [
     "CONFIG_ENV", "ClusterConfig", "Config", "ConfigError", "EdgeConfig", "ENV_PREFIX",

@@ -27,7 +27,7 @@ def _node_status(url: str) -> dict | None:
     if not url:
         return None
     try:
-        with urllib.request.urlopen(f"{url}/status", timeout=1.0) as reply:  # noqa: S310 - loopback/cluster URL
+        with urllib.request.urlopen(f"{url}/status", timeout=1.0) as reply:
             return json.loads(reply.read())
     except (OSError, ValueError):
         return None

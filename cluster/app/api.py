@@ -31,8 +31,8 @@ handler cannot stall anything but itself and handlers stay easy to test.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from cluster.proxy.identity import assert_identity
 from cluster.sip import NameAddress, Request, Response, SipURI, URI, parse_uri

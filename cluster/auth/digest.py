@@ -44,8 +44,9 @@ import hashlib
 import hmac
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Protocol
+from typing import Literal, Protocol
 
 from cluster.sip.auth import AuthField
 

@@ -39,8 +39,8 @@ hides them by comparing ``expires_at`` with ``now``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import trio
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import etcd3
 import grpc
@@ -189,7 +190,7 @@ class EtcdKV:
 
     # -- watch ------------------------------------------------------------------------
 
-    def watch(self, prefix: bytes, start_revision: int) -> "WatchStream":
+    def watch(self, prefix: bytes, start_revision: int) -> WatchStream:
         return WatchStream(self, prefix, start_revision)
 
 
@@ -230,8 +231,7 @@ class WatchStream:
                 stub = etcdrpc.WatchStub(c.channel)
                 self._call = stub.Watch(self._request_iter(), credentials=c.call_credentials,
                                         metadata=c.metadata)
-            for response in self._call:
-                yield response
+            yield from self._call
         except (grpc.RpcError, etcd3.exceptions.Etcd3Exception, ValueError) as exc:
             if self._cancelled and isinstance(exc, grpc.RpcError):
                 return

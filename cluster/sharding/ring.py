@@ -33,9 +33,9 @@ Nothing here does I/O or reads a clock.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from hashlib import blake2b
-from typing import Iterable, Iterator
 
 __all__ = ["DEFAULT_VNODES", "EmptyRing", "Ring", "key_position"]
 

@@ -51,7 +51,8 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
 
     body_start = end + 4
     body = data[body_start:]
-    length = message._cache["content-length"]
+    # _check_fields cached the parsed Content-Length (or None).
+    length: int | None = message._cache["content-length"]  # type: ignore[assignment]
     if length is None:
         if not datagram:
             raise ParseError("Content-Length required on stream transports")

@@ -558,7 +558,7 @@ class SetupProbe(threading.Thread):
             sock.settimeout(max(0.001, min(deadline, retransmit) - now))
             try:
                 data = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 if time.monotonic() >= retransmit:
                     sock.sendto(first, self.proxy)
                     interval *= 2
@@ -690,8 +690,8 @@ class Bench:
             stdout = (t.dir / "stdout.txt").read_text(errors="replace") if (t.dir / "stdout.txt").exists() else ""
             chunk = stdout.rsplit("Messages  Retrans", 1)
             if len(chunk) == 2:
-                table = [" ".join(l.split()) for l in chunk[1].splitlines()[1:12]
-                         if "---" in l or "<" in l or "Pause" in l][:10]
+                table = [" ".join(line.split()) for line in chunk[1].splitlines()[1:12]
+                         if "---" in line or "<" in line or "Pause" in line][:10]
             self.failures.append(f"{label}, {figure}, first failing rate {t.rate:.0f}/s: {t.created} calls, "
                                  f"{t.failed} failed, {t.retrans} retransmissions; {t.reasons or 'no reason'} "
                                  f"[{t.dir.name}]" + "".join(f"\n    {line}" for line in table))

@@ -241,7 +241,7 @@ def test_registrations_survive_worker_loss_and_restart_of_up(cluster, registrant
         pid = cluster.worker_pids()[victim]
         os.kill(pid, signal.SIGKILL)
         # Back to two live workers (``up`` restarts the killed one).
-        wait_for(lambda: len([p for w, p in cluster.worker_pids().items() if p != pid]) == 2,
+        wait_for(lambda pid=pid: len([p for w, p in cluster.worker_pids().items() if p != pid]) == 2,
                  timeout=60, what=f"{victim} replaced after kill -9")
         owned = _call_ids_per_worker(cluster, set(cluster.worker_pids()))
         for worker, call_id in owned.items():
