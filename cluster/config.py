@@ -177,6 +177,8 @@ class _Section:
 
     __slots__ = ()
     SECTION: ClassVar[str]
+    # Every section is a dataclass; declared so the type checker knows.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[object]]]
 
     def __post_init__(self) -> None:
         for spec in _SPECS[self.SECTION].values():
@@ -634,7 +636,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
         raw.setdefault(spec.section, {})[spec.name] = value
         sources[spec.key] = f"override {key}"
     try:
-        return Config(**{section: cls(**raw.get(section, {})) for section, cls in _SECTIONS.items()})
+        # _SECTIONS holds one class per Config field, keyed by the field's name.
+        return Config(**{section: cls(**raw.get(section, {}))  # type: ignore[arg-type]
+                         for section, cls in _SECTIONS.items()})
     except ConfigError as exc:
         source = sources.get(exc.field.partition("[")[0])
         if source is None:

@@ -209,8 +209,8 @@ def _target(value: object) -> Target:
         return Target(parse_uri(value))
     if isinstance(value, NameAddress):
         return Target(value.uri, q=value.q)
-    if hasattr(value, "scheme"):
-        return Target(value)  # a URI
+    if isinstance(value, URI):
+        return Target(value)
     raise TypeError(f"cannot proxy to {value!r}")
 
 

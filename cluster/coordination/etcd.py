@@ -129,7 +129,9 @@ class EtcdStore:
         if isinstance(endpoints, EtcdAccess):
             access = endpoints
         else:
-            access = EtcdAccess(endpoints, ca=ca_cert, cert=cert_cert, key=cert_key, user=user,
+            # EtcdAccess splits a comma-separated str and keeps a tuple.
+            access = EtcdAccess(endpoints, ca=ca_cert,  # type: ignore[arg-type]
+                                cert=cert_cert, key=cert_key, user=user,
                                 password=password, timeout=timeout)
         self.access = access
         self.timeout = access.timeout

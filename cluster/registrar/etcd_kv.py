@@ -20,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import etcd3
 import grpc
@@ -35,8 +35,9 @@ __all__ = [
     "Compare", "EtcdKV", "LeaseNotFound", "Op", "WatchStream", "connect", "prefix_end",
 ]
 
-Compare = etcdrpc.Compare
-Op = etcdrpc.RequestOp
+# etcd's protobuf messages (python3-etcd3 ships no type information).
+Compare: TypeAlias = etcdrpc.Compare
+Op: TypeAlias = etcdrpc.RequestOp
 KeyValues = list[tuple[bytes, bytes, int]]  # (key, value, mod_revision)
 
 # Unary calls never wait forever, whatever the client was built with: a
@@ -229,9 +230,10 @@ class WatchStream:
                 if self._cancelled:
                     return
                 stub = etcdrpc.WatchStub(c.channel)
-                self._call = stub.Watch(self._request_iter(), credentials=c.call_credentials,
-                                        metadata=c.metadata)
-            yield from self._call
+                call = stub.Watch(self._request_iter(), credentials=c.call_credentials,
+                                  metadata=c.metadata)
+                self._call = call
+            yield from call
         except (grpc.RpcError, etcd3.exceptions.Etcd3Exception, ValueError) as exc:
             if self._cancelled and isinstance(exc, grpc.RpcError):
                 return
