@@ -108,7 +108,8 @@ def sipp_run(port: int, rate: int, count: int, workdir: Path, rtt: bool = False)
     subprocess.run(argv, cwd=workdir, capture_output=True, timeout=count // max(rate, 1) * 4 + 60)
     elapsed = time.monotonic() - started
     rows = list(csv.reader(stat.open(), delimiter=";")) if stat.exists() else []
-    result = {"ok": 0, "failed": count, "elapsed": elapsed, "rtt": []}
+    rtts: list[float] = []
+    result: dict[str, object] = {"ok": 0, "failed": count, "elapsed": elapsed, "rtt": rtts}
     if len(rows) >= 2:
         header, last = rows[0], rows[-1]
         get = lambda name: int(float(last[header.index(name)]))  # noqa: E731
@@ -117,7 +118,7 @@ def sipp_run(port: int, rate: int, count: int, workdir: Path, rtt: bool = False)
         for path in workdir.glob("*_rtt.csv"):
             for row in list(csv.reader(path.open(), delimiter=";"))[1:]:
                 try:
-                    result["rtt"].append(float(row[2]))
+                    rtts.append(float(row[2]))
                 except (IndexError, ValueError):
                     pass
             path.unlink()

@@ -27,7 +27,7 @@ from tests.sip.samples import INVITE
 try:
     import sipmessage
 except ImportError:  # pragma: no cover - optional peer
-    sipmessage = None
+    sipmessage = None  # type: ignore[assignment]  # the peer is optional
 
 
 def make_pool(n: int) -> list[bytes]:

@@ -58,7 +58,7 @@ def make_requests(n: int, cseq: int) -> list:
 
 
 async def _round(server: EtcdServer, prefix: str, batches: list[list], concurrency: int,
-                 max_batch: int) -> list[tuple[float, object, set[int]]]:
+                 max_batch: int) -> list[tuple[float, tuple[int, ...], set[int]]]:
     store = EtcdLocationStore(lambda: server.client(), prefix=prefix, max_batch=max_batch)
     results = []
     async with trio.open_nursery() as nursery:
@@ -90,7 +90,7 @@ def _snapshot(store: EtcdLocationStore) -> tuple[int, int, int]:
     return c.commits, c.read_txns, c.conflicts
 
 
-def _delta(a, b):
+def _delta(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(y - x for x, y in zip(a, b))
 
 
