@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
-import signal
 import sys
 
 import trio
