@@ -12,6 +12,7 @@ the status to answer with.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from .address import parse_name_addr
 from .errors import ParseError
@@ -80,7 +81,7 @@ def parse_complete(data: bytes, *, datagram: bool = True) -> Request | Response:
     groups = message._index
     vias = groups["via"]  # type: ignore[index]
     if len(vias) > 1 or "," in vias[0]:
-        message.vias  # the top one was checked by parse_message
+        message.vias  # noqa: B018 - read to parse the rest; the top one was checked by parse_message
     if type(message) is Request:
         for key, read in _READ_LATER:
             if key in groups:  # type: ignore[operator]
@@ -88,7 +89,7 @@ def parse_complete(data: bytes, *, datagram: bool = True) -> Request | Response:
     return message
 
 
-_READ_LATER: tuple = (
+_READ_LATER: tuple[tuple[str, Callable[[Request], object]], ...] = (
     ("expires", lambda m: m.expires),
     ("path", lambda m: m.paths),
     ("authorization", lambda m: m.authorizations),
