@@ -137,7 +137,7 @@ class Listen:
             host, port = _split_hostport(rest, min_port=1, port_required=True)
         except ValueError as exc:
             raise ValueError(f"{text!r} {exc}") from None
-        return cls(lowered, host, port)  # type: ignore[arg-type]
+        return cls(lowered, host, port)  # type: ignore[arg-type]  # port_required: an int
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -262,6 +262,7 @@ class ClusterConfig(_Section):
 
     def etcd_endpoints(self) -> tuple[tuple[str, int], ...]:
         """``(host, port)`` per etcd URL, as the etcd3 client takes them."""
+        # port_required: every port is an int.
         return tuple(_split_hostport(url.partition("://")[2].rstrip("/"), min_port=1, port_required=True)  # type: ignore[misc]
                      for url in self.etcd)
 
@@ -420,7 +421,7 @@ class HttpConfig(_Section):
         """``(host, port)`` to bind, or None when disabled."""
         if not self.listen:
             return None
-        return _split_hostport(self.listen, min_port=0, port_required=True)  # type: ignore[return-value]
+        return _split_hostport(self.listen, min_port=0, port_required=True)  # type: ignore[return-value]  # port_required
 
 
 @dataclass(frozen=True, slots=True)

@@ -460,11 +460,12 @@ class Message:
 
     def pop_via(self) -> Via:
         """Remove the topmost Via value (which may share a field with others)."""
-        parsed = self._cache.get("via")  # the whole stack, when it was read
+        # The whole stack, when it was read (the cache holds each key's parse).
+        parsed: list[Via] | None = self._cache.get("via")  # type: ignore[assignment]
         for i, h in enumerate(self.headers):
             if h.key == "via":
                 values = split_commas(h.value)
-                top = parsed[0] if parsed else parse_via(values[0])  # type: ignore[index]
+                top = parsed[0] if parsed else parse_via(values[0])
                 raw = self._raw
                 if len(values) == 1:
                     del self.headers[i]
@@ -474,8 +475,8 @@ class Message:
                     self.headers[i] = Header("via", h.name, ", ".join(values[1:]))
                     spliced = None
                 self._touch("via")
-                if parsed and len(parsed) > 1:  # type: ignore[arg-type]
-                    self._cache["via"] = parsed[1:]  # type: ignore[index]
+                if parsed and len(parsed) > 1:
+                    self._cache["via"] = parsed[1:]
                 if spliced is not None:
                     # §16.7 step 3 on the bytes as received: a relayed
                     # response is the received one minus a line, so it

@@ -78,7 +78,7 @@ def parse_complete(data: bytes, *, datagram: bool = True) -> Request | Response:
     answered 400 with its reason where the message enters (§8.2.6, §21.4.1),
     not met halfway through routing. Absent fields cost a dict lookup."""
     message = parse_message(data, datagram=datagram)
-    groups = message._index
+    groups = message._index  # set by parse_message: the ignores below
     vias = groups["via"]  # type: ignore[index]
     if len(vias) > 1 or "," in vias[0]:
         message.vias  # noqa: B018 - read to parse the rest; the top one was checked by parse_message
@@ -237,7 +237,7 @@ def _check_fields(message: Message, groups: dict[str, list[str]]) -> None:
     cache["max-forwards"] = None if values is None else parse_max_forwards(values[0])
     values = groups.get("content-length")
     cache["content-length"] = None if values is None else parse_content_length(values[0])
-    is_request = type(message) is Request
+    is_request = type(message) is Request  # the ignores on message.method below
     contacts = groups.get("contact")
     if contacts is not None and contacts != ["*"] and (
             not is_request or message.method == "REGISTER"):  # type: ignore[attr-defined]

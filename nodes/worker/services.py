@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cluster.app.api import AuthOutcome, Challenge, Target
 from cluster.auth.digest import NonceManager, OutstandingChallenges, challenge, find_credential, verify
@@ -22,7 +22,14 @@ from cluster.proxy.routing import DialogTokens, LocalAddresses, split_hostport
 from cluster.sip import Request, Response, SipURI, URI, make_response
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cluster.registrar.cache import LocationCache
+    from cluster.registrar.binding import Binding
+
+
+class Locations(Protocol):
+    """Where registered contacts are read from memory: the worker's
+    LocationCache, or the same traced (cluster.observability.etcd)."""
+
+    def lookup(self, aor: str, now: float) -> list[Binding]: ...
 
 
 _MEMO_LIMIT = 4096
@@ -37,7 +44,7 @@ claiming an identity they do not own, and credentials that failed to verify
 
 class Services:
     def __init__(self, *, domains, trusted, nonce_secret: bytes, nonce_ttl: float,
-                 locations: LocationCache | None, users: UserCache | None,
+                 locations: Locations | None, users: UserCache | None,
                  digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
                  digest_sha256_domains: tuple[str, ...] = (),
                  outbound_proxy: str | None = None, events: Counter | None = None,

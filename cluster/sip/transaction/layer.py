@@ -169,7 +169,7 @@ class TransactionLayer:
         via = request.via
         if not via.rfc3261_branch:
             raise ValueError("a client transaction needs an RFC 3261 branch in the top Via")
-        key = client_key(via.branch, method)  # type: ignore[arg-type]
+        key = client_key(via.branch, method)  # type: ignore[arg-type]  # checked just above
         if key in self._client:
             raise ValueError(f"client transaction {key!r} already exists")
         env = self._reliable if destination.reliable else self._unreliable
