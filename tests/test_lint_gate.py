@@ -101,3 +101,12 @@ def test_the_test_command_lints_before_pytest_and_stops_on_a_finding(tmp_path):
     programs = [call.split()[0] + (" pytest" if "-m pytest" in call else "")
                 for call in log.read_text().splitlines()]
     assert programs[-3:] == ["ruff", "mypy", "python pytest"]
+
+
+def test_lint_without_the_tools_says_to_install(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (tmp_path / "repo").mkdir()
+    result = _dev(_tree(tmp_path / "repo", venv), "lint")
+    assert result.returncode == 1
+    assert "run ops/dev.sh install" in result.stderr
