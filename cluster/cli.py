@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
-import signal
 import sys
 
 import trio

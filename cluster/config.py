@@ -22,8 +22,9 @@ import socket
 import sys
 import tomllib
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 from .defence.scanner import DEFAULT_BLOCKED_AGENTS
 
@@ -138,7 +139,7 @@ class Listen:
             host, port = _split_hostport(rest, min_port=1, port_required=True)
         except ValueError as exc:
             raise ValueError(f"{text!r} {exc}") from None
-        return cls(lowered, host, port)  # type: ignore[arg-type]
+        return cls(lowered, host, port)  # type: ignore[arg-type]  # port_required: an int
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -178,6 +179,8 @@ class _Section:
 
     __slots__ = ()
     SECTION: ClassVar[str]
+    # Every section is a dataclass; declared so the type checker knows.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[object]]]
 
     def __post_init__(self) -> None:
         for spec in _SPECS[self.SECTION].values():
@@ -261,6 +264,7 @@ class ClusterConfig(_Section):
 
     def etcd_endpoints(self) -> tuple[tuple[str, int], ...]:
         """``(host, port)`` per etcd URL, as the etcd3 client takes them."""
+        # port_required: every port is an int.
         return tuple(_split_hostport(url.partition("://")[2].rstrip("/"), min_port=1, port_required=True)  # type: ignore[misc]
                      for url in self.etcd)
 
@@ -446,7 +450,7 @@ class HttpConfig(_Section):
         """``(host, port)`` to bind, or None when disabled."""
         if not self.listen:
             return None
-        return _split_hostport(self.listen, min_port=0, port_required=True)  # type: ignore[return-value]
+        return _split_hostport(self.listen, min_port=0, port_required=True)  # type: ignore[return-value]  # port_required
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,7 +666,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
         raw.setdefault(spec.section, {})[spec.name] = value
         sources[spec.key] = f"override {key}"
     try:
-        return Config(**{section: cls(**raw.get(section, {})) for section, cls in _SECTIONS.items()})
+        # _SECTIONS holds one class per Config field, keyed by the field's name.
+        return Config(**{section: cls(**raw.get(section, {}))  # type: ignore[arg-type]
+                         for section, cls in _SECTIONS.items()})
     except ConfigError as exc:
         source = sources.get(exc.field.partition("[")[0])
         if source is None:

@@ -26,9 +26,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from .config import ClusterConfig, load_config
 from .coordination.connection import EtcdAccess

@@ -10,8 +10,8 @@ here uses the dependencies' public APIs only (STYLE §7).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 __all__ = ["INTERNALS", "Internal"]
 

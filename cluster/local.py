@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -82,7 +82,7 @@ class UpOptions:
     state_dir: str | None
 
     @classmethod
-    def from_args(cls, args) -> "UpOptions":
+    def from_args(cls, args) -> UpOptions:
         workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
         if workers < 1:
             raise ValueError("--workers must be at least 1")
@@ -157,7 +157,7 @@ class LocalCluster:
     async def _start_etcd(self) -> None:
         assert self.workdir is not None
         client_port, peer_port = free_port(), free_port()
-        self.etcd_url = f"http://127.0.0.1:{client_port}"
+        url = self.etcd_url = f"http://127.0.0.1:{client_port}"
         argv = [
             etcd_binary(), "--name", "sipcluster-up", "--data-dir", str(self.workdir / "etcd"),
             "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
@@ -165,19 +165,21 @@ class LocalCluster:
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
             "--initial-cluster", f"sipcluster-up=http://127.0.0.1:{peer_port}",
         ]
-        log_file = open(self.workdir / "etcd.log", "wb")
+        # A local file handed to etcd as its stdout: nothing to wait for.
+        log_file = open(self.workdir / "etcd.log", "wb")  # noqa: ASYNC230
         self.etcd_process = await trio.lowlevel.open_process(
             argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         with trio.fail_after(60):
-            while not await trio.to_thread.run_sync(self._etcd_healthy):
+            while not await trio.to_thread.run_sync(self._etcd_healthy, url):
                 if self.etcd_process.poll() is not None:
                     raise RuntimeError(f"etcd exited; see {self.workdir / 'etcd.log'}")
                 await trio.sleep(0.2)
 
-    def _etcd_healthy(self) -> bool:
+    @staticmethod
+    def _etcd_healthy(url: str) -> bool:
         from cluster.coordination.connection import EtcdAccess
         try:
-            client = EtcdAccess((self.etcd_url,), timeout=2).connect()
+            client = EtcdAccess((url,), timeout=2).connect()
             try:
                 client.get("/sipcluster-up-health")
             finally:
@@ -191,7 +193,8 @@ class LocalCluster:
     async def _supervise(self, child: Child) -> None:
         backoff = 0.5
         while not self.stopping:
-            log_file = open(child.log_path, "ab") if child.log_path else None
+            # A local file handed to the child as its stdout: nothing to wait for.
+            log_file = open(child.log_path, "ab") if child.log_path else None  # noqa: ASYNC230
             child.process = await trio.lowlevel.open_process(
                 child.argv, stdout=log_file or subprocess.DEVNULL, stderr=subprocess.STDOUT,
                 start_new_session=True)

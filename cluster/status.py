@@ -27,7 +27,7 @@ def _node_status(url: str) -> dict | None:
     if not url:
         return None
     try:
-        with urllib.request.urlopen(f"{url}/status", timeout=1.0) as reply:  # noqa: S310 - loopback/cluster URL
+        with urllib.request.urlopen(f"{url}/status", timeout=1.0) as reply:
             return json.loads(reply.read())
     except (OSError, ValueError):
         return None
@@ -47,17 +47,22 @@ def cluster_status(target: ClusterTarget, *, fetch_nodes: bool = True) -> dict:
     ring = view.ring()
     members = []
     for member in sorted(view.members.values(), key=lambda m: (m.role, m.id)):
-        entry = {"id": member.id, "role": member.role, "link": member.link, "http": member.http,
+        entry: dict[str, object] = {"id": member.id, "role": member.role, "link": member.link, "http": member.http,
                  "metrics": f"{member.http}/metrics" if member.http else None,
                  "pid": member.pid, "host": member.host, "started": member.started,
                  "curve_key": member.curve_key or None}
         if member.role == "worker":
             entry["share"] = round(ring.share(member.id), 6)
-        entry["status"] = _node_status(member.http) if fetch_nodes else None
-        entry["ready"] = entry["status"].get("ready") if entry["status"] else None
+        node = _node_status(member.http) if fetch_nodes else None
+        entry["status"] = node
+        entry["ready"] = node.get("ready") if node else None
         members.append(entry)
     return {"etcd": target.etcd, "prefix": target.prefix, "revision": revision,
             "ring_epoch": ring.epoch, "members": members, "rejected": dict(view.rejected)}
+
+
+# /status says ready true or false; anything else (absent, unreachable) is "?".
+_READY: dict[object, str] = {True: "yes", False: "no"}
 
 
 def render_status(status: dict) -> str:
@@ -66,7 +71,7 @@ def render_status(status: dict) -> str:
     for m in status["members"]:
         share = f"{m['share'] * 100:6.1f}%" if "share" in m else ""
         node = m.get("status") or {}
-        ready = {True: "yes", False: "no"}.get(node.get("ready"), "?")
+        ready = _READY.get(node.get("ready"), "?")
         lines.append(f"{m['role']:7} {m['id']:24} {m['pid']:>7} {share:>7} {ready:6} {m['http']}")
     if status["rejected"]:
         lines.append(f"rejected records: {status['rejected']}")

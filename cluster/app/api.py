@@ -31,8 +31,8 @@ handler cannot stall anything but itself and handlers stay easy to test.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from cluster.proxy.identity import assert_identity
 from cluster.sip import NameAddress, Request, Response, SipURI, URI, parse_uri
@@ -212,8 +212,8 @@ def _target(value: object) -> Target:
         return Target(parse_uri(value))
     if isinstance(value, NameAddress):
         return Target(value.uri, q=value.q)
-    if hasattr(value, "scheme"):
-        return Target(value)  # a URI
+    if isinstance(value, URI):
+        return Target(value)
     raise TypeError(f"cannot proxy to {value!r}")
 
 

@@ -44,8 +44,9 @@ import hashlib
 import hmac
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Protocol
+from typing import Literal, Protocol
 
 from cluster.sip.auth import AuthField
 
@@ -479,6 +480,6 @@ def credential(challenge: AuthField, *, username: str, password: str, method: st
     opaque = challenge.get("opaque")
     if opaque is not None:
         params.append(("opaque", opaque))  # RFC 7616 §3.4: returned unchanged
-    if qop is not None:
+    if qop is not None and nc_text is not None:  # set together above
         params += [("qop", qop), ("nc", nc_text), ("cnonce", cnonce)]
     return AuthField("Digest", tuple(params))

@@ -33,9 +33,10 @@ import builtins
 import json
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from cluster.coordination.connection import EtcdAccess, EtcdConnection
 from cluster.coordination.errors import CoordinationError

@@ -32,8 +32,9 @@ from __future__ import annotations
 import datetime
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import CoordinationError, EtcdAuthError, EtcdCredentialsRejected
@@ -113,7 +114,7 @@ def certificate_problem(path: str | None, now: datetime.datetime | None = None) 
             certificate = x509.load_pem_x509_certificate(file.read())
     except (OSError, ValueError, ImportError):
         return None
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     if now > certificate.not_valid_after_utc:
         return f"client certificate {path} expired at {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
     if now < certificate.not_valid_before_utc:

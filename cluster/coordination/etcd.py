@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import etcd3
 import grpc
@@ -128,7 +129,9 @@ class EtcdStore:
         if isinstance(endpoints, EtcdAccess):
             access = endpoints
         else:
-            access = EtcdAccess(endpoints, ca=ca_cert, cert=cert_cert, key=cert_key, user=user,
+            # EtcdAccess splits a comma-separated str and keeps a tuple.
+            access = EtcdAccess(endpoints, ca=ca_cert,  # type: ignore[arg-type]
+                                cert=cert_cert, key=cert_key, user=user,
                                 password=password, timeout=timeout)
         self.access = access
         self.timeout = access.timeout

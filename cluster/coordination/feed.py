@@ -7,7 +7,7 @@ their prefixes this way.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 

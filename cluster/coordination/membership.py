@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -204,10 +205,11 @@ class EtcdMembership:
         self.member = member
         self._value = member.to_value()
         backoff = _Backoff(self.retry_cap)
+        key = self.key  # None for an observer, which holds no lease either
         with trio.move_on_after(self.ttl):
-            while self._lease_id is not None and not self._left:
+            while key is not None and self._lease_id is not None and not self._left:
                 try:
-                    self._put_revision = await self.store.put(self.key, self._value,
+                    self._put_revision = await self.store.put(key, self._value,
                                                               lease=self._lease_id)
                     return
                 except CoordinationError as error:
@@ -324,7 +326,7 @@ class EtcdMembership:
         elif self._written and self._key_vanished():
             log.warning("%s was deleted while its lease lives; writing it again", self.key)
             self._written = False
-        if not self._written:
+        if not self._written and self.key is not None:  # (only members register)
             self._put_revision = await store.put(self.key, self._value, lease=self._lease_id)
             self._written = True
 

@@ -10,7 +10,8 @@ methods. Observers are called from trio's worker threads.
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 __all__ = ["EtcdObserver", "observed"]
 

@@ -15,7 +15,8 @@ import builtins
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import trio
 

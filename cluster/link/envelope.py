@@ -160,7 +160,7 @@ _unpackb = msgpack.unpackb
 def _decode(raw: bytes) -> object:
     try:
         return _unpackb(raw, raw=False)
-    except Exception as error:  # msgpack raises several unrelated types
+    except Exception as error:  # noqa: BLE001 - msgpack raises several unrelated types
         raise LinkError(f"undecodable envelope: {error}") from None
 
 

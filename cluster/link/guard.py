@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 import zmq
 

@@ -67,7 +67,7 @@ def load_keys(directory: str | os.PathLike[str]) -> LinkKeys:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as error:
         raise ConfigError(_FIELD, f"cannot read the link key pair {str(path)!r}: {error}") from None
-    if not is_curve_key(public) or not is_curve_key(secret):
+    if secret is None or not is_curve_key(public) or not is_curve_key(secret):
         raise ConfigError(_FIELD, f"{str(path)!r} does not hold a Z85 public-key and secret-key "
                                   "(40 characters each); write one with `sipcluster keys generate`")
     try:
@@ -105,7 +105,7 @@ def write_keys(directory: str | os.PathLike[str], keys: LinkKeys | None = None, 
         for path in (public_path, secret_path):
             if path.exists():
                 raise FileExistsError(f"{path} exists (use --force to replace the key pair)")
-    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     public_text = _BANNER.format(what="public", when=when, note="Safe to share.") + \
         f'metadata\ncurve\n    public-key = "{keys.public.decode()}"\n'
     secret_text = _BANNER.format(what="secret", when=when, note="Keep private (mode 0600).") + \

@@ -187,8 +187,9 @@ class Outbox:
 
 async def _wait_readable(sock: zmq.Socket) -> None:
     """Until ``sock`` has a message (edge-triggered descriptor: see the module doc)."""
-    while not sock.getsockopt(_EVENTS) & _POLLIN:
-        await trio.lowlevel.wait_readable(sock.getsockopt(zmq.FD))
+    # getsockopt is typed int | bytes for any option; ZMQ_EVENTS is an int.
+    while not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+        await trio.lowlevel.wait_readable(sock.fileno())  # fileno() is ZMQ_FD
 
 
 class LinkAuthenticator:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from bisect import bisect_left
-from typing import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (

@@ -10,7 +10,8 @@ checks against a real scrape and the ``ops/`` dashboards and alerts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .etcd import EtcdMetrics
 from .metrics import LATENCY_BOUNDS, HistogramFamily, MetricsEndpoint, one

@@ -32,7 +32,7 @@ import logging
 import ssl
 import threading
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan

@@ -28,7 +28,8 @@ import json
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import trio
 

@@ -54,9 +54,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from contextlib import contextmanager
 from hashlib import blake2b
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -71,7 +72,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from cluster.tu import TUObserver
 
 if TYPE_CHECKING:  # pragma: no cover
-    from opentelemetry.sdk.trace import Span
+    from opentelemetry.trace import Span
 
     from cluster.app.api import Call, Handler
     from cluster.link import Envelope
@@ -96,7 +97,7 @@ _TRANSPORTS = {"UDP": "udp", "TCP": "tcp", "TLS": "tls", "WS": "ws", "WSS": "wss
 
 def trace_id_for(call_id: bytes | str) -> int:
     """The call's trace id: the first 16 bytes of blake2b(Call-ID), never 0."""
-    if type(call_id) is str:
+    if isinstance(call_id, str):
         # The parser decodes with surrogateescape: this gives back the very
         # bytes the edge hashed.
         call_id = call_id.encode("utf-8", "surrogateescape")
@@ -486,6 +487,7 @@ def describe_message(message: Message) -> tuple[str, dict]:
     if status is not None:
         attributes["sip.response.status_code"] = status
         return f"{status} {method}", attributes
+    # No status: a Request.
     attributes["sip.request.method"] = message.method  # type: ignore[attr-defined]
     attributes["sip.request.uri"] = str(message.uri)  # type: ignore[attr-defined]
     return message.method, attributes  # type: ignore[attr-defined]

@@ -9,10 +9,11 @@ parameter, deadlines are absolute.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from cluster.sip import Request, Response, URI, make_response
+from cluster.sip.transaction.actions import TransactionKey
 from cluster.sip.transaction.timers import TIMER_C
 
 
@@ -23,13 +24,13 @@ class Branch:
     timeout: float | None = None
     """Per-branch timeout chosen by the application (no answer), seconds."""
     request: Request | None = None
-    key: tuple | None = None
+    key: TransactionKey | None = None
     state: str = "new"  # new -> trying -> proceeding -> done
     response: Response | None = None
     cancel_wanted: bool = False
     cancel_sent: bool = False
     deadline: float | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def pending(self) -> bool:
@@ -72,7 +73,7 @@ Output = Forward | Upstream | Cancel | Exhausted
 
 
 class ResponseContext:
-    def __init__(self, server_key: tuple, request: Request, *, timer_c: float | None = TIMER_C) -> None:
+    def __init__(self, server_key: TransactionKey, request: Request, *, timer_c: float | None = TIMER_C) -> None:
         self.server_key = server_key
         self.request = request
         self.is_invite = request.method == "INVITE"
@@ -166,8 +167,12 @@ class ResponseContext:
             target, timeout = self.serial.pop(0)
             return out + self._start(target, timeout, now)
         if not any(b.pending for b in self.branches) and not self.final_sent:
-            self.best = choose_best([b.response for b in self.branches if b.response])
-            out.append(Exhausted(self.best))
+            # Every branch has ended, so each holds a response; as in finish(),
+            # a 408 would stand for none.
+            best = choose_best([b.response for b in self.branches if b.response]) \
+                or make_response(self.request, 408)
+            self.best = best
+            out.append(Exhausted(best))
         return out
 
     def on_timeout(self, branch: Branch, now: float) -> list[Output]:

@@ -12,11 +12,13 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable
+from typing import TypeGuard
 
 from cluster.sip import NameAddress, Request, SipURI, URI, Via
+from cluster.sip.grammar import Params
 from cluster.sip.transaction.stateless import branch_for
 
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061, "WS": 80, "WSS": 443}
@@ -66,7 +68,7 @@ class LocalAddresses:
         self.addresses.add((host.lower(), port))
         self.sent_by_texts = tuple(sorted({f"{h}:{p}" if p else h for h, p in self.addresses}))
 
-    def is_us(self, uri: URI) -> bool:
+    def is_us(self, uri: URI) -> TypeGuard[SipURI]:
         if not isinstance(uri, SipURI):
             return False
         host = uri.host.lower()
@@ -76,6 +78,10 @@ class LocalAddresses:
 
     def is_local_domain(self, uri: URI) -> bool:
         return isinstance(uri, SipURI) and (uri.host.lower() in self.domains or self.is_us(uri))
+
+    def is_us_via(self, via: Via) -> bool:
+        host = via.host.lower()
+        return (host, via.port) in self.addresses or (host, None) in self.addresses
 
 
 @lru_cache(maxsize=4096)
@@ -113,15 +119,18 @@ def preprocess_routes(request: Request, local: LocalAddresses) -> tuple[SipURI, 
     if local.is_us(request.uri) and routes:
         # The previous hop was a strict router: the Request-URI is the
         # Record-Route value we inserted; the real target is the last Route.
-        removed.append(request.uri)  # type: ignore[arg-type]
+        removed.append(request.uri)
         last = routes[-1]
         request.uri = last.uri
         request.set_values("Route", routes[:-1])
         routes = request.routes
     # RFC 5658 §4: with a double Record-Route both of our entries come back.
     own = 0
-    while own < len(routes) and local.is_us(routes[own].uri):
-        removed.append(routes[own].uri)  # type: ignore[arg-type]
+    for route in routes:
+        uri = route.uri
+        if not local.is_us(uri):
+            break
+        removed.append(uri)
         own += 1
     if own:
         request.set_values("Route", routes[own:])
@@ -205,7 +214,7 @@ def proxy_via(request: Request, transport: str, advertise: str, salt: str = "",
     owner otherwise."""
     host, port = split_hostport(advertise)
     branch = f"{branch_for(request, salt)}.{loop_hash(request)}"
-    params: tuple = (("branch", branch), ("rport", None))
+    params: Params = (("branch", branch), ("rport", None))
     if shard:
         params += ((SHARD_PARAM, shard),)
     return Via(transport, host, port, params)

@@ -145,7 +145,7 @@ class Binding:
         }
 
     @classmethod
-    def from_record(cls, record: dict) -> "Binding":
+    def from_record(cls, record: dict) -> Binding:
         """Inverse of ``to_record``; raises ValueError for a record this code
         cannot read (unknown version, missing or mistyped field)."""
         try:

@@ -39,8 +39,8 @@ hides them by comparing ``expires_at`` with ``now``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import trio
 
@@ -131,7 +131,7 @@ class LocationCache:
             return []
         live = []
         for bid, binding in list(bindings.items()):
-            if type(binding) is bytes:
+            if isinstance(binding, bytes):
                 try:
                     binding = bindings[bid] = decode_binding(binding)
                 except ValueError:
@@ -220,7 +220,7 @@ class LocationCache:
         dropped by ``rewatch`` (False)."""
         stream = self._stream = self._kv.watch(self.root, self.revision + 1)
         self._last_heard = trio.current_time()
-        outcome: list = []
+        outcome: list[str | StoreUnavailable] = []
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, stream, outcome, nursery.cancel_scope)
@@ -239,7 +239,9 @@ class LocationCache:
             return True
         return False
 
-    async def _pump(self, stream: WatchStream, outcome: list, scope: trio.CancelScope) -> None:
+    async def _pump(self, stream: WatchStream, outcome: list[str | StoreUnavailable],
+                    scope: trio.CancelScope) -> None:
+        result: str | StoreUnavailable
         try:
             result = await trio.to_thread.run_sync(
                 self._deliver, stream, abandon_on_cancel=True, limiter=self._limiter)
@@ -261,7 +263,8 @@ class LocationCache:
                 return "cancelled"
         return "cancelled"
 
-    async def _liveness(self, stream: WatchStream, outcome: list, scope: trio.CancelScope) -> None:
+    async def _liveness(self, stream: WatchStream, outcome: list[str | StoreUnavailable],
+                        scope: trio.CancelScope) -> None:
         interval = self.progress_interval
         silence = interval + self.progress_timeout
         next_request = trio.current_time() + interval

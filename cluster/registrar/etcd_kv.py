@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeAlias
 
 import etcd3
 import grpc
@@ -34,8 +35,9 @@ __all__ = [
     "Compare", "EtcdKV", "LeaseNotFound", "Op", "WatchStream", "connect", "prefix_end",
 ]
 
-Compare = etcdrpc.Compare
-Op = etcdrpc.RequestOp
+# etcd's protobuf messages (python3-etcd3 ships no type information).
+Compare: TypeAlias = etcdrpc.Compare
+Op: TypeAlias = etcdrpc.RequestOp
 KeyValues = list[tuple[bytes, bytes, int]]  # (key, value, mod_revision)
 
 # Unary calls never wait forever, whatever the client was built with: a
@@ -189,7 +191,7 @@ class EtcdKV:
 
     # -- watch ------------------------------------------------------------------------
 
-    def watch(self, prefix: bytes, start_revision: int) -> "WatchStream":
+    def watch(self, prefix: bytes, start_revision: int) -> WatchStream:
         return WatchStream(self, prefix, start_revision)
 
 
@@ -228,10 +230,10 @@ class WatchStream:
                 if self._cancelled:
                     return
                 stub = etcdrpc.WatchStub(c.channel)
-                self._call = stub.Watch(self._request_iter(), credentials=c.call_credentials,
-                                        metadata=c.metadata)
-            for response in self._call:
-                yield response
+                call = stub.Watch(self._request_iter(), credentials=c.call_credentials,
+                                  metadata=c.metadata)
+                self._call = call
+            yield from call
         except (grpc.RpcError, etcd3.exceptions.Etcd3Exception, ValueError) as exc:
             if self._cancelled and isinstance(exc, grpc.RpcError):
                 return

@@ -34,8 +34,9 @@ import math
 import re
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import msgpack
 import trio
@@ -259,11 +260,12 @@ class EtcdLocationStore:
                     except trio.WouldBlock:
                         if max_delay <= 0 or trio.current_time() >= deadline:
                             break
-                        item = None
+                        late = None
                         with trio.move_on_at(deadline):
-                            item = await source.receive()
-                        if item is None:
+                            late = await source.receive()
+                        if late is None:
                             break
+                        item = late
                     if item.start in batch:
                         # Same AOR twice: the second must see the first's write.
                         carry.append(item)

@@ -32,9 +32,9 @@ extra header fields in ``REPLIES`` — the one table (Kamailio ``reply.c``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Iterable
 
 from cluster.sip.errors import ParseError
 from cluster.sip.message import Request, Response

@@ -16,8 +16,9 @@ cannot lose an update: the loser re-reads and re-runs §10.3 on the new state
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from cluster.coordination.errors import CoordinationError
 from cluster.sip.message import Request

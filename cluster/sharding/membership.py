@@ -33,9 +33,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping, Union
 
 from .ring import DEFAULT_VNODES, Ring
 
@@ -79,7 +79,7 @@ def member_key(prefix: str, role: str, node_id: str) -> str:
 def _check_role(role: object) -> str:
     if role not in ROLES:
         raise BadMemberRecord(f"role must be one of {ROLES}, got {role!r}")
-    return role  # type: ignore[return-value]
+    return role
 
 
 def _check_id(node_id: object) -> str:
@@ -102,7 +102,7 @@ def _split_key(key: str) -> tuple[str, str]:
     return _check_role(parts[2]), _check_id(parts[3])
 
 
-def _text(record: dict, name: str, *, required: bool) -> str:
+def _text(record: dict[str, object], name: str, *, required: bool) -> str:
     value = record.get(name)
     if value is None and not required:
         return ""
@@ -223,7 +223,7 @@ class Delete:
     revision: int
 
 
-Event = Union[Put, Delete]
+Event = Put | Delete
 
 
 def _key_text(key: str | bytes) -> str:

@@ -33,9 +33,9 @@ Nothing here does I/O or reads a clock.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from hashlib import blake2b
-from typing import Iterable, Iterator
 
 __all__ = ["DEFAULT_VNODES", "EmptyRing", "Ring", "key_position"]
 
@@ -86,6 +86,15 @@ class Ring:
     """
 
     __slots__ = ("_members", "_epoch", "_vnodes", "_points", "_owners", "_arcs", "_heirs")
+    # Declared for the type checker only (no values, so no class attributes);
+    # set once in __init__ through object.__setattr__.
+    _members: tuple[str, ...]
+    _epoch: int
+    _vnodes: int
+    _points: list[int]
+    _owners: tuple[str, ...]
+    _arcs: dict[str, int]
+    _heirs: dict[str, str] | None
 
     def __init__(self, members: Iterable[str], *, epoch: int = 0,
                  vnodes: int = DEFAULT_VNODES) -> None:
@@ -214,8 +223,9 @@ class Ring:
             return {}
         # heir[i]: owner of the first point after i (clockwise) whose owner is
         # not owners[i]. Filled right to left from the next point's answer;
-        # the second pass settles the run of points that wraps past the top.
-        heir: list[str | None] = [None] * count
+        # the second pass settles the run of points that wraps past the top
+        # and leaves no slot empty.
+        heir = [""] * count
         for _ in range(2):
             for index in range(count - 1, -1, -1):
                 after = index + 1 if index + 1 < count else 0

@@ -66,10 +66,10 @@ class NameAddress:
         # RFC 5626 §4.2: reg-id is 1 to 2**31 - 1.
         return digits_param(param_value(self.params, "reg-id"), 0x7FFFFFFF)
 
-    def with_param(self, name: str, value: str | None) -> "NameAddress":
+    def with_param(self, name: str, value: str | None) -> NameAddress:
         return replace(self, params=replace_param(self.params, name, value))
 
-    def without_param(self, name: str) -> "NameAddress":
+    def without_param(self, name: str) -> NameAddress:
         return replace(self, params=remove_param(self.params, name))
 
     def __str__(self) -> str:
@@ -87,6 +87,11 @@ class _NameAddressDraft:
     allows between classes of identical layout."""
 
     __slots__ = NameAddress.__slots__
+    # Declared for the type checker only: no values, so no class attributes.
+    uri: URI
+    display_name: str | None
+    params: Params
+    bracketed: bool
 
 
 # The common shape, ``["display" | token words] <uri> params``, in one match.
@@ -125,13 +130,15 @@ def parse_name_addr(value: str, *, brackets_required: bool = False) -> NameAddre
         if m is not None:
             end = m.end()
             params = parse_params(value, end) if end < len(value) else ()
-            address = _NameAddressDraft()
-            address.uri = parse_uri(uri_text)
-            address.display_name = display
-            address.params = params
-            address.bracketed = True
-            address.__class__ = NameAddress  # type: ignore[assignment]
-            return remember(_MEMO, value, address)  # type: ignore[arg-type]
+            draft = _NameAddressDraft()
+            draft.uri = parse_uri(uri_text)
+            draft.display_name = display
+            draft.params = params
+            draft.bracketed = True
+            # Retyped in place (identical slots): the type checker cannot follow.
+            draft.__class__ = NameAddress  # type: ignore[assignment]
+            parsed: NameAddress = draft  # type: ignore[assignment]
+            return remember(_MEMO, value, parsed)
     return _parse_name_addr_careful(value, brackets_required)
 
 

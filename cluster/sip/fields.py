@@ -40,6 +40,8 @@ class _CSeqDraft:
     """Writable twin of CSeq (same slots); see via._ViaDraft for why."""
 
     __slots__ = CSeq.__slots__
+    seq: int  # declared for the type checker only: no class attributes
+    method: str
 
 
 _CSEQ_MEMO: dict[str, CSeq] = {}
@@ -56,11 +58,13 @@ def parse_cseq(value: str) -> CSeq:
     if seq > MAX_CSEQ:
         # RFC 4475 §3.1.2.4 scalar02 / §3.1.2.5 scalarlg.
         raise ParseError("CSeq number out of range")
-    cseq = _CSeqDraft()
-    cseq.seq = seq
-    cseq.method = m.group(2)
-    cseq.__class__ = CSeq  # type: ignore[assignment]
-    return remember(_CSEQ_MEMO, value, cseq)  # type: ignore[arg-type]
+    draft = _CSeqDraft()
+    draft.seq = seq
+    draft.method = m.group(2)
+    # Retyped in place (identical slots): the type checker cannot follow.
+    draft.__class__ = CSeq  # type: ignore[assignment]
+    parsed: CSeq = draft  # type: ignore[assignment]
+    return remember(_CSEQ_MEMO, value, parsed)
 
 
 @dataclass(frozen=True, slots=True)

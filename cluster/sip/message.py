@@ -14,7 +14,8 @@ cache for the fields it validates, so reading them later is free.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from .address import NameAddress, parse_name_addr
 from .auth import AuthField, parse_auth
@@ -131,18 +132,25 @@ class Message:
             return True
         return False
 
-    def __getattr__(self, name: str):
-        # Only reached when a slot is empty, i.e. after compact(): parse the
-        # bytes again and take their header list, index and typed values.
-        if name in _PARSED_STATE:
-            from .parser import parse_message
-            parsed = parse_message(self._raw, datagram=True)  # type: ignore[arg-type]
-            self.headers = parsed.headers
-            self._index = parsed._index
-            self._cache = parsed._cache
-            _RESTORES[0] += 1
-            return object.__getattribute__(self, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    if not TYPE_CHECKING:
+        # Hidden from the type checker, which would otherwise accept any
+        # attribute name on a message.
+        def __getattr__(self, name: str) -> object:
+            # Only reached when a slot is empty, i.e. after compact().
+            if name in _PARSED_STATE:
+                self._restore()
+                return object.__getattribute__(self, name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _restore(self) -> None:
+        # Parse the bytes again and take their header list, index and typed values.
+        from .parser import parse_message
+        # compact() rendered the bytes before dropping the rest, so _raw is set.
+        parsed = parse_message(self._raw, datagram=True)  # type: ignore[arg-type]
+        self.headers = parsed.headers
+        self._index = parsed._index
+        self._cache = parsed._cache
+        _RESTORES[0] += 1
 
     # -- generic header access ------------------------------------------------
 
@@ -175,7 +183,7 @@ class Message:
                 return out
             return list(values)
         if key in LIST_HEADERS:
-            out: list[str] = []
+            out = []
             for h in self.headers:
                 if h.key == key:
                     out.extend(split_commas(h.value))
@@ -247,6 +255,9 @@ class Message:
         if key == "via":
             self._cache.pop(_TOP_VIA, None)
 
+    # The cache maps each key to what its parser returned: the ignores below
+    # give that value back its type.
+
     def _cached(self, key: str, parse: Callable[[list[str]], T]) -> T:
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
@@ -313,10 +324,11 @@ class Message:
         top value eagerly (it is all a transaction needs); the others are
         parsed when ``vias`` is read (a proxy routing a response)."""
         cache = self._cache
-        vias = cache.get("via")
+        # The cache maps each key to what its parser returned.
+        vias: list[Via] | None = cache.get("via")  # type: ignore[assignment]
         if vias:
-            return vias[0]  # type: ignore[index]
-        top = cache.get(_TOP_VIA)
+            return vias[0]
+        top: Via | None = cache.get(_TOP_VIA)  # type: ignore[assignment]
         if top is None:
             for h in self.headers:
                 if h.key == "via":
@@ -328,7 +340,7 @@ class Message:
                     break
             else:
                 raise ParseError("missing Via")
-        return top  # type: ignore[return-value]
+        return top
 
     @property
     def max_forwards(self) -> int | None:
@@ -448,11 +460,12 @@ class Message:
 
     def pop_via(self) -> Via:
         """Remove the topmost Via value (which may share a field with others)."""
-        parsed = self._cache.get("via")  # the whole stack, when it was read
+        # The whole stack, when it was read (the cache holds each key's parse).
+        parsed: list[Via] | None = self._cache.get("via")  # type: ignore[assignment]
         for i, h in enumerate(self.headers):
             if h.key == "via":
                 values = split_commas(h.value)
-                top = parsed[0] if parsed else parse_via(values[0])  # type: ignore[index]
+                top = parsed[0] if parsed else parse_via(values[0])
                 raw = self._raw
                 if len(values) == 1:
                     del self.headers[i]
@@ -462,8 +475,8 @@ class Message:
                     self.headers[i] = Header("via", h.name, ", ".join(values[1:]))
                     spliced = None
                 self._touch("via")
-                if parsed and len(parsed) > 1:  # type: ignore[arg-type]
-                    self._cache["via"] = parsed[1:]  # type: ignore[index]
+                if parsed and len(parsed) > 1:
+                    self._cache["via"] = parsed[1:]
                 if spliced is not None:
                     # §16.7 step 3 on the bytes as received: a relayed
                     # response is the received one minus a line, so it
@@ -503,7 +516,7 @@ class Message:
 
     __bytes__ = to_bytes
 
-    def copy(self) -> "Message":
+    def copy(self) -> Self:
         clone = object.__new__(type(self))
         clone.headers = list(self.headers)
         clone.body = self.body
@@ -549,12 +562,12 @@ class Request(Message):
             return self._start
         return f"{self.method} {self._uri} {SIP_VERSION}"
 
-    def copy(self) -> "Request":
+    def copy(self) -> Self:
         clone = super().copy()
         clone.method = self.method
         clone._uri = self._uri
         clone._start = self._start
-        return clone  # type: ignore[return-value]
+        return clone
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self._uri}>"
@@ -577,11 +590,11 @@ class Response(Message):
     def start_line(self) -> str:
         return f"{SIP_VERSION} {self.status} {self.reason}"
 
-    def copy(self) -> "Response":
+    def copy(self) -> Self:
         clone = super().copy()
         clone.status = self.status
         clone.reason = self.reason
-        return clone  # type: ignore[return-value]
+        return clone
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"

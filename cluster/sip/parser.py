@@ -12,6 +12,7 @@ the status to answer with.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from .address import parse_name_addr
 from .errors import ParseError
@@ -51,7 +52,8 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
 
     body_start = end + 4
     body = data[body_start:]
-    length = message._cache["content-length"]
+    # _check_fields cached the parsed Content-Length (or None).
+    length: int | None = message._cache["content-length"]  # type: ignore[assignment]
     if length is None:
         if not datagram:
             raise ParseError("Content-Length required on stream transports")
@@ -76,10 +78,10 @@ def parse_complete(data: bytes, *, datagram: bool = True) -> Request | Response:
     answered 400 with its reason where the message enters (§8.2.6, §21.4.1),
     not met halfway through routing. Absent fields cost a dict lookup."""
     message = parse_message(data, datagram=datagram)
-    groups = message._index
+    groups = message._index  # set by parse_message: the ignores below
     vias = groups["via"]  # type: ignore[index]
     if len(vias) > 1 or "," in vias[0]:
-        message.vias  # the top one was checked by parse_message
+        message.vias  # noqa: B018 - read to parse the rest; the top one was checked by parse_message
     if type(message) is Request:
         for key, read in _READ_LATER:
             if key in groups:  # type: ignore[operator]
@@ -87,7 +89,7 @@ def parse_complete(data: bytes, *, datagram: bool = True) -> Request | Response:
     return message
 
 
-_READ_LATER: tuple = (
+_READ_LATER: tuple[tuple[str, Callable[[Request], object]], ...] = (
     ("expires", lambda m: m.expires),
     ("path", lambda m: m.paths),
     ("authorization", lambda m: m.authorizations),
@@ -235,7 +237,7 @@ def _check_fields(message: Message, groups: dict[str, list[str]]) -> None:
     cache["max-forwards"] = None if values is None else parse_max_forwards(values[0])
     values = groups.get("content-length")
     cache["content-length"] = None if values is None else parse_content_length(values[0])
-    is_request = type(message) is Request
+    is_request = type(message) is Request  # the ignores on message.method below
     contacts = groups.get("contact")
     if contacts is not None and contacts != ["*"] and (
             not is_request or message.method == "REGISTER"):  # type: ignore[attr-defined]

@@ -148,6 +148,12 @@ def _canon_escape(match: re.Match[str]) -> str:
 # --- values ------------------------------------------------------------------
 
 Params = tuple[tuple[str, str | None], ...]
+# RFC 3261 §19.1.4: the hashed part (scheme, userinfo, host, port, the
+# parameters that must match, headers) and the parameters compared only when
+# both URIs carry them.
+_SipKey = tuple[tuple[object, ...], dict[str, str | None]]
+# RFC 3966 §4: the number without visual separators and every parameter.
+_TelKey = tuple[str, frozenset[tuple[str, str | None]]]
 
 
 def _find_param(params: Params, name: str) -> int:
@@ -172,7 +178,7 @@ class SipURI:
     params: Params = ()
     headers: tuple[tuple[str, str], ...] = ()
     # Lazily built comparison key; the object stays immutable to its users.
-    _key: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _key: _SipKey | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- parameters --
     def param(self, name: str) -> str | None:
@@ -270,7 +276,7 @@ class SipURI:
         return "".join(parts)
 
     # -- RFC 3261 §19.1.4 equality --
-    def _compare_key(self) -> tuple:
+    def _compare_key(self) -> _SipKey:
         key = self._key
         if key is None:
             strict: dict[str, str | None] = {}
@@ -332,7 +338,7 @@ class TelURI:
 
     number: str
     params: Params = ()
-    _key: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _key: _TelKey | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def scheme(self) -> str:
@@ -356,13 +362,13 @@ class TelURI:
         params = "".join(f";{n}" if v is None else f";{n}={v}" for n, v in self.params)
         return f"tel:{self.number}{params}"
 
-    def _compare_key(self) -> tuple:
+    def _compare_key(self) -> _TelKey:
         # RFC 3966 §4: visual separators ignored in the number, phone-context
         # and ext; parameters in any order, all must be present in both;
         # comparison case-insensitive.
         key = self._key
         if key is None:
-            params = []
+            params: list[tuple[str, str | None]] = []
             for name, value in self.params:
                 name = name.lower()
                 if value is not None:
@@ -422,6 +428,15 @@ class _SipURIDraft:
     """
 
     __slots__ = SipURI.__slots__
+    # Declared for the type checker only: no values, so no class attributes.
+    scheme: str
+    user: str | None
+    password: str | None
+    host: str
+    port: int | None
+    params: Params
+    headers: tuple[tuple[str, str], ...]
+    _key: _SipKey | None
 
 
 def _parse_fast(match: re.Match[str]) -> SipURI:
@@ -436,6 +451,7 @@ def _parse_fast(match: re.Match[str]) -> SipURI:
     uri.params = _parse_params(param_text[1:]) if param_text else ()
     uri.headers = ()
     uri._key = None
+    # Retyped in place (identical slots): the type checker cannot follow.
     uri.__class__ = SipURI  # type: ignore[assignment]
     return uri  # type: ignore[return-value]
 

@@ -78,10 +78,10 @@ class Via:
     def reliable(self) -> bool:
         return self.transport not in ("UDP", "DTLS")
 
-    def with_param(self, name: str, value: str | None) -> "Via":
+    def with_param(self, name: str, value: str | None) -> Via:
         return replace(self, params=replace_param(self.params, name, value))
 
-    def without_param(self, name: str) -> "Via":
+    def without_param(self, name: str) -> Via:
         return replace(self, params=remove_param(self.params, name))
 
     def __str__(self) -> str:
@@ -98,6 +98,12 @@ class _ViaDraft:
     """
 
     __slots__ = Via.__slots__
+    # Declared for the type checker only: no values, so no class attributes.
+    transport: str
+    host: str
+    port: int | None
+    params: Params
+    protocol: str
 
 
 _MEMO: dict[str, Via] = {}
@@ -122,14 +128,16 @@ def parse_via(value: str) -> Via:
         protocol = "SIP/2.0"
     else:
         protocol = f"{name}/{version}"
-    via = _ViaDraft()
-    via.transport = transport.upper()
-    via.host = host
-    via.port = port_num
-    via.params = params
-    via.protocol = protocol
-    via.__class__ = Via  # type: ignore[assignment]
-    return remember(_MEMO, value, via)  # type: ignore[arg-type]
+    draft = _ViaDraft()
+    draft.transport = transport.upper()
+    draft.host = host
+    draft.port = port_num
+    draft.params = params
+    draft.protocol = protocol
+    # Retyped in place (identical slots): the type checker cannot follow.
+    draft.__class__ = Via  # type: ignore[assignment]
+    parsed: Via = draft  # type: ignore[assignment]
+    return remember(_MEMO, value, parsed)
 
 
 def via_text(via: Via) -> str:

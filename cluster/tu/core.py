@@ -26,19 +26,24 @@ import heapq
 import itertools
 import logging
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
+from typing import Protocol
 
-from cluster.app.api import Application, Call, Challenge, Handler, Proxy, Register, Reply, Target
-from cluster.proxy import identity
-from cluster.proxy.context import Cancel, Exhausted, Forward, ResponseContext, Upstream
-from cluster.proxy.routing import (
-    DEFAULT_PORTS, RoutingError, forward_copy, hop_for, loop_detected, next_hop_uri,
-    preprocess_routes, proxy_via, record_route_set, resolve_localhost,
+from cluster.app.api import (
+    Application, Call, Challenge, Decision, Handler, Proxy, Register, Reply, Target,
 )
-from cluster.sip import Request, Response, SipURI, TelURI, make_response
+from cluster.proxy import identity
+from cluster.proxy.context import (
+    Branch, Cancel, Exhausted, Forward, Output as ContextOutput, ResponseContext, Upstream,
+)
+from cluster.proxy.routing import (
+    DEFAULT_PORTS, DialogTokens, LocalAddresses, RoutingError, forward_copy, hop_for,
+    loop_detected, next_hop_uri, preprocess_routes, proxy_via, record_route_set, resolve_localhost,
+)
+from cluster.sip import URI, Request, Response, SipURI, TelURI, make_response
 from cluster.sip.transaction.actions import (
-    AckReceived, CancelReceived, RequestReceived, ResponseReceived, Send, StrayResponse,
-    TransactionTerminated, TransactionTimeout, TransportError,
+    AckReceived, Action, CancelReceived, RequestReceived, ResponseReceived, Send, StrayResponse,
+    TransactionKey, TransactionTerminated, TransactionTimeout, TransportError,
 )
 from cluster.sip.transaction.layer import TransactionLayer
 from cluster.sip.transaction.peer import Peer
@@ -56,6 +61,27 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRA
 _STAT_NAMES: dict[type, str] = {}
 
 Output = Send | StartRegistration
+Resolver = Callable[[str], str | None]
+Headers = tuple[tuple[str, str], ...]
+
+
+class TUServices(Protocol):
+    """What the TU asks of the worker's services (``nodes.worker.services``):
+    answers from memory, no I/O."""
+
+    @property
+    def local(self) -> LocalAddresses: ...
+
+    @property
+    def tokens(self) -> DialogTokens: ...
+
+    def is_trusted(self, host: str) -> bool: ...
+
+    def learn_advertise(self, advertise: str | None) -> None: ...
+
+    def challenge(self, request: Request, decision: Challenge, source: str = "") -> Response: ...
+
+    def note(self, event: str, request: Request, source: str, detail: str) -> None: ...
 
 
 class TUObserver:
@@ -74,32 +100,33 @@ class TransactionUser:
     of different clusters apart; ``stats`` counts events (the worker's node
     events); ``resolve`` maps a host name to an address (DNS stays outside)."""
 
-    def __init__(self, application: Application, transactions: TransactionLayer, services, *,
-                 shard: str, salt: str = "", stats: Counter | None = None,
-                 resolve: Callable[[str], str | None] = resolve_localhost,
+    def __init__(self, application: Application, transactions: TransactionLayer,
+                 services: TUServices, *, shard: str, salt: str = "",
+                 stats: Counter[str] | None = None, resolve: Resolver = resolve_localhost,
                  observer: TUObserver | None = None) -> None:
         self.application = application
         self.transactions = transactions
         self.services = services
         self.shard = shard
         self.salt = salt
-        self.stats: Counter = stats if stats is not None else Counter()
+        self.stats: Counter[str] = stats if stats is not None else Counter()
         self.resolve = resolve
         self.observer = observer
-        self.contexts: dict[tuple, ResponseContext] = {}  # server key -> context
-        self.branches: dict[tuple, tuple[ResponseContext, object]] = {}  # client key -> (ctx, branch)
+        self.contexts: dict[TransactionKey, ResponseContext] = {}  # server key -> context
+        self.branches: dict[TransactionKey, tuple[ResponseContext, Branch]] = {}  # client key -> (ctx, branch)
         self.calls: dict[int, Call] = {}
         self.targets: dict[int, dict[int, Target]] = {}  # id(ctx) -> branch index -> target
         self.record_route: dict[int, bool] = {}
         self._deadlines: list[tuple[float, int, ResponseContext]] = []
         self._seq = itertools.count()
-        self._out: list = []
+        self._out: list[Output] = []
 
     # -- inputs ------------------------------------------------------------------------
 
     def receive(self, message: Request | Response, source: Peer, now: float) -> list[Output]:
         """A message from an edge, parsed and checked (``parse_complete``)."""
-        self._out = out = []
+        out: list[Output] = []
+        self._out = out
         route = route_of(source)
         if route is not None and route.advertise:
             self.services.learn_advertise(route.advertise)
@@ -110,13 +137,15 @@ class TransactionUser:
 
     def respond(self, response: Response, now: float) -> list[Output]:
         """A response the TU's driver made (the registrar's)."""
-        self._out = out = []
+        out: list[Output] = []
+        self._out = out
         self._respond(response, now)
         return out
 
-    def transport_error(self, key: tuple, now: float) -> list[Output]:
+    def transport_error(self, key: TransactionKey, now: float) -> list[Output]:
         """A ``Send`` for transaction ``key`` could not go (§17.1.4, §17.2.4)."""
-        self._out = out = []
+        out: list[Output] = []
+        self._out = out
         self._perform(self.transactions.transport_error(key, now), now)
         return out
 
@@ -128,13 +157,15 @@ class TransactionUser:
 
     def transaction_timers(self, now: float) -> list[Output]:
         """The transaction layer's timers due at ``now`` (§17 A–K)."""
-        self._out = out = []
+        out: list[Output] = []
+        self._out = out
         self._perform(self.transactions.handle_timer(now), now)
         return out
 
     def proxy_timers(self, now: float) -> list[Output]:
         """Per-branch timeouts and Timer C of the response contexts due at ``now`` (§16.8)."""
-        self._out = out = []
+        out: list[Output] = []
+        self._out = out
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, ctx = heapq.heappop(deadlines)
@@ -157,29 +188,30 @@ class TransactionUser:
 
     # -- transaction layer events --------------------------------------------------------
 
-    def _perform(self, actions: list, now: float) -> None:
+    def _perform(self, actions: list[Action], now: float) -> None:
         out = self._out
         stats = self.stats
         for action in actions:
-            kind = type(action)
-            if kind is Send:
+            # type(action) each time, not once: the checker narrows only that.
+            if type(action) is Send:
                 out.append(action)
-            elif kind is RequestReceived:
+            elif type(action) is RequestReceived:
                 self._on_request(action.key, action.request, action.source, now)
-            elif kind is ResponseReceived:
+            elif type(action) is ResponseReceived:
                 self._on_response(action.key, action.response, now)
-            elif kind is CancelReceived:
+            elif type(action) is CancelReceived:
                 self._on_cancel(action, now)
-            elif kind is AckReceived:
+            elif type(action) is AckReceived:
                 self._forward_ack(action.request, action.source)
-            elif kind is StrayResponse:
+            elif type(action) is StrayResponse:
                 self._forward_stray(action.response, action.source)
-            elif kind is TransactionTimeout:
+            elif type(action) is TransactionTimeout:
                 self._on_client_failure(action.key, now, timer=action.timer)
-            elif kind is TransportError:
+            elif type(action) is TransportError:
                 self._on_client_failure(action.key, now, timer="transport")
-            elif kind is TransactionTerminated:
+            elif type(action) is TransactionTerminated:
                 self.branches.pop(action.key, None)
+            kind = type(action)
             name = _STAT_NAMES.get(kind)
             if name is None:
                 name = _STAT_NAMES[kind] = f"tu_{kind.__name__}"
@@ -189,12 +221,12 @@ class TransactionUser:
         self._perform(self.transactions.send_response(response, now), now)
 
     def _reply(self, request: Request, status: int, now: float, reason: str | None = None,
-               headers: tuple = (), body: bytes = b"") -> None:
+               headers: Headers = (), body: bytes = b"") -> None:
         self._respond(make_response(request, status, reason, headers=headers, body=body), now)
 
     # -- requests --------------------------------------------------------------------------
 
-    def _on_request(self, key: tuple, request: Request, source: Peer, now: float) -> None:
+    def _on_request(self, key: TransactionKey, request: Request, source: Peer, now: float) -> None:
         status, headers, routed = self.check(request)
         if status:
             self._reply(request, status, now, headers=headers)
@@ -211,7 +243,7 @@ class TransactionUser:
             handler = self.observer.handler(handler_name, handler, call)
         self._execute(key, call, handler(call), now)
 
-    def check(self, request: Request) -> tuple[int, tuple, tuple]:
+    def check(self, request: Request) -> tuple[int, Headers, tuple[SipURI, ...]]:
         """§16.3 request validation (and the registrar's §8.2.2 checks): the
         status to answer (0: none) with its headers, and our own Route
         entries removed (``preprocess_routes``)."""
@@ -235,7 +267,8 @@ class TransactionUser:
             return 482, (), routed
         return 0, (), routed
 
-    def _execute(self, key: tuple, call: Call, decision, now: float) -> None:
+    def _execute(self, key: TransactionKey, call: Call, decision: Decision | None,
+                 now: float) -> None:
         request = call.request
         if decision is None:
             return
@@ -252,7 +285,7 @@ class TransactionUser:
 
     # -- proxying (§16) ----------------------------------------------------------------------
 
-    def _proxy(self, key: tuple, call: Call, decision: Proxy, now: float) -> None:
+    def _proxy(self, key: TransactionKey, call: Call, decision: Proxy, now: float) -> None:
         ctx = self.contexts.get(key)
         if ctx is None:
             ctx = ResponseContext(key, call.request, timer_c=self.transactions.config.c)
@@ -271,7 +304,7 @@ class TransactionUser:
             targets.setdefault(branch.index, t)
         self._run(ctx, outputs, now)
 
-    def _run(self, ctx: ResponseContext, outputs: list, now: float) -> None:
+    def _run(self, ctx: ResponseContext, outputs: list[ContextOutput], now: float) -> None:
         for output in outputs:
             if isinstance(output, Forward):
                 self._forward_branch(ctx, output.branch, now)
@@ -281,7 +314,7 @@ class TransactionUser:
                 if hook is not None and call is not None:
                     try:
                         hook(call, output.response)
-                    except Exception:  # noqa: BLE001 - an app bug must not stop the call
+                    except Exception:
                         log.exception("response hook failed")
                 self._respond(output.response, now)
             elif isinstance(output, Cancel):
@@ -296,7 +329,7 @@ class TransactionUser:
             for table in (self.calls, self.targets, self.record_route):
                 table.pop(id(ctx), None)
 
-    def _forward_branch(self, ctx: ResponseContext, branch, now: float) -> None:
+    def _forward_branch(self, ctx: ResponseContext, branch: Branch, now: float) -> None:
         call = self.calls[id(ctx)]
         target: Target = self.targets[id(ctx)].get(branch.index) or Target(branch.target)
         came = route_of(call.source)
@@ -343,37 +376,38 @@ class TransactionUser:
         open_ = call.identity is not None or call.from_trusted
         return tokens.make(request.call_id, tag, "" if open_ else tokens.scope_for(hop_host))
 
-    def _cancel_branch(self, branch, now: float) -> None:
+    def _cancel_branch(self, branch: Branch, now: float) -> None:
         """§9.1: CANCEL mirrors the request's Request-URI, Call-ID, To, From,
         CSeq number and top Via (same branch) and its Route set."""
-        original: Request = branch.request
+        original = branch.request
+        peer = self.transactions.peer_of(branch.key) if branch.key is not None else None
+        if original is None or peer is None:
+            return  # no client transaction to cancel
         cancel = Request("CANCEL", original.uri, [
             ("Via", str(original.via)),
             ("Max-Forwards", "70"),
-            ("From", original.get("from")),
-            ("To", original.get("to")),
+            # A request we forwarded has From and To (the parser requires them).
+            ("From", original.get("from") or ""),
+            ("To", original.get("to") or ""),
             ("Call-ID", original.call_id),
             ("CSeq", f"{original.cseq.seq} CANCEL"),
         ])
         for route in original.get_all("route"):
             cancel.add("Route", route)
-        peer = self.transactions.peer_of(branch.key) if branch.key is not None else None
-        if peer is None:
-            return
         try:
             _, actions = self.transactions.send_request(cancel, peer, now)
         except ValueError:
             return
         self._perform(actions, now)
 
-    def _on_response(self, key: tuple, response: Response, now: float) -> None:
+    def _on_response(self, key: TransactionKey, response: Response, now: float) -> None:
         entry = self.branches.get(key)
         if entry is None:
             return  # a response to our CANCEL, or to a context that is gone
         ctx, branch = entry
         self._run(ctx, ctx.on_response(branch, response, now), now)
 
-    def _on_client_failure(self, key: tuple, now: float, *, timer: str) -> None:
+    def _on_client_failure(self, key: TransactionKey, now: float, *, timer: str) -> None:
         entry = self.branches.get(key)
         if entry is None:
             return
@@ -390,10 +424,10 @@ class TransactionUser:
         if hook is not None and call is not None and not ctx.cancelled:
             try:
                 decision = hook(call, best)
-            except Exception:  # noqa: BLE001 - an app bug costs the hook, not the call
+            except Exception:
                 log.exception("failure hook failed")
-        if isinstance(decision, Proxy) and decision.targets:
-            self._proxy(ctx.server_key, call, decision, now)  # type: ignore[arg-type]
+        if isinstance(decision, Proxy) and decision.targets and call is not None:
+            self._proxy(ctx.server_key, call, decision, now)
             return
         if isinstance(decision, Reply):
             ctx.final_sent = True
@@ -420,7 +454,7 @@ class TransactionUser:
             if request is not None:
                 self._respond(make_response(request, 487), now)
 
-    def _hop(self, request: Request, target: Target, uri, advertise: str,
+    def _hop(self, request: Request, target: Target, uri: URI | None, advertise: str,
              salt: str) -> tuple[str, str, int]:
         """Transport, host and port of the next hop towards ``target``
         (§16.6 steps 6-7, RFC 3327 Path, RFC 5626 flows); RoutingError when
@@ -565,7 +599,7 @@ class TransactionUser:
         return None
 
 
-def _may_have_looped(request: Request, local) -> bool:
+def _may_have_looped(request: Request, local: LocalAddresses) -> bool:
     """Cheap pre-check for §16.3 step 4: only a request carrying a Via with
     one of our addresses can have looped through us."""
     vias = request.get_all("via")
@@ -591,10 +625,11 @@ def note_source(request: Request, source: Peer) -> None:
         request.set_top_via(updated)
 
 
-def _contact_address(target: Target, transport: str, resolve) -> tuple[str, int] | None:
+def _contact_address(target: Target, transport: str, resolve: Resolver) -> tuple[str, int] | None:
     """Host and port of a registered Contact, reached over ``transport``."""
     try:
         hop = hop_for(target.uri, default_transport=transport, resolve=resolve)
     except RoutingError:
         return None
+    # hop_for routes only SIP URIs, so the target's has a port attribute.
     return hop.host, target.uri.port or DEFAULT_PORTS.get(transport, 5060)  # type: ignore[union-attr]

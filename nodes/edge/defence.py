@@ -21,7 +21,7 @@ from cluster.defence.store import BanPublisher
 log = logging.getLogger("sipcluster.edge")
 
 
-def build_guard(edge: EdgeConfig, events: "EdgeDefenceEvents") -> EdgeGuard:
+def build_guard(edge: EdgeConfig, events: EdgeDefenceEvents) -> EdgeGuard:
     rates = SourceRates(edge.rate_limit, edge.rate_burst, edge.rate_sources) if edge.rate_limit > 0 else None
     return EdgeGuard(bans=BanTable(edge.max_bans), rates=rates, scanners=ScannerMatcher(edge.user_agent_block),
                      ban_time=edge.rate_ban_time, exempt=edge.rate_exempt, events=events)

@@ -134,7 +134,7 @@ class Forwarder:
         # The sampling decision inline (the ratio sampler's test on the low 64
         # bits of the call's trace id): an unsampled call costs one hash.
         if tracing is not None and _from_bytes(_blake2b(call_id, digest_size=16).digest()[8:], "big") \
-                < tracing.bound:
+                < tracing.bound and worker is not None:  # (a worker was found above)
             span = tracing.edge_receive(call_id, data, transport, source, worker)
             if span is not None:
                 return self._forward_traced(span, data, transport, source, local, conn, endpoint)
@@ -142,7 +142,7 @@ class Forwarder:
                        None, self.advertise.get(transport), self.node_id)
         if endpoint in self.array_links:
             if frames is not None:
-                frames.add(endpoint, env, (data, source))  # type: ignore[arg-type]
+                frames.add(endpoint, env, (data, source))
                 return None
             envelope = pack_v2(env)
         else:

@@ -112,7 +112,7 @@ class EdgeNode:
             await nursery.start(self.authenticator.run)
             for listener in self.udp.values():
                 await nursery.start(listener.run)
-            tcp = [(l.host, l.port) for l in config.edge.listen if l.transport == "tcp"]
+            tcp = [(listen.host, listen.port) for listen in config.edge.listen if listen.transport == "tcp"]
             if tcp:
                 await nursery.start(self.tcp.run, tcp)
             self.forwarder.advertise = self._advertise()
@@ -165,7 +165,7 @@ class EdgeNode:
                 for env in envelopes:
                     try:
                         self.egress(env)
-                    except Exception:
+                    except Exception:  # noqa: BLE001
                         # A bad envelope (or a bug) costs that message only.
                         self.forwarder.bug("egress failed")
                 sent += len(envelopes)

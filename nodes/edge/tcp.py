@@ -16,6 +16,7 @@ import trio
 from cluster.sip import KEEPALIVE, PONG, ParseError, StreamFramer, reject_malformed
 
 from .forwarder import Forwarder
+import trio.lowlevel
 
 
 class Connection:
@@ -85,7 +86,7 @@ class TcpTransport:
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
-        except Exception:
+        except Exception:  # noqa: BLE001
             # A bug met on one connection closes that connection; raised
             # further it would stop the listener and the edge with it.
             self.forwarder.bug("tcp connection failed")
@@ -121,7 +122,7 @@ class TcpTransport:
                 answer = reject_malformed(bytes(data), error, server=self.forwarder.server)
                 if answer is not None:
                     self._queue(conn, answer)
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
                 return
             for message in messages:
                 if message is KEEPALIVE:

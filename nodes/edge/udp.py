@@ -90,7 +90,7 @@ class UdpListener:
                     count += 1
                     try:
                         reply = ingress(data, "UDP", (addr[0], addr[1]), local, None, frames)
-                    except Exception:
+                    except Exception:  # noqa: BLE001
                         # A bug met by one datagram costs that datagram; the
                         # listener is every other message's way in.
                         self.forwarder.bug("ingress failed")

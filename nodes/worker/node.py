@@ -28,6 +28,7 @@ import socket
 import time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -46,7 +47,7 @@ from cluster.observability.tracing import RouteSpans, Tracing
 from cluster.observability.transactions import TransactionCounts
 from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
 from cluster.sip import (
-    Message, ParseError, Request, answer_internal_error, parse_complete, reject_malformed,
+    Message, ParseError, Request, Response, answer_internal_error, parse_complete, reject_malformed,
 )
 from cluster.sip.transaction import TransactionLayer
 from cluster.sip.transaction.actions import Send
@@ -56,6 +57,14 @@ from cluster.tu import EdgeRoute, TransactionUser, route_of
 from cluster.tu.outputs import NO_LOCAL
 
 from .application import load_application
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cluster.registrar.cache import LocationCache
+    from cluster.registrar.etcd_store import EtcdLocationStore
+    from cluster.registrar.store import LocationStore
+    from nodes.worker.defence import PasswordGuard
+    from nodes.worker.feeds import UserFeed
+    from nodes.worker.services import Services
 
 log = logging.getLogger("sipcluster.worker")
 
@@ -115,15 +124,17 @@ class WorkerNode:
         self._timer_wake = math.inf
         """The deadline the timer task sleeps until (-inf while it runs)."""
         self.draining = False
-        self.services = None
-        self.store = None
-        self.locations = None
-        self.location_store = None
+        self.services: Services | None = None
+        self.store: EtcdLocationStore | None = None
+        self.locations: LocationCache | None = None
+        self.location_store: LocationStore | None = None
         """The registrar's ``LocationStore``: ``store``, traced when tracing is on."""
-        self.users = None
+        self.users: UserFeed | None = None
         self.password_guard = _password_guard(config, self.node_id, self.stats)
         self.tu: TransactionUser | None = None
-        """The transaction user, once the services it needs exist (``run``)."""
+        """The transaction user, once the services it needs exist (``run``, or
+        ``services`` given here): set before any message or timer is handled,
+        which is why its uses below are marked for the type checker."""
         if services is not None:
             self._start_tu(services)
         self._nursery: trio.Nursery | None = None
@@ -172,20 +183,20 @@ class WorkerNode:
                                       default_expires=w.registrar_default_expires)
         etcd = self.etcd_metrics
         kv_store = EtcdStore.from_config(c.cluster, observer=etcd.client("users"))
-        self.store = EtcdLocationStore(kv_store.access, prefix=c.cluster.prefix,
-                                       observer=etcd.client("registrar"))
-        self.locations = LocationCache(kv_store.access, prefix=c.cluster.prefix,
-                                       observer=etcd.client("location_cache"))
-        locations = self.locations
-        self.location_store = self.store
+        store = self.store = EtcdLocationStore(kv_store.access, prefix=c.cluster.prefix,
+                                               observer=etcd.client("registrar"))
+        cache = self.locations = LocationCache(kv_store.access, prefix=c.cluster.prefix,
+                                               observer=etcd.client("location_cache"))
+        locations: LocationCache | TracedLocations = cache
+        self.location_store = store
         if self.tracing is not None:
             # Spans for a call's etcd work and location lookups.
-            self.location_store = TracedLocationStore(self.store, self.tracing)
-            locations = TracedLocations(self.locations, self.tracing)
-        self.users = UserFeed(kv_store, c.cluster.prefix)
+            self.location_store = TracedLocationStore(store, self.tracing)
+            locations = TracedLocations(cache, self.tracing)
+        users = self.users = UserFeed(kv_store, c.cluster.prefix)
         self._start_tu(Services(domains=w.domains, trusted=w.trusted, nonce_secret=await self._secret(kv_store),
                                 nonce_ttl=w.nonce_ttl, locations=locations,
-                                users=self.users.cache, digest_algorithms=w.digest_algorithms,
+                                users=users.cache, digest_algorithms=w.digest_algorithms,
                                 digest_sha256_domains=w.digest_sha256_domains,
                                 outbound_proxy=w.outbound_proxy, events=self.stats,
                                 guard=self.password_guard))
@@ -195,9 +206,9 @@ class WorkerNode:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.authenticator.run)
-            await nursery.start(self.store.run)
-            nursery.start_soon(self.locations.run)
-            await nursery.start(self.users.run)
+            await nursery.start(store.run)
+            nursery.start_soon(cache.run)
+            await nursery.start(users.run)
             await self._start_bans(nursery, kv_store)
             self.membership = EtcdMembership.from_config(self.config, self.member(),
                                                          observer=etcd.client("membership"))
@@ -211,7 +222,7 @@ class WorkerNode:
             log.info("worker ready", extra={"node": self.node_id, "link": self.inbox.endpoint})
             task_status.started()
 
-    def _start_tu(self, services) -> None:
+    def _start_tu(self, services: Services) -> None:
         self.services = services
         # Tracing sees each routing decision through the TU's observer hook.
         observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
@@ -226,7 +237,8 @@ class WorkerNode:
         if guard is None:
             return
         prefix = self.config.cluster.prefix
-        await nursery.start(guard.publisher.run, store)
+        if guard.publisher is not None:
+            await nursery.start(guard.publisher.run, store)
         await nursery.start(BanFeed(store, prefix, kinds=(USER,), put=lambda ban: guard.put(ban, time.time()),
                                     lifted=guard.lifted, reset=guard.reset, stats=self.stats).run)
 
@@ -274,7 +286,8 @@ class WorkerNode:
             # (they name this shard in our Via).
             await self.membership.update(dataclasses.replace(self.membership.member, draining=True))
         with trio.move_on_after(self.config.worker.drain_timeout):
-            while self.in_flight():
+            # The TU's count of calls owing a response; nothing signals its zero.
+            while self.in_flight():  # noqa: ASYNC110
                 await trio.sleep(0.05)
         log.info("worker drained", extra={"node": self.node_id, "in_flight": self.in_flight()})
         if self.membership is not None:
@@ -370,7 +383,7 @@ class WorkerNode:
             for fire in (tu.transaction_timers, tu.proxy_timers):
                 try:
                     self._execute(fire(now), now)
-                except Exception:
+                except Exception:  # noqa: BLE001 - a bug costs this tick, not the worker
                     self._bug("timer handling failed")
         self.transactions.rest()
 
@@ -380,8 +393,8 @@ class WorkerNode:
         while True:
             await trio.sleep(CHALLENGE_SWEEP)
             try:
-                self.services.unanswered_challenges(time.time())
-            except Exception:
+                self.services.unanswered_challenges(time.time())  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - a bug costs this sweep, not the worker
                 self._bug("challenge sweep failed")
 
     def _bug(self, what: str, call_id: str | None = None) -> None:
@@ -430,7 +443,7 @@ class WorkerNode:
             try:
                 tracing = self.tracing
                 span = None if tracing is None else tracing.worker_receive(message, env)
-                if span is None:
+                if span is None or tracing is None:
                     # What this message makes us send belongs to the same
                     # unsampled call: no need to ask the tracer again.
                     self._untraced = tracing is not None
@@ -440,7 +453,7 @@ class WorkerNode:
                         self._process(message, env, now)
             finally:
                 CALL_ID.reset(token)
-        except Exception:
+        except Exception:  # noqa: BLE001
             # One message must not stop the link loop that feeds every other
             # one (the parser's and the tracer's bugs included).
             self._bug("message handling failed")
@@ -449,12 +462,12 @@ class WorkerNode:
             self._untraced = False
             self.processing_latency.observe_ns(time.time_ns() - received)
 
-    def _process(self, message: Message, env: Envelope, now: float) -> None:
+    def _process(self, message: Request | Response, env: Envelope, now: float) -> None:
         try:
             source = Peer(env.transport, env.peer[0], env.peer[1],
                           EdgeRoute(env.edge, env.conn, env.local, env.advertise))
-            self._execute(self.tu.receive(message, source, now), now)
-        except Exception:  # the worker must survive any bug in a handler
+            self._execute(self.tu.receive(message, source, now), now)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - the worker must survive any bug in a handler
             self._bug("request processing failed", message.call_id)
             answer = answer_internal_error(message, server=SERVER)
             if answer is not None:
@@ -481,10 +494,12 @@ class WorkerNode:
         with scope as span:
             try:
                 result = await register(
-                    self.location_store, request, now=time.time(), policy=self.policy,
+                    # location_store is set in run(), before any REGISTER arrives.
+                    self.location_store, request,  # type: ignore[arg-type]
+                    now=time.time(), policy=self.policy,
                     source=Source(source.transport, source.host, source.port),
                     edge=route.edge if route else None, conn=route.conn if route else None)
-            except Exception:
+            except Exception:  # noqa: BLE001
                 # This task runs in the worker's nursery: an exception escaping
                 # it would stop the worker. A registrar bug costs this
                 # REGISTER a 500, as in the message path.
@@ -498,7 +513,7 @@ class WorkerNode:
             self._origin_ns = origin_ns
             try:
                 now = trio.current_time()
-                self._execute(self.tu.respond(result.response(request), now), now)
+                self._execute(self.tu.respond(result.response(request), now), now)  # type: ignore[union-attr]
             finally:
                 self._origin_ns = 0
             self.kick_timers()
@@ -508,7 +523,8 @@ class WorkerNode:
     def _send(self, send: Send, now: float) -> None:
         message, dest = send.message, send.destination
         route = route_of(dest)
-        edge = route.edge if route is not None else None
+        # "" like None names no edge we know.
+        edge = (route.edge if route is not None else None) or ""
         if edge not in self.edges and (route is None or route.local == NO_LOCAL):
             # A route the TU made names no edge, or one that left: any
             # linked edge reaches the peer.
@@ -524,7 +540,7 @@ class WorkerNode:
         if not self.send_raw(edge, dest.transport, (dest.host, dest.port),
                              route.local if route is not None else NO_LOCAL,
                              route.conn if route is not None else None, data, trace, key) and key is not None:
-            self._execute(self.tu.transport_error(key, now), now)
+            self._execute(self.tu.transport_error(key, now), now)  # type: ignore[union-attr]
 
     def send_raw(self, edge: str, transport: str, peer: tuple[str, int], local: tuple[str, int],
                  conn: int | None, data: bytes, trace: str | None = None, key=None) -> bool:
@@ -564,7 +580,7 @@ class WorkerNode:
                 self.stats["drop_edge_link_down"] += len(keys)
                 for key in keys:
                     if key is not None:
-                        self._execute(self.tu.transport_error(key, now), now)
+                        self._execute(self.tu.transport_error(key, now), now)  # type: ignore[union-attr]
 
     def status(self) -> dict:
         ready, why = self.readiness()
@@ -600,10 +616,10 @@ class SipCounts:
             # Invented methods must not create time series.
             requests[method if method in KNOWN_METHODS else "other"] += 1
         else:
-            responses[message.status] += 1  # type: ignore[attr-defined]
+            responses[message.status] += 1  # type: ignore[attr-defined]  # not a Request: a Response
 
 
-def _password_guard(config: Config, node_id: str, stats):
+def _password_guard(config: Config, node_id: str, stats: Counter[str]) -> PasswordGuard | None:
     """``worker.auth_fail_*`` as a ``PasswordGuard``; None when turned off."""
     from cluster.defence import AuthFailures, BanTable
     from cluster.defence.store import BanPublisher

@@ -12,17 +12,25 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from cluster.app.api import AuthOutcome, Challenge, Target
 from cluster.auth.digest import NonceManager, OutstandingChallenges, challenge, find_credential, verify
 from cluster.auth.users import UserCache
 from cluster.proxy.routing import DialogTokens, LocalAddresses, split_hostport
-from cluster.sip import Request, Response, SipURI, URI, Via, make_response
+from cluster.sip import Request, Response, SipURI, URI, make_response
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cluster.registrar.binding import Binding
     from nodes.worker.defence import PasswordGuard
-    from cluster.registrar.cache import LocationCache
+
+
+class Locations(Protocol):
+    """Where registered contacts are read from memory: the worker's
+    LocationCache, or the same traced (cluster.observability.etcd)."""
+
+    def lookup(self, aor: str, now: float) -> list[Binding]: ...
 
 
 _MEMO_LIMIT = 4096
@@ -35,22 +43,16 @@ claiming an identity they do not own, credentials that failed to verify, and
 credentials of a user banned for password guessing (alert SipclusterTrustRefusals)."""
 
 
-class WorkerLocal(LocalAddresses):
-    def is_us_via(self, via: Via) -> bool:
-        host = via.host.lower()
-        return (host, via.port) in self.addresses or (host, None) in self.addresses
-
-
 class Services:
     def __init__(self, *, domains, trusted, nonce_secret: bytes, nonce_ttl: float,
-                 locations: "LocationCache | None", users: UserCache | None,
+                 locations: Locations | None, users: UserCache | None,
                  digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
                  digest_sha256_domains: tuple[str, ...] = (),
                  outbound_proxy: str | None = None, events: Counter | None = None,
                  clock: Callable[[], float] = time.time,
-                 guard: "PasswordGuard | None" = None) -> None:
+                 guard: PasswordGuard | None = None) -> None:
         self.domains = list(domains) or ["localhost"]
-        self.local = WorkerLocal(domains=self.domains)
+        self.local = LocalAddresses(domains=self.domains)
         self.trusted = [ipaddress.ip_network(n) for n in trusted]
         self.nonces = NonceManager(nonce_secret, nonce_ttl)
         self.tokens = DialogTokens(nonce_secret)

@@ -19,8 +19,6 @@ import argparse
 import csv
 import os
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,7 +123,8 @@ def sipp_run(port: int, rate: int, count: int, workdir: Path, rtt: bool = False)
     subprocess.run(argv, cwd=workdir, capture_output=True, timeout=count // max(rate, 1) * 4 + 60)
     elapsed = time.monotonic() - started
     rows = list(csv.reader(stat.open(), delimiter=";")) if stat.exists() else []
-    result = {"ok": 0, "failed": count, "elapsed": elapsed, "rtt": []}
+    rtts: list[float] = []
+    result: dict[str, object] = {"ok": 0, "failed": count, "elapsed": elapsed, "rtt": rtts}
     if len(rows) >= 2:
         header, last = rows[0], rows[-1]
         get = lambda name: int(float(last[header.index(name)]))  # noqa: E731
@@ -134,7 +133,7 @@ def sipp_run(port: int, rate: int, count: int, workdir: Path, rtt: bool = False)
         for path in workdir.glob("*_rtt.csv"):
             for row in list(csv.reader(path.open(), delimiter=";"))[1:]:
                 try:
-                    result["rtt"].append(float(row[2]))
+                    rtts.append(float(row[2]))
                 except (IndexError, ValueError):
                     pass
             path.unlink()
@@ -183,18 +182,19 @@ def hop_latencies(before: dict, after: dict) -> dict[str, tuple[float, float]]:
     for hop, cumulative in after.items():
         base = before.get(hop, {})
         delta = {le: count - base.get(le, 0.0) for le, count in cumulative.items()}
-        bounds = sorted(delta)
-        total = delta[bounds[-1]] if bounds else 0
-        if not total:
-            continue
-
-        def quantile(q: float) -> float:
-            for bound in bounds:
-                if delta[bound] >= q * total:
-                    return bound * 1000
-            return float("inf")
-        out[hop] = (quantile(0.5), quantile(0.99))
+        if delta and delta[max(delta)]:
+            out[hop] = (_bucket_quantile(delta, 0.5), _bucket_quantile(delta, 0.99))
     return out
+
+
+def _bucket_quantile(cumulative: dict[float, float], q: float) -> float:
+    """The first bucket bound (ms) whose cumulative count reaches ``q`` of the total."""
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]]
+    for bound in bounds:
+        if cumulative[bound] >= q * total:
+            return bound * 1000
+    return float("inf")
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cluster.sip import extract_call_id, parse_message  # noqa: E402
-from tests.sip.samples import INVITE  # noqa: E402
+from cluster.sip import extract_call_id, parse_message
+from tests.sip.samples import INVITE
 
 try:
     import sipmessage
 except ImportError:  # pragma: no cover - optional peer
-    sipmessage = None
+    sipmessage = None  # type: ignore[assignment]  # the peer is optional
 
 
 def make_pool(n: int) -> list[bytes]:

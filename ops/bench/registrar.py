@@ -27,12 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import trio  # noqa: E402
+import trio
 
-from cluster.registrar import register  # noqa: E402
-from cluster.registrar.etcd_store import EtcdLocationStore  # noqa: E402
-from cluster.sip import parse_message  # noqa: E402
-from tests.support.etcd import EtcdServer  # noqa: E402
+from cluster.registrar import register
+from cluster.registrar.etcd_store import EtcdLocationStore
+from cluster.sip import parse_message
+from tests.support.etcd import EtcdServer
 
 TARGET = 3000.0
 
@@ -58,7 +58,7 @@ def make_requests(n: int, cseq: int) -> list:
 
 
 async def _round(server: EtcdServer, prefix: str, batches: list[list], concurrency: int,
-                 max_batch: int) -> list[tuple[float, object, set[int]]]:
+                 max_batch: int) -> list[tuple[float, tuple[int, ...], set[int]]]:
     store = EtcdLocationStore(lambda: server.client(), prefix=prefix, max_batch=max_batch)
     results = []
     async with trio.open_nursery() as nursery:
@@ -67,16 +67,11 @@ async def _round(server: EtcdServer, prefix: str, batches: list[list], concurren
             statuses: set[int] = set()
             limit = trio.Semaphore(concurrency)
             now = time.time()
-
-            async def one(request):
-                async with limit:
-                    statuses.add((await register(store, request, now=now)).status)
-
             before = _snapshot(store)
             start = time.perf_counter()
             async with trio.open_nursery() as inner:
                 for request in requests:
-                    inner.start_soon(one, request)
+                    inner.start_soon(_register_one, store, request, limit, statuses, now)
             elapsed = time.perf_counter() - start
             results.append((len(requests) / elapsed, _delta(before, _snapshot(store)), statuses))
         nursery.cancel_scope.cancel()
@@ -84,12 +79,18 @@ async def _round(server: EtcdServer, prefix: str, batches: list[list], concurren
     return results
 
 
+async def _register_one(store: EtcdLocationStore, request, limit: trio.Semaphore,
+                        statuses: set[int], now: float) -> None:
+    async with limit:
+        statuses.add((await register(store, request, now=now)).status)
+
+
 def _snapshot(store: EtcdLocationStore) -> tuple[int, int, int]:
     c = store.counters
     return c.commits, c.read_txns, c.conflicts
 
 
-def _delta(a, b):
+def _delta(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(y - x for x, y in zip(a, b))
 
 

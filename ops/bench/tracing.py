@@ -26,12 +26,10 @@ import argparse
 import csv
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -162,11 +160,11 @@ def main() -> None:
                       f"(edge {edge_cpu / max(ok, 1) * 1e6:.0f}, worker {worker_cpu / max(ok, 1) * 1e6:.0f}) "
                       f"({ok} answered, {failed} failed, {seconds:.1f} s)", file=sys.stderr, flush=True)
 
-    cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t")
+    cpu_model = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t")
     base = statistics.median(results["off"])
     base_cpu = statistics.median(cpu_per["off"])
     print(f"Tracing overhead, `sipcluster up` with 1 edge + {args.workers} worker(s), "
-          f"{os.cpu_count()} cores ({cpu}); SIPp on the same machine, {args.limit} outstanding")
+          f"{os.cpu_count()} cores ({cpu_model}); SIPp on the same machine, {args.limit} outstanding")
     print()
     print("| tracing | OPTIONS/s, wall (median; runs) | vs off | cluster CPU µs per OPTIONS (median; runs) "
           "| capacity vs off | spans per OPTIONS | failed |")

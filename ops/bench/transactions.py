@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cluster.sip import Request, make_response, parse_message  # noqa: E402
-from cluster.sip.transaction import Peer, TransactionLayer  # noqa: E402
+from cluster.sip import Request, make_response, parse_message
+from cluster.sip.transaction import Peer, TransactionLayer
 
 UDP = Peer("UDP", "192.0.2.10", 5060)
 TCP = Peer("TCP", "192.0.2.10", 5060, context=17)

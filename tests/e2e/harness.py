@@ -79,7 +79,7 @@ class UpCluster:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 120.0) -> "UpCluster":
+    def start(self, timeout: float = 120.0) -> UpCluster:
         argv = [sys.executable, "-m", "cluster.cli", "up", "--workers", str(self.workers),
                 "--listen", f"{self.host}:{self.port}", "--state-dir", str(self.state_dir / "up")]
         if self.etcd:
@@ -175,7 +175,7 @@ def options(port: int, call_id: str | None = None, *, transport: str = "udp", ti
                     if not chunk:
                         break
                     data += chunk
-        except (socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             return 0, {}
     head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
     try:
@@ -196,7 +196,7 @@ def send_udp(port: int, data: bytes, *, expect_reply: bool, timeout: float = 2.0
         sock.sendto(data, ("127.0.0.1", port))
         try:
             return sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return None if not expect_reply else b""
 
 
@@ -235,7 +235,7 @@ class Sipp:
         self.timeout = timeout
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Sipp":
+    def start(self) -> Sipp:
         self.process = subprocess.Popen(self.argv, cwd=self.workdir, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         return self
@@ -293,7 +293,7 @@ class SipAgent:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "SipAgent":
+    def __enter__(self) -> SipAgent:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -338,7 +338,7 @@ class SipAgent:
             self.sock.settimeout(left)
             try:
                 data, source = self.sock.recvfrom(65536)
-            except (socket.timeout, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 continue
             try:
                 message = parse_message(data)
@@ -520,7 +520,7 @@ class LocationSync:
     INVITEs owned by each worker until one reaches it.
     """
 
-    def __init__(self, cluster: "UpCluster", user: str = "location-marker") -> None:
+    def __init__(self, cluster: UpCluster, user: str = "location-marker") -> None:
         from cluster.sharding.ring import Ring
         password = uuid.uuid4().hex
         cluster.user("add", f"{user}@localhost", password=password)
@@ -549,6 +549,6 @@ class LocationSync:
         assert response is not None and response.status == 200, response
         self.contact = fresh
         for worker, call_id in self.call_ids.items():
-            wait_for(lambda: any(uri == fresh for uri in probe_call(
+            wait_for(lambda call_id=call_id: any(uri == fresh for uri in probe_call(
                 self.port, self.user, agent, call_id=call_id)[1]),
                 timeout=timeout, interval=0.05, what=f"location cache of {worker}")

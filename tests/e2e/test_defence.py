@@ -61,7 +61,7 @@ def options_from(host: str, port: int, agent: str | None = None, timeout: float 
         sock.sendto(options_message(sock.getsockname(), port, agent), ("127.0.0.1", port))
         try:
             data = sock.recv(65536)
-        except (socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             return 0
     return int(data.split(b" ", 2)[1])
 
@@ -85,7 +85,7 @@ def flood(host: str, port: int, count: int = 1000) -> int:
         try:
             while sock.recv(65536):
                 answers += 1
-        except (socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
     return answers
 

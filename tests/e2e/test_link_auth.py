@@ -82,7 +82,7 @@ def _received(sock: socket.socket, marker: bytes) -> bool:
             data, _ = sock.recvfrom(65535)
             if marker in data:
                 return True
-    except (socket.timeout, BlockingIOError):
+    except (TimeoutError, BlockingIOError):
         return False
 
 
@@ -112,11 +112,11 @@ def test_no_key_a_stranger_key_or_a_wrong_role_key_is_refused_counted_and_logged
         before = _failures(cluster, role)[reason]
         sock = _attack(link, envelope, keys, server_key)
         try:
-            wait_for(lambda: _failures(cluster, role)[reason] > before, timeout=60,
+            wait_for(lambda reason=reason, before=before: _failures(cluster, role)[reason] > before, timeout=60,
                      what=f"{role} to count a {reason} refusal")
         finally:
             sock.close(0)
-        wait_for(lambda: f"link connection refused ({reason})" in log_path.read_text(errors="replace"),
+        wait_for(lambda reason=reason: f"link connection refused ({reason})" in log_path.read_text(errors="replace"),
                  timeout=30, what=f"a log line naming the {reason} refusal")
     # The node still serves members: a real request goes through edge and
     # worker and back. Everything the attacker queued was sent before it.
@@ -139,7 +139,7 @@ def test_garbage_on_a_link_connection_is_counted_and_stops_no_node(cluster):
             raw = socket.create_connection((host, int(port)))
         with raw:
             raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 8)
-            wait_for(lambda: _failures(cluster, role)["handshake"] > before, timeout=60,
+            wait_for(lambda role=role, before=before: _failures(cluster, role)["handshake"] > before, timeout=60,
                      what=f"{role} to count the garbage connection")
     assert options(cluster.port, f"after-garbage-{uuid.uuid4().hex[:8]}")[0] == 200
     assert {role: m["pid"] for role, m in _members(cluster).items()} == pids

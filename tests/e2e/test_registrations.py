@@ -66,13 +66,15 @@ def bindings(ua: Registrant) -> dict[str, int]:
 
 def reachable(cluster: UpCluster, user: str, callee: SipAgent) -> None:
     """Wait until calls reach ``callee``: lookups come from each worker's
-    watch-fed cache, a few milliseconds behind etcd (``STALENESS_BOUND``)."""
-    wait_for(lambda: call_status(cluster, user, callee) == (486, True), timeout=STALENESS_BOUND + 10,
+    watch-fed cache, a few milliseconds behind etcd (``STALENESS_BOUND``,
+    asserted in tests/registrar/test_cache.py); the deadline here allows for
+    a busy machine, not for the bound."""
+    wait_for(lambda: call_status(cluster, user, callee) == (486, True), timeout=STALENESS_BOUND + 30,
              interval=0.05, what=f"{user} reachable")
 
 
 def unreachable(cluster: UpCluster, user: str, callee: SipAgent) -> None:
-    wait_for(lambda: call_status(cluster, user, callee) == (480, False), timeout=STALENESS_BOUND + 10,
+    wait_for(lambda: call_status(cluster, user, callee) == (480, False), timeout=STALENESS_BOUND + 30,
              interval=0.05, what=f"{user} gone")
 
 
@@ -166,7 +168,7 @@ def test_star_with_expires_zero_removes_every_binding(cluster, registrants):
     assert set(contacts_of(response)) == {desk, mobile}
     # Both are called (parallel forking); the agent answers both forks.
     wait_for(lambda: sorted(probe_call(cluster.port, "xena", ua.agent)[1]) == [desk, mobile],
-             timeout=STALENESS_BOUND + 10, interval=0.05, what="both contacts called")
+             timeout=STALENESS_BOUND + 30, interval=0.05, what="both contacts called")
     # §10.3 step 6: * is only valid with Expires: 0.
     assert ua.register(["*"], expires=600).status == 400
     assert len(bindings(ua)) == 2
@@ -239,7 +241,7 @@ def test_registrations_survive_worker_loss_and_restart_of_up(cluster, registrant
         pid = cluster.worker_pids()[victim]
         os.kill(pid, signal.SIGKILL)
         # Back to two live workers (``up`` restarts the killed one).
-        wait_for(lambda: len([p for w, p in cluster.worker_pids().items() if p != pid]) == 2,
+        wait_for(lambda pid=pid: len([p for w, p in cluster.worker_pids().items() if p != pid]) == 2,
                  timeout=60, what=f"{victim} replaced after kill -9")
         owned = _call_ids_per_worker(cluster, set(cluster.worker_pids()))
         for worker, call_id in owned.items():

@@ -7,6 +7,7 @@ import trio
 import zmq
 
 from cluster.link import Envelope, Inbox, LinkError, Outbox, pack, unpack
+import trio.lowlevel
 
 
 def _env(i: int = 0) -> Envelope:
@@ -59,7 +60,9 @@ def test_push_pull_batches_and_undeliverable():
         dead = "tcp://127.0.0.1:1"
         assert outbox.send(dead, b"x") is False
         assert outbox.undeliverable >= 1
-        inbox.close(); outbox.close(); ctx.term()
+        inbox.close()
+        outbox.close()
+        ctx.term()
     trio.run(main)
 
 
@@ -82,7 +85,9 @@ def test_reconnect_after_peer_restart():
                 await trio.sleep(0.02)
             batch = await inbox.receive_batch()
         assert batch[-1] == b"two"
-        inbox.close(); outbox.close(); ctx.term()
+        inbox.close()
+        outbox.close()
+        ctx.term()
     trio.run(main)
 
 
@@ -100,7 +105,7 @@ def test_receive_batch_yields_under_sustained_load():
         async def other_task():
             nonlocal ticks
             while True:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
                 ticks += 1
 
         async with trio.open_nursery() as nursery:
@@ -115,5 +120,7 @@ def test_receive_batch_yields_under_sustained_load():
                     got = await inbox.receive_batch(limit=10)
             nursery.cancel_scope.cancel()
         assert ticks > 50
-        inbox.close(); outbox.close(); ctx.term()
+        inbox.close()
+        outbox.close()
+        ctx.term()
     trio.run(main)

@@ -50,7 +50,7 @@ def test_members_of_the_accepted_role_get_through_and_the_rest_are_counted(caplo
             for reason, keys in (("unknown_key", LinkKeys.generate()), ("wrong_role", worker)):
                 outbox = Outbox(clients, keys=keys)
                 outbox.connect(inbox.endpoint, server.public)
-                await _until(lambda: guard.failures[reason] == 1, reason)
+                await _until(lambda reason=reason: guard.failures[reason] == 1, reason)
                 assert not outbox.send(inbox.endpoint, b"x")
                 outbox.close()
             # No key at all: the handshake fails before ZAP.

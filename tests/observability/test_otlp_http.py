@@ -26,7 +26,7 @@ from cluster.observability.tracing import Tracing, _span_exporter
 class _Collector(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real collectors do
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         server = self.server
         server.received.append((self.path, dict(self.headers), body))

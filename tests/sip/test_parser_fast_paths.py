@@ -230,5 +230,5 @@ def test_non_ascii_digits_are_a_parse_error(field, digits):
             b"CSeq: 1 OPTIONS\r\n" + f"{field}: {digits}\r\n\r\n".encode())
     with pytest.raises(ParseError) as caught:
         message = parse_message(data)
-        message.max_forwards, message.expires
+        _ = message.max_forwards, message.expires
     assert caught.value.status == 400 and field in caught.value.reason

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.sip import ParseError, parse_message
+from cluster.sip import parse_message
 from tests.sip.samples import INVITE, OPTIONS, RESPONSE
 from tests.sip.test_parser_fast_paths import _accepted_corpus
 

@@ -33,8 +33,8 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import etcd3
 import grpc
@@ -242,7 +242,7 @@ class EtcdServer:
             "--unsafe-no-fsync",
         ]
 
-    def start(self) -> "EtcdServer":
+    def start(self) -> EtcdServer:
         """Start etcd (or restart it on the same ports and data) and wait until healthy."""
         if self.running:
             return self
@@ -357,12 +357,12 @@ class EtcdServer:
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
-            with open(self.log_path, "r", encoding="utf-8", errors="replace") as log:
+            with open(self.log_path, encoding="utf-8", errors="replace") as log:
                 return "".join(log.readlines()[-lines:])
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "EtcdServer":
+    def __enter__(self) -> EtcdServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -48,7 +48,7 @@ class Pki:
                expired: bool = False) -> tuple[Path, Path]:
         """``(cert, key)`` of a client certificate for ``common_name``; with
         ``expired`` its validity ended an hour ago."""
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         if expired:
             start, end = now - 2 * _DAY, now - datetime.timedelta(hours=1)
         else:
@@ -68,7 +68,7 @@ class Pki:
 def make_pki(directory: Path) -> Pki:
     """A new CA and an etcd server certificate (127.0.0.1, ::1, localhost)."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (x509.CertificateBuilder().subject_name(_name("sipcluster test CA"))
                .issuer_name(_name("sipcluster test CA")).public_key(ca_key.public_key())

@@ -18,12 +18,19 @@ that the TU treats as opaque handles:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from ..message import Message, Request, Response
+from ..via import Via
 from .peer import Peer
 
-TransactionKey = tuple
+# The keys built in key.py: (CLIENT, branch, method); (SERVER, branch,
+# sent-by host, port, method); (SERVER_2543, Call-ID, From tag, CSeq number,
+# method, top Via).
+TransactionKey = (
+    tuple[str, str, str]
+    | tuple[str, str, str, int | None, str]
+    | tuple[str, str, str | None, int, str, Via]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +131,7 @@ class StrayResponse:
     source: Peer
 
 
-Action = Union[
-    Send, RequestReceived, ResponseReceived, AckReceived, CancelReceived,
-    TransactionTimeout, TransportError, TransactionTerminated, StrayResponse,
-]
+Action = (
+    Send | RequestReceived | ResponseReceived | AckReceived | CancelReceived
+    | TransactionTimeout | TransportError | TransactionTerminated | StrayResponse
+)

@@ -35,6 +35,9 @@ from .server_invite import ServerInviteTransaction
 from .server_non_invite import ServerNonInviteTransaction
 from .timers import TimerConfig, TimerQueue
 
+# §8.2.2.2: From tag, Call-ID, CSeq number and method.
+_MergeKey = tuple[str | None, str, int, str]
+
 
 class TransactionObserver(Protocol):
     """Sees what the layer does, without the layer knowing why (metrics)."""
@@ -67,8 +70,8 @@ class TransactionLayer:
     ) -> None:
         self.config = config if config is not None else TimerConfig()
         self.counters = TransactionCounters()
-        self._queue = TimerQueue()
-        self._resting: list = []
+        self._queue: TimerQueue[Transaction] = TimerQueue()
+        self._resting: list[Message] = []
         self._reliable = Environment(self.config.for_transport(True), self._queue, self.counters,
                                      self._resting)
         self._unreliable = Environment(self.config.for_transport(False), self._queue, self.counters,
@@ -79,10 +82,10 @@ class TransactionLayer:
         self._client: dict[TransactionKey, Transaction] = {}
         self._server: dict[TransactionKey, Transaction] = {}
         # §8.2.2.2: (From tag, Call-ID, CSeq number, method) -> server key.
-        self._merged: dict[tuple, TransactionKey] = {}
+        self._merged: dict[_MergeKey, TransactionKey] = {}
         # Each transaction's own merge key, kept so that forgetting it does
         # not read its (by then compacted) request again.
-        self._merged_of: dict[TransactionKey, tuple] = {}
+        self._merged_of: dict[TransactionKey, _MergeKey] = {}
 
     # -- introspection ------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class TransactionLayer:
         via = request.via
         if not via.rfc3261_branch:
             raise ValueError("a client transaction needs an RFC 3261 branch in the top Via")
-        key = client_key(via.branch, method)  # type: ignore[arg-type]
+        key = client_key(via.branch, method)  # type: ignore[arg-type]  # checked just above
         if key in self._client:
             raise ValueError(f"client transaction {key!r} already exists")
         env = self._reliable if destination.reliable else self._unreliable
@@ -209,9 +212,9 @@ class TransactionLayer:
         transactions are alive."""
         out: list[Action] = []
         for txn, name in self._queue.expired(now):
-            txn.on_timer(name, now, out)  # type: ignore[attr-defined]
-            if txn.state is TERMINATED:  # type: ignore[attr-defined]
-                self._forget(txn)  # type: ignore[arg-type]
+            txn.on_timer(name, now, out)
+            if txn.state is TERMINATED:
+                self._forget(txn)
         return self._observed(out, now)
 
     def transport_error(self, key: TransactionKey, now: float) -> list[Action]:
@@ -297,7 +300,7 @@ class TransactionLayer:
     # -- merged requests (§8.2.2.2) -------------------------------------------------------
 
     @staticmethod
-    def _merged_key(request: Request) -> tuple | None:
+    def _merged_key(request: Request) -> _MergeKey | None:
         if request.to.tag is not None:
             return None
         cseq = request.cseq

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..message import Request, Response
+from ..message import Message, Request, Response
 from .actions import Action, TransactionKey, TransactionTerminated
 from .peer import Peer
-from .timers import TimerQueue, Timers
+from .timers import TimerEntry, TimerQueue, Timers
 
 # State names as in the RFC figures; identity comparison is safe because
 # every assignment uses these constants.
@@ -61,12 +61,12 @@ class Environment:
 
     __slots__ = ("timers", "queue", "counters", "resting")
 
-    def __init__(self, timers: Timers, queue: TimerQueue, counters: TransactionCounters,
-                 resting: list | None = None) -> None:
+    def __init__(self, timers: Timers, queue: TimerQueue[Transaction],
+                 counters: TransactionCounters, resting: list[Message] | None = None) -> None:
         self.timers = timers
         self.queue = queue
         self.counters = counters
-        self.resting: list = [] if resting is None else resting
+        self.resting: list[Message] = [] if resting is None else resting
         """Messages of transactions that now only wait, to be compacted once
         the current input is fully handled (TransactionLayer.rest)."""
 
@@ -83,8 +83,8 @@ class Transaction:
         self.peer = peer
         self.env = env
         self.state = ""
-        self._retransmit: tuple | None = None
-        self._timeout: tuple | None = None
+        self._retransmit: TimerEntry | None = None
+        self._timeout: TimerEntry | None = None
         self._interval = 0.0
 
     def __repr__(self) -> str:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Generic, Protocol, TypeVar
 
 
 TIMER_C = 181.0
@@ -87,7 +88,7 @@ class Timers:
     i: float  # wait for ACK retransmits (§17.2.1)
     j: float  # wait for non-INVITE request retransmits (§17.2.2)
     k: float  # wait for response retransmits, client non-INVITE (§17.1.2.2)
-    l: float  # wait for INVITE retransmits after a 2xx, server (RFC 6026 §7.1)
+    l: float  # noqa: E741 - Timer L (RFC 6026 §7.1): wait for INVITE retransmits after a 2xx, server
     m: float  # wait for 2xx retransmits, client INVITE (RFC 6026 §7.2)
     t2: float  # retransmission interval ceiling
 
@@ -96,11 +97,17 @@ class TimerOwner(Protocol):
     """A transaction holds at most two armed timers, one per slot: the
     retransmission timer (A, E, G) and the state timer (the others)."""
 
-    _retransmit: tuple | None
-    _timeout: tuple | None
+    _retransmit: TimerEntry | None
+    _timeout: TimerEntry | None
 
 
-def _live(entry: tuple) -> bool:
+TimerEntry = tuple[float, int, object, str]
+"""A queue entry ``(deadline, seq, owner, name)``, held by its owner in a slot."""
+
+_Owner = TypeVar("_Owner", bound=TimerOwner)
+
+
+def _live(entry: tuple[float, int, TimerOwner, str]) -> bool:
     owner = entry[2]
     return owner._retransmit is entry or owner._timeout is entry
 
@@ -110,14 +117,14 @@ def _live(entry: tuple) -> bool:
 _COMPACT_MIN = 4096
 
 
-class TimerQueue:
+class TimerQueue(Generic[_Owner]):
     """Deadlines of all transactions. Entries are ``(deadline, seq, owner,
     name)``; an entry is live while its owner still holds it in a slot."""
 
     __slots__ = ("_heap", "_seq", "_stale")
 
     def __init__(self) -> None:
-        self._heap: list[tuple] = []
+        self._heap: list[tuple[float, int, _Owner, str]] = []
         self._seq = itertools.count()
         self._stale = 0
 
@@ -125,7 +132,7 @@ class TimerQueue:
         """Armed timers."""
         return len(self._heap) - self._stale
 
-    def push(self, deadline: float, owner: TimerOwner, name: str) -> tuple:
+    def push(self, deadline: float, owner: _Owner, name: str) -> TimerEntry:
         entry = (deadline, next(self._seq), owner, name)
         heapq.heappush(self._heap, entry)
         return entry
@@ -139,7 +146,7 @@ class TimerQueue:
             self._heap = heap
             self._stale = 0
 
-    def expired(self, now: float) -> Iterator[tuple[TimerOwner, str]]:
+    def expired(self, now: float) -> Iterator[tuple[_Owner, str]]:
         """Pop every live entry due at ``now``, clearing its owner's slot
         first so the handler may arm that slot again."""
         pop = heapq.heappop
