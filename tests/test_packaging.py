@@ -66,3 +66,36 @@ def test_every_runtime_dependency_is_imported_somewhere():
             unused.append(name)
     assert unused == []
     assert not any(r.startswith("six") for r in PYPROJECT["project"]["dependencies"])
+
+
+def test_wheel_ships_the_type_marker_licence_and_metadata(tmp_path):
+    """PEP 561: routing applications import cluster.app and type-check against
+    it, so the wheel carries cluster/py.typed; and the licence file."""
+    import email.parser
+    import shutil
+    import zipfile
+    from tests.helm.test_image import containerfile_stages
+    # From a copy of exactly what the Containerfile's builder copies in, so
+    # the image's wheel build has what it needs and no build/ directory of
+    # an earlier build can supply a file.
+    source = tmp_path / "src"
+    source.mkdir()
+    builder = containerfile_stages()[0]
+    for name in (src for op, arg in builder if op == "COPY" for src in arg.split()[:-1]):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                            str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("sipcluster-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(f"sipcluster-{cluster.__version__}.dist-info/METADATA").decode()
+    assert "cluster/py.typed" in names
+    assert f"sipcluster-{cluster.__version__}.dist-info/licenses/LICENSE" in names
+    fields = email.parser.Parser().parsestr(metadata)
+    assert fields["Version"] == cluster.__version__
+    assert fields["License-Expression"] == "Apache-2.0"
+    assert not any(name.startswith(("tests/", "ops/")) for name in names)

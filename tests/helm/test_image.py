@@ -63,7 +63,7 @@ def test_build_context_holds_only_the_package_sources():
     included = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
     builder = containerfile_stages()[0]
     sources = {src for op, arg in builder if op == "COPY" for src in arg.split()[:-1]}
-    assert sources == included == {"pyproject.toml", "README.md", "cluster", "nodes"}
+    assert sources == included == {"pyproject.toml", "README.md", "LICENSE", "cluster", "nodes"}
 
 
 def test_image_version_label_is_the_package_version():
