@@ -6,6 +6,10 @@
   other than ``self``, or calls ``setattr``/``delattr``.
 - ``cluster/`` is the lower layer: apart from the CLI, which starts nodes,
   it never imports ``nodes``.
+- The worker's runtime (``nodes/worker/node.py``) is the I/O adapter of the
+  sans-IO transaction user, its message path readable in one screen: at
+  most 300 lines, importing none of the packages that make SIP decisions and
+  reading no SIP header or method of a message (issue 16).
 """
 
 from __future__ import annotations
@@ -75,6 +79,45 @@ def test_cluster_never_imports_nodes_except_the_cli():
     assert found == [], "cluster/ is the lower layer:\n" + "\n".join(found)
 
 
+WORKER_ADAPTER = ROOT / "nodes" / "worker" / "node.py"
+ADAPTER_LINES = 300
+
+DECIDING = ("cluster.proxy", "cluster.registrar", "cluster.app", "cluster.auth", "cluster.defence",
+            "cluster.tu.core")
+"""Where SIP decisions are made: routing and forking, the registrar's rules,
+the operator's application, digest checks, the defences, the TU's core."""
+
+SIP_FIELDS = frozenset((
+    "method", "status", "uri", "via", "vias", "to", "from_", "headers", "header", "cseq", "contact",
+    "contacts", "route", "routes", "record_route", "max_forwards", "expires", "body", "reason"))
+"""Attributes through which code would look into a SIP message to decide."""
+
+SIP_METHODS = frozenset(("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+                         "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"))
+
+
+def sip_decisions(path: Path) -> list[str]:
+    """Imports of the deciding packages, reads of a SIP field and SIP method
+    names in ``path``, as ``file:line: what``."""
+    tree = ast.parse(path.read_text(), str(path))
+    out = [f"{hit}: imports {package}" for package in DECIDING for hit in imports_of(path, package)]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in SIP_FIELDS:
+            out.append(f"{path.name}:{node.lineno}: reads .{node.attr}")
+        elif isinstance(node, ast.Constant) and node.value in SIP_METHODS:
+            out.append(f"{path.name}:{node.lineno}: names {node.value}")
+    return out
+
+
+def test_the_worker_runtime_is_a_thin_adapter():
+    lines = len(WORKER_ADAPTER.read_text().splitlines())
+    assert lines <= ADAPTER_LINES, (
+        f"nodes/worker/node.py has {lines} lines: split a concern out (wiring, link, standing, timer, "
+        "registrations) rather than grow the message path past one screen")
+    found = sip_decisions(WORKER_ADAPTER)
+    assert found == [], "SIP decisions belong to cluster/tu and below, not the adapter:\n" + "\n".join(found)
+
+
 def test_the_checks_see_what_they_look_for(tmp_path):
     # The rules above pass only because the code obeys them: the same
     # checks flag each form they forbid.
@@ -97,3 +140,13 @@ def test_the_checks_see_what_they_look_for(tmp_path):
     hits = foreign_assignments(sample)
     assert sorted(int(hit.split(":")[1]) for hit in hits) == [6, 7, 8, 9, 10, 14]
     assert [hit.rsplit(":", 1)[1] for hit in imports_of(sample, "nodes")] == ["1", "2"]
+    deciding = tmp_path / "deciding.py"
+    deciding.write_text(
+        "from cluster.proxy.routing import split_hostport\n"
+        "from cluster.tu import route_of\n"
+        "def on(message, send):\n"
+        "    if message.method == 'INVITE':\n"
+        "        send(message.call_id)\n"
+        "    import cluster.registrar.rules\n")
+    assert [hit.split(": ", 1)[1] for hit in sip_decisions(deciding)] == [
+        "imports cluster.proxy", "imports cluster.registrar", "reads .method", "names INVITE"]

@@ -36,12 +36,14 @@ class ObservedNode(Protocol):
 
     node_id: str
     stats: Counter[str]
-    view: MembershipView | None
     collector: Any
     """``nodes.collector.Collector`` when the node runs one, else None."""
     etcd_metrics: EtcdMetrics
     link_guard: Any
     """``cluster.link.LinkGuard``: its ``failures`` by reason."""
+
+    @property
+    def view(self) -> MembershipView | None: ...
 
     def readiness(self) -> tuple[bool, str]: ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from cluster.app.api import Application
+from cluster.config import Config
 
 
 class ApplicationError(RuntimeError):
@@ -26,3 +27,12 @@ def load_application(spec: str, shard: str) -> Application:
     if not isinstance(app, Application):
         raise ApplicationError(f"worker.app: {spec!r} is not a cluster.app.Application")
     return app
+
+
+def apply_redirect_domains(application: Application, config: Config) -> None:
+    """``worker.redirect_domains`` into the application's ``redirect_domains``:
+    always for the default application, for another when the field is set."""
+    from cluster.app.default import application as default_app
+    domains = config.worker.redirect_domains
+    if application is default_app or domains:
+        application.redirect_domains.update(d.lower() for d in domains)

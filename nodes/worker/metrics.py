@@ -8,17 +8,21 @@ come from ``cluster.observability.node_metrics``.
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import trio
 
 from cluster.observability.metrics import MetricsEndpoint, one
-from cluster.observability.node_metrics import drops, node_metrics
+from cluster.observability.node_metrics import KNOWN_METHODS, drops, node_metrics
+from cluster.sharding.membership import WORKER
+from cluster.sip import Message, Request
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import WorkerNode
 
-__all__ = ["worker_metrics"]
+__all__ = ["SipCounts", "worker_metrics", "worker_status"]
 
 
 def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
@@ -66,7 +70,7 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
                    lambda: one(len(node.tu.contexts) if node.tu is not None else 0))
 
     def registrations():
-        locations = node.locations
+        locations = node.stores.cache if node.stores is not None else None
         if locations is None:
             return []
         return [(len(locations), {"kind": "bindings"}), (len(locations.aors()), {"kind": "aors"})]
@@ -78,18 +82,18 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
                      lambda: [(v, {"status": k[9:]}) for k, v in list(stats.items()) if k.startswith("register_")])
 
     def staleness():
-        locations = node.locations
+        locations = node.stores.cache if node.stores is not None else None
         return one(locations.stale_for(trio.current_time())) if locations is not None else []
     endpoint.gauge("sipcluster_location_cache_staleness_seconds",
                    "Seconds since the location cache's watch last delivered (0 while healthy).", staleness)
 
     def ownership():
-        share = node.ring_share()
+        share = node.standing.ring_share()
         return one(share) if share is not None else []
     endpoint.gauge("sipcluster_shard_ownership_ratio", "Share of the Call-ID hash space this shard owns (0..1).",
                    ownership)
     endpoint.gauge("sipcluster_worker_draining", "1 while the worker drains (left the ring, finishing transactions).",
-                   lambda: one(1.0 if node.draining else 0.0))
+                   lambda: one(1.0 if node.standing.draining else 0.0))
     endpoint.counter("sipcluster_transaction_events_total",
                      "Transaction layer events: stray responses and ACKs, merged requests, malformed and illegal inputs.",
                      lambda: [(getattr(layer.counters, name), {"event": name}) for name in (
@@ -99,10 +103,9 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
                      lambda: drops(stats, [("malformed", stats["parse_error"] - stats["answered_malformed"])]))
 
     def queues():
-        out = [(node.link_batch, {"queue": "link_batch"})]
-        store = node.store
-        if store is not None:
-            reads, writes = store.queued()
+        out = [(node.reader.batch, {"queue": "link_batch"})]
+        if node.stores is not None:
+            reads, writes = node.stores.registrar.queued()
             out += [(reads, {"queue": "registrar_reads"}), (writes, {"queue": "registrar_writes"})]
         return out
     endpoint.gauge("sipcluster_queue_depth",
@@ -110,3 +113,42 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
     endpoint.histogram(node.hops)
     return endpoint
 
+
+
+def worker_status(node: WorkerNode) -> dict:
+    """The worker's ``/status``."""
+    ready, why = node.readiness()
+    return {
+        "id": node.node_id, "role": WORKER, "pid": os.getpid(),
+        "ready": ready, "ready_reason": why,
+        "http": node.http_url, "metrics": f"{node.http_url}/metrics" if node.http_url else None,
+        "draining": node.standing.draining,
+        "transactions": len(node.transactions),
+        "location_revision": node.stores.cache.revision if node.stores is not None else None,
+        "proxy_contexts": len(node.tu.contexts) if node.tu is not None else 0,
+        "edges": sorted(node.links.edges),
+        "stats": dict(node.stats),
+        "link_auth_failures": dict(node.link_guard.failures),
+    }
+
+
+class SipCounts:
+    """Requests by method and responses by code, in and out, counted on the
+    worker's message path."""
+
+    __slots__ = ("requests_in", "requests_out", "responses_in", "responses_out")
+
+    def __init__(self) -> None:
+        self.requests_in: Counter[str] = Counter()
+        self.requests_out: Counter[str] = Counter()
+        self.responses_in: Counter[int] = Counter()
+        self.responses_out: Counter[int] = Counter()
+
+    @staticmethod
+    def count(message: Message, requests: Counter, responses: Counter) -> None:
+        if type(message) is Request:
+            method = message.method
+            # Invented methods must not create time series.
+            requests[method if method in KNOWN_METHODS else "other"] += 1
+        else:
+            responses[message.status] += 1  # type: ignore[attr-defined]  # not a Request: a Response

@@ -107,9 +107,9 @@ def make_worker():
                         nonce_ttl=300, locations=None, users=None)
     worker = WorkerNode(config, services=services)
     worker.inbox.close()
-    worker.outbox = CollectingOutbox()
-    worker.edges = {EDGE: "sink"}
-    worker.array_edges = {EDGE}  # edges of this version read version-2 envelopes
+    worker.links.outbox = CollectingOutbox()
+    worker.links.edges = {EDGE: "sink"}
+    worker.links.array_edges = {EDGE}  # edges of this version read version-2 envelopes
     return worker
 
 
@@ -124,7 +124,7 @@ class Bench:
     def feed(self, raw: bytes) -> list[bytes]:
         """One inbound envelope through the worker; returns the SIP bytes it sent."""
         worker = self.worker
-        sent = worker.outbox.sent
+        sent = worker.links.outbox.sent
         start = len(sent)
         t0 = time.perf_counter()
         worker.receive(unpack(raw), self.clock)
@@ -156,7 +156,7 @@ class Bench:
         assert bye and bye[0].startswith(b"BYE"), bye
         done = self.feed(inbound(callee_response(bye[0], 200, tag), UAS))
         assert done and done[0].startswith(b"SIP/2.0 200"), done
-        self.worker.outbox.sent.clear()
+        self.worker.links.outbox.sent.clear()
         self.clock += 1 / CALL_RATE
         if n % 50 == 0:
             self.timers()

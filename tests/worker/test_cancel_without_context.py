@@ -49,8 +49,8 @@ def _worker(name: str, application: Application | None = None) -> WorkerNode:
     worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": name}), application,
                         services=services)
     worker.inbox.close()
-    worker.outbox = Sent()
-    worker.edges = {EDGE: "sink"}
+    worker.links.outbox = Sent()
+    worker.links.edges = {EDGE: "sink"}
     return worker
 
 
@@ -78,9 +78,9 @@ def _feed(worker: WorkerNode, data: bytes) -> None:
 def test_a_cancel_reaching_a_new_owner_follows_the_invite_with_its_branch():
     old, new = _worker("worker-a"), _worker("worker-b")
     _feed(old, _request("INVITE"))
-    invite = next(m for m in old.outbox.messages() if getattr(m, "method", "") == "INVITE")
+    invite = next(m for m in old.links.outbox.messages() if getattr(m, "method", "") == "INVITE")
     _feed(new, _request("CANCEL"))
-    sent = new.outbox.messages()
+    sent = new.links.outbox.messages()
     answers = [m.status for m in sent if not hasattr(m, "method")]
     assert answers == [200], f"the CANCEL is answered 200, not 481: {answers}"
     cancels = [m for m in sent if getattr(m, "method", "") == "CANCEL"]
@@ -97,7 +97,7 @@ def test_a_cancel_with_nowhere_to_go_is_still_answered_481():
     worker = _worker("worker-b")
     # A local user with no registration: routing answers, it does not proxy.
     _feed(worker, _request("CANCEL", uri="sip:nobody@localhost"))
-    answers = [m.status for m in worker.outbox.messages() if not hasattr(m, "method")]
+    answers = [m.status for m in worker.links.outbox.messages() if not hasattr(m, "method")]
     assert answers == [481]
     assert worker.stats["cancel_without_context_forwarded"] == 0
 
@@ -105,9 +105,9 @@ def test_a_cancel_with_nowhere_to_go_is_still_answered_481():
 def test_the_cancel_is_retransmitted_until_the_callee_answers():
     worker = _worker("worker-b")
     _feed(worker, _request("CANCEL"))
-    before = len([m for m in worker.outbox.messages() if getattr(m, "method", "") == "CANCEL"])
+    before = len([m for m in worker.links.outbox.messages() if getattr(m, "method", "") == "CANCEL"])
     worker.on_timers(1000.0 + 0.6)  # Timer E (T1)
-    after = len([m for m in worker.outbox.messages() if getattr(m, "method", "") == "CANCEL"])
+    after = len([m for m in worker.links.outbox.messages() if getattr(m, "method", "") == "CANCEL"])
     assert (before, after) == (1, 2)
 
 
@@ -126,7 +126,7 @@ def _forking() -> Application:
 
 def _sent(worker: WorkerNode, method: str) -> dict[str, str]:
     """Request-URI → top Via branch of each ``method`` the worker sent."""
-    return {str(m.uri): m.via.branch for m in worker.outbox.messages() if getattr(m, "method", "") == method}
+    return {str(m.uri): m.via.branch for m in worker.links.outbox.messages() if getattr(m, "method", "") == method}
 
 
 def test_every_branch_of_a_forked_invite_gets_its_cancel():
@@ -137,7 +137,7 @@ def test_every_branch_of_a_forked_invite_gets_its_cancel():
     assert len(set(invites.values())) == 3, "each branch has a branch parameter of its own"
     _feed(new, _request("CANCEL"))
     assert _sent(new, "CANCEL") == invites
-    answers = [m.status for m in new.outbox.messages() if not hasattr(m, "method")]
+    answers = [m.status for m in new.links.outbox.messages() if not hasattr(m, "method")]
     assert answers == [200], "one answer to the caller, however many branches"
     assert new.stats["cancel_without_context_forwarded"] == 3
 

@@ -43,9 +43,9 @@ def _worker(link: Link, *, reads_frames: bool = True) -> WorkerNode:
     worker = WorkerNode(load_config(None, env={}, overrides={"cluster.node_id": "w-frames"}),
                         services=services)
     worker.inbox.close()
-    worker.outbox = link
-    worker.edges = {EDGE: "sink"}
-    worker.array_edges = {EDGE} if reads_frames else set()
+    worker.links.outbox = link
+    worker.links.edges = {EDGE: "sink"}
+    worker.links.array_edges = {EDGE} if reads_frames else set()
     return worker
 
 
@@ -61,8 +61,8 @@ def _invite(n: int) -> Envelope:
 
 
 def _handle_batch(worker: WorkerNode, envelopes: list[Envelope]) -> None:
-    """What _link_loop does around one batch, without the socket."""
-    with worker._framed(1000.0):
+    """What the link reader does around one batch, without the socket."""
+    with worker.links.framed(worker._failed(1000.0)):
         for env in envelopes:
             worker.receive(env, 1000.0)
 
@@ -106,7 +106,7 @@ def test_a_refused_frame_is_a_transport_error_for_its_client_transactions():
     assert framed.transactions.counters.transport_errors >= 1
     # The branch failed at once: the proxy gave up on it rather than waiting for Timer B.
     assert not framed.tu.contexts and not single.tu.contexts
-    assert not framed._frames
+    assert not framed.links._frames
 
 
 def test_version_2_in_and_out_through_receive():
@@ -131,7 +131,7 @@ class OneBatchInbox:
 
 
 def test_a_long_batch_lets_other_tasks_run_within_it():
-    from nodes.worker import node as node_module
+    from nodes.worker.link import YIELD_EVERY, LinkReader
 
     # Frames of many messages each: a batch far longer than YIELD_EVERY.
     # Trio runs each ready task once per scheduling batch in no fixed order,
@@ -139,9 +139,8 @@ def test_a_long_batch_lets_other_tasks_run_within_it():
     # four or more steps it still sees the batch unfinished at least once.
     frames = [pack_frame([pack_array(_invite(f * 100 + n)) for n in range(100)]) for f in range(12)]
     total = 1200
-    assert total > 4 * node_module.YIELD_EVERY
+    assert total > 4 * YIELD_EVERY
     worker = _worker(Link())
-    worker.inbox = OneBatchInbox(frames)
     seen: list[int] = []
     handled = [0]
     receive = worker.receive
@@ -150,11 +149,13 @@ def test_a_long_batch_lets_other_tasks_run_within_it():
         handled[0] += 1
         receive(env, now)
 
-    worker.receive = counting
+    # The worker's link reader, reading a batch handed over in memory.
+    reader = LinkReader(OneBatchInbox(frames), worker.links, worker.stats, receive=counting,
+                        failed=worker._failed, done=worker._rest)
 
     async def main():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker._link_loop)
+            nursery.start_soon(reader.run)
 
             async def other_task():
                 # Like the lease keeper: it must get a turn while the batch runs.

@@ -32,7 +32,7 @@ def test_the_worker_parse_checks_every_field_read_later(field):
 def test_a_request_with_a_broken_field_is_answered_400_where_it_enters(field):
     worker = _worker("worker-p")
     _feed(worker, _request("INVITE", extra=BROKEN[field]))
-    sent = worker.outbox.messages()
+    sent = worker.links.outbox.messages()
     assert [m.status for m in sent] == [400], "answered at the boundary, not proxied"
     assert (sent[0].get("warning") or "").startswith("399 sipcluster-worker")
     assert worker.stats["parse_error"] == 1
@@ -46,5 +46,5 @@ def test_a_response_with_a_broken_lower_via_is_dropped_at_the_boundary():
                 b"Via: SIP/2.0/UDP\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\n"
                 b"Call-ID: r1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
     _feed(worker, response)
-    assert worker.outbox.frames == []
+    assert worker.links.outbox.frames == []
     assert worker.stats["parse_error"] == 1 and worker.stats["internal_error"] == 0

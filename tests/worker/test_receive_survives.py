@@ -21,9 +21,9 @@ def test_a_bug_in_one_message_does_not_escape_receive(monkeypatch):
     monkeypatch.setattr(node_module, "parse_complete", parse)
     _feed(worker, _request("OPTIONS", uri="sip:boom@localhost"))
     assert worker.stats["internal_error"] == 1
-    assert worker.outbox.frames == []
+    assert worker.links.outbox.frames == []
     _feed(worker, _request("OPTIONS", branch="z9hG4bK-next"))  # to the callee's address
-    forwarded = [m for m in worker.outbox.messages() if getattr(m, "method", "") == "OPTIONS"]
+    forwarded = [m for m in worker.links.outbox.messages() if getattr(m, "method", "") == "OPTIONS"]
     assert len(forwarded) == 1, "the next message is handled as usual"
 
 
@@ -36,5 +36,5 @@ def test_a_bug_before_the_transaction_layer_is_contained(monkeypatch):
     monkeypatch.setattr(tu_core, "note_source", broken)
     _feed(worker, _request("OPTIONS"))
     assert worker.stats["internal_error"] == 1
-    answers = [m.status for m in worker.outbox.messages() if not hasattr(m, "method")]
+    answers = [m.status for m in worker.links.outbox.messages() if not hasattr(m, "method")]
     assert answers == [500], "the caller is answered, not left retransmitting into the bug"

@@ -15,6 +15,7 @@ from cluster.link import Envelope, pack, unpack
 from cluster.registrar.rules import DEFAULT_POLICY
 from cluster.registrar.store import MemoryLocationStore
 from cluster.sip import parse_message
+from nodes.worker.registrations import Registrations
 
 from .test_cancel_without_context import CALLER, EDGE, EDGE_ADDR, _worker
 
@@ -47,11 +48,11 @@ def run(worker, *datagrams: bytes) -> list:
                                            time.time_ns(), None, "127.0.0.1:5060", EDGE)))
                 worker.receive(env, trio.current_time())
             with trio.fail_after(30):
-                while len(worker.outbox.frames) < len(datagrams):
+                while len(worker.links.outbox.frames) < len(datagrams):
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     trio.run(main)
-    return [parse_message(unpack(frame).data) for frame in worker.outbox.frames]
+    return [parse_message(unpack(frame).data) for frame in worker.links.outbox.frames]
 
 
 def open_worker(store):
@@ -62,8 +63,8 @@ def open_worker(store):
         return call.register()
 
     worker = _worker("worker-r", app)
-    worker.store = worker.location_store = store
-    worker.policy = DEFAULT_POLICY  # set with the store when the runtime starts
+    # What the runtime builds over etcd when it starts (nodes.worker.wiring).
+    worker.registrations = Registrations(store, DEFAULT_POLICY, stats=worker.stats, tracing=None, bug=worker._bug)
     return worker
 
 
@@ -96,7 +97,7 @@ def test_a_store_outage_is_answered_503_without_the_dependency_error_text(caplog
     with caplog.at_level("WARNING", logger="sipcluster.worker"):
         (answer,) = run(worker, register(4))
     assert answer.status == 503
-    raw = unpack(worker.outbox.frames[0]).data.decode()
+    raw = unpack(worker.links.outbox.frames[0]).data.decode()
     assert MARKER not in raw and "10.9.8.7" not in raw
     assert 'Warning: 399 registrar "location service unavailable"' in raw
     # The detail goes to the node's log instead.

@@ -1,0 +1,61 @@
+"""REGISTER's etcd work, run as a task of the worker (RFC 3261 §10.3).
+
+The transaction user decides that a request is a registration; this runs the
+registrar's read-decide-write over the location store (``cluster.registrar``)
+off the message path, and returns the response the worker hands back to the
+transaction user. A bug or a store outage costs this REGISTER its answer
+(500, 503 without the dependency's error text), never the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import nullcontext
+
+from cluster.observability.tracing import Tracing
+from cluster.registrar import Outcome, Source, failure, register
+from cluster.registrar.rules import RegistrarPolicy
+from cluster.registrar.store import LocationStore
+from cluster.sip import Request, Response
+from cluster.sip.transaction.peer import Peer
+from cluster.tu import route_of
+
+log = logging.getLogger("sipcluster.worker")
+
+
+class Registrations:
+    def __init__(self, store: LocationStore, policy: RegistrarPolicy, *, stats: Counter[str],
+                 tracing: Tracing | None, bug: Callable[[str, str | None], None]) -> None:
+        """``bug`` logs and counts a bug met while registering (the worker's own)."""
+        self.store = store
+        self.policy = policy
+        self.stats = stats
+        self.tracing = tracing
+        self.bug = bug
+
+    async def register(self, request: Request, source: Peer) -> Response:
+        route = route_of(source)
+        tracing = self.tracing
+        scope = tracing.child("registrar.register", {"sip.aor": str(request.to.uri)}) \
+            if tracing is not None else nullcontext()
+        with scope as span:
+            try:
+                result = await register(
+                    self.store, request, now=time.time(), policy=self.policy,
+                    source=Source(source.transport, source.host, source.port),
+                    edge=route.edge if route else None, conn=route.conn if route else None)
+            except Exception:  # noqa: BLE001
+                # This task runs in the worker's nursery: an exception escaping
+                # it would stop the worker. A registrar bug costs this
+                # REGISTER a 500, as in the message path.
+                self.bug("registration failed", request.call_id)
+                result = failure(Outcome.INTERNAL_ERROR, policy=self.policy)
+            if result.outcome is Outcome.STORE_UNAVAILABLE:
+                log.warning("REGISTER answered 503: %s", result.detail)
+            self.stats[f"register_{result.status}"] += 1
+            if span is not None:
+                span.set_attribute("sip.response.status_code", result.status)
+            return result.response(request)
