@@ -1,4 +1,4 @@
-"""The worker's metrics: SIP traffic, transactions, calls, dialogs, registrations, queues.
+"""The worker's metrics and ``/status``: SIP traffic, transactions, calls, dialogs, registrations, queues.
 
 Read at scrape time from the plain counters the worker's hot paths keep
 (``SipCounts``, ``stats``, the transaction layer's ``TransactionCounts``
@@ -112,7 +112,6 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
                    "Items waiting in the node's queues (link_batch: envelopes drained in the last wakeup).", queues)
     endpoint.histogram(node.hops)
     return endpoint
-
 
 
 def worker_status(node: WorkerNode) -> dict:
