@@ -267,13 +267,15 @@ class WorkerNode:
                 self._nursery.start_soon(self._register, output.request, output.source, self._origin_ns)
 
     async def _register(self, request: Request, source: Peer, origin_ns: int = 0) -> None:
-        response = await self.registrations.register(request, source)  # type: ignore[union-attr]
-        self._origin_ns = origin_ns
-        try:
-            now = trio.current_time()
-            self._execute(self.tu.respond(response, now), now)  # type: ignore[union-attr]
-        finally:
-            self._origin_ns = 0
+        def answer(response: Response) -> None:
+            self._origin_ns = origin_ns
+            try:
+                now = trio.current_time()
+                self._execute(self.tu.respond(response, now), now)  # type: ignore[union-attr]
+            finally:
+                self._origin_ns = 0
+
+        await self.registrations.register(request, source, answer)  # type: ignore[union-attr]
         self.timer.kick()
 
     def _send(self, send: Send, now: float) -> None:

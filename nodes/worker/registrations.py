@@ -2,8 +2,9 @@
 
 The transaction user decides that a request is a registration; this runs the
 registrar's read-decide-write over the location store (``cluster.registrar``)
-off the message path, and returns the response the worker hands back to the
-transaction user. A bug or a store outage costs this REGISTER its answer
+off the message path and hands the response to ``answer`` (the worker gives it
+back to the transaction user) while the registrar's span is current, so the
+answer's send is traced as a child of the registration. A bug or a store outage costs this REGISTER its answer
 (500, 503 without the dependency's error text), never the worker.
 """
 
@@ -36,7 +37,8 @@ class Registrations:
         self.tracing = tracing
         self.bug = bug
 
-    async def register(self, request: Request, source: Peer) -> Response:
+    async def register(self, request: Request, source: Peer,
+                       answer: Callable[[Response], None]) -> None:
         route = route_of(source)
         tracing = self.tracing
         scope = tracing.child("registrar.register", {"sip.aor": str(request.to.uri)}) \
@@ -58,4 +60,4 @@ class Registrations:
             self.stats[f"register_{result.status}"] += 1
             if span is not None:
                 span.set_attribute("sip.response.status_code", result.status)
-            return result.response(request)
+            answer(result.response(request))
