@@ -282,7 +282,9 @@ class EdgeConfig(_Section):
     link: str = _f("tcp://127.0.0.1:0", "ZeroMQ bind endpoint for worker→edge traffic; port 0 picks a free port.")
     max_message: int = _f(65535, "Largest SIP message accepted, in bytes; larger ones are rejected.", lo=1024, hi=1_048_576)
     udp_batch: int = _f(256, "Most datagrams drained from a UDP socket per wakeup.", lo=1)
-    queue: int = _f(10000, "Length of each bounded queue; a full queue is a counted drop.", lo=1)
+    queue: int = _f(256, "ZeroMQ messages queued on each link to or from a worker (a message carries up to 32 "
+                         "SIP messages); a full queue is a counted drop, and a request answered 503. Kept short "
+                         "so that a flood cannot build seconds of backlog.", lo=1)
     tcp_idle_timeout: float = _f(300.0, "Seconds before an idle TCP connection is closed.", above=0)
     max_connections: int = _f(10000, "Most concurrent stream connections.", lo=1)
     rate_limit: float = _f(0.0, "Requests per second allowed per source IP; a source above it (after its "
@@ -388,6 +390,10 @@ class WorkerConfig(_Section):
                                   "many users) for `auth_ban_time`; 0 turns it off.", lo=0)
     auth_fail_window: float = _f(60.0, "Seconds over which failed digest attempts are counted.", above=0)
     auth_ban_time: float = _f(600.0, "Seconds a password-guessing ban lasts.", above=0)
+    overload_lag: float = _f(0.5, "Seconds a message may wait in the worker's link queue before the worker sheds "
+                                  "every new request (503 with Retry-After); at a quarter of it OPTIONS and garbage "
+                                  "are shed, at half REGISTER and other new requests. In-dialog requests and "
+                                  "responses are never shed.", above=0)
 
     def _validate(self) -> None:
         _check_link("worker.link", self.link)

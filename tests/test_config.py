@@ -66,7 +66,7 @@ level = "debug"
     assert config.cluster.node_id == "env-node"    # env beats file
     assert config.cluster.prefix == "/from-file"   # file beats default
     assert config.log.level == "debug"
-    assert config.edge.queue == 10000              # a None override (flag not given) is ignored
+    assert config.edge.queue == 256                # a None override (flag not given) is ignored
 
 
 def test_config_path_from_environment_when_no_path_given(tmp_path):

@@ -22,6 +22,8 @@ DEFAULT_BLOCKED_AGENTS = ("friendly-scanner", "sipvicious", "sipcli", "VaxSIPUse
 _NAMES = (b"\nUser-Agent", b"\nuser-agent")
 _NAME_LENGTH = len(_NAMES[0])
 _MEMO_LIMIT = 4096
+_MEMO_VALUE = 256
+"""Longest User-Agent value whose verdict is memoised."""
 
 
 def _header_value(data: bytes) -> tuple[int, bytes] | None:
@@ -68,9 +70,11 @@ class ScannerMatcher:
         if blocked is None:
             blocked = search(value.lower()) is not None and value.lstrip(b" \t").startswith(b":")
             verdicts = self._verdicts
-            if len(verdicts) >= _MEMO_LIMIT:
-                verdicts.clear()
-            verdicts[value] = blocked
+            if len(value) <= _MEMO_VALUE:
+                # Bounded in bytes too: a flood of distinct 60 KB values is not kept.
+                if len(verdicts) >= _MEMO_LIMIT:
+                    verdicts.clear()
+                verdicts[value] = blocked
         if not blocked:
             return False
         # Rare from here: is this really the header, not a line of the body?

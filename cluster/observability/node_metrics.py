@@ -19,9 +19,10 @@ from .metrics import LATENCY_BOUNDS, HistogramFamily, MetricsEndpoint, one
 if TYPE_CHECKING:  # pragma: no cover
     from collections import Counter
 
+    from cluster.defence.admission import Admission
     from cluster.sharding.membership import MembershipView
 
-__all__ = ["KNOWN_METHODS", "ObservedNode", "drops", "hop_latency", "node_metrics"]
+__all__ = ["KNOWN_METHODS", "ObservedNode", "admission_metrics", "drops", "hop_latency", "node_metrics"]
 
 #: Methods counted by name; anything else is "other" (an attacker's invented
 #: methods must not create time series).
@@ -66,6 +67,16 @@ def drops(stats, extra: Iterable[tuple[str, int]] = ()) -> list[tuple[float, dic
     out = [(value, {"reason": key[5:]}) for key, value in list(stats.items()) if key.startswith("drop_")]
     out.extend((value, {"reason": reason}) for reason, value in extra if value)
     return out
+
+
+def admission_metrics(endpoint: MetricsEndpoint, admission: Admission) -> None:
+    """Overload control (``cluster.defence.admission``): the level and what it shed."""
+    endpoint.gauge("sipcluster_admission_level",
+                   "Overload control level: 0 admits everything; 1 sheds OPTIONS and garbage, 2 also REGISTER "
+                   "and other new requests, 3 also new INVITEs (answered 503).",
+                   lambda: one(admission.level))
+    endpoint.counter("sipcluster_shed_total", "Inbound messages shed by overload control, by class.",
+                     lambda: [(v, {"class": k}) for k, v in list(admission.shed.items())])
 
 
 def node_metrics(role: str, node: ObservedNode) -> MetricsEndpoint:

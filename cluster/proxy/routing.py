@@ -14,11 +14,11 @@ import hmac
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TypeGuard
 
 from cluster.sip import NameAddress, Request, SipURI, URI, Via
 from cluster.sip.grammar import Params
+from cluster.sip.memo import bounded_cache
 from cluster.sip.transaction.stateless import branch_for
 
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061, "WS": 80, "WSS": 443}
@@ -84,7 +84,7 @@ class LocalAddresses:
         return (host, via.port) in self.addresses or (host, None) in self.addresses
 
 
-@lru_cache(maxsize=4096)
+@bounded_cache
 def _is_numeric_host(host: str) -> bool:
     """An IPv4 or IPv6 literal (brackets removed)? Hosts repeat from message
     to message (edges, peers), so the answer is memoised."""
@@ -95,7 +95,7 @@ def _is_numeric_host(host: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=4096)
+@bounded_cache
 def split_hostport(text: str) -> tuple[str, int | None]:
     """``host[:port]`` (hosts repeat: the edges' advertised addresses): memoised."""
     if text.startswith("["):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 
 from .errors import ParseError
-from .memo import remember
+from .memo import MemoTable, remember
 from .grammar import (
     Params, digits_param, digits_to_int, format_params, is_token_words, param_value, parse_params,
     quote, quoted_string_end, remove_param, replace_param, unquote,
@@ -107,7 +107,7 @@ _FAST_RE = re.compile(
 )
 
 
-_MEMO: dict[str, NameAddress] = {}
+_MEMO: MemoTable[NameAddress] = MemoTable()
 
 
 def parse_name_addr(value: str, *, brackets_required: bool = False) -> NameAddress:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ParseError
-from .memo import remember
+from .memo import MemoTable, remember
 from .grammar import TOKEN_CHARS, Params, digits_param, digits_to_int, param_value, parse_params
 
 # RFC 3261 §8.1.1.5: the sequence number is a 32-bit unsigned integer.
@@ -44,7 +44,7 @@ class _CSeqDraft:
     method: str
 
 
-_CSEQ_MEMO: dict[str, CSeq] = {}
+_CSEQ_MEMO: MemoTable[CSeq] = MemoTable()
 
 
 def parse_cseq(value: str) -> CSeq:

@@ -77,6 +77,8 @@ SINGLE_HEADERS = frozenset({
 # cache miss to notice continuation lines, which start with whitespace.
 _KEY_CACHE: dict[str, str] = {}
 _KEY_CACHE_LIMIT = 4096
+_KEY_NAME_LIMIT = 64
+"""Longest header name cached: the table stays under 4096 x 64 characters."""
 
 
 def header_key(name: str) -> str:
@@ -88,7 +90,7 @@ def header_key(name: str) -> str:
         raise ParseError(f"invalid header name {name[:40]!r}")
     lower = name.lower()
     key = COMPACT_FORMS.get(lower, lower)
-    if len(_KEY_CACHE) < _KEY_CACHE_LIMIT:
+    if len(_KEY_CACHE) < _KEY_CACHE_LIMIT and len(name) <= _KEY_NAME_LIMIT:
         _KEY_CACHE[name] = key
     return key
 

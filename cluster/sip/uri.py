@@ -19,12 +19,12 @@ form RFC 5118 §4.10 asks receivers to accept.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from cluster.sip.errors import ParseError
+from cluster.sip.memo import bounded_cache
 
 __all__ = [
     "URI",
@@ -406,11 +406,12 @@ URI = SipURI | TelURI | AbsoluteURI
 # --- parsing -----------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
+@bounded_cache
 def parse_uri(text: str) -> URI:
     """Parse one URI; raises ``ParseError`` (400) if it is malformed.
 
-    Cached: URIs repeat heavily in SIP traffic and the results are immutable.
+    Cached (``memo.bounded_cache``): URIs repeat heavily in SIP traffic and
+    the results are immutable.
     """
     fast = _FAST_SIP.fullmatch(text)
     if fast is not None:

@@ -11,7 +11,7 @@ from .grammar import (
     replace_param,
 )
 
-from .memo import remember
+from .memo import MemoTable, remember
 
 # sent-protocol LWS sent-by: SLASH is SWS "/" SWS, so spaces may surround each
 # slash (RFC 4475 §3.1.1.1 wsinv). Hosts are names, IPv4, or bracketed IPv6.
@@ -106,7 +106,7 @@ class _ViaDraft:
     protocol: str
 
 
-_MEMO: dict[str, Via] = {}
+_MEMO: MemoTable[Via] = MemoTable()
 
 
 def parse_via(value: str) -> Via:

@@ -21,6 +21,7 @@ from collections import Counter
 from hashlib import blake2b as _blake2b
 
 from cluster.defence import EdgeGuard
+from cluster.defence.admission import ADMIT, DROP, Admission, classify
 from cluster.link import Envelope, FrameQueue, Outbox, pack, pack_v2
 from cluster.observability.tracing import Tracing, traceparent
 from cluster.sharding.ring import EmptyRing, Ring
@@ -31,6 +32,13 @@ log = logging.getLogger("sipcluster.edge")
 Address = tuple[str, int]
 
 RETRY_AFTER_SECONDS = "2"
+
+# Readings the edge gives its admission (AdmissionPolicy's default depth
+# thresholds 0.5, 0.75, 0.95): a full UDP drain reaches level 2 at most
+# (shed OPTIONS, REGISTER, garbage and other new requests; INVITEs still go
+# through), a refusing worker link level 3 (new INVITEs answered 503 too).
+DRAIN_DEPTH = 0.8
+REFUSED_DEPTH = 1.0
 
 _from_bytes = int.from_bytes
 
@@ -52,8 +60,12 @@ def response_shard(data: bytes) -> str | None:
 class Forwarder:
     def __init__(self, node_id: str, outbox: Outbox, *, max_message: int, server: str,
                  tracing: Tracing | None = None, guard: EdgeGuard | None = None,
-                 stats: Counter[str] | None = None) -> None:
+                 stats: Counter[str] | None = None, admission: Admission | None = None) -> None:
         self.node_id = node_id
+        self.admission = admission
+        """Overload control (``cluster.defence.admission``): while its level is
+        above 0, the classes it sheds are dropped or answered 503 here,
+        before they cost a Call-ID search or a place in a worker's queue."""
         self.guard = guard
         """``cluster.defence.EdgeGuard``: bans, scanners and rate limits, checked first."""
         self.outbox = outbox
@@ -103,6 +115,15 @@ class Forwarder:
             if dropped is not None:
                 stats[dropped] += 1
                 return None
+        admission = self.admission
+        if admission is not None and admission.level:
+            verdict = admission.verdict(classify(data), time.monotonic())
+            if verdict is not ADMIT:
+                if verdict is DROP:
+                    stats["drop_shed"] += 1
+                    return None
+                stats["shed_rejected"] += 1
+                return self._unavailable(data, "overloaded")
         if len(data) > self.max_message:
             stats["drop_oversize"] += 1
             return reject_malformed(data, ParseError("message too large", 513), server=self.server)
@@ -151,7 +172,22 @@ class Forwarder:
             stats["forwarded"] += 1
             return None
         stats["unroutable_link_down"] += 1
+        self.refused()
         return self._unavailable(data, "worker link unavailable")
+
+    def refused(self) -> None:
+        """A worker link refused a message (its queue is full, or it is down):
+        new requests are answered 503 at once for a while instead of being
+        queued behind it (``REFUSED_DEPTH``)."""
+        if self.admission is not None:
+            self.admission.observe(time.monotonic(), depth=REFUSED_DEPTH)
+
+    def drained(self, count: int, batch: int) -> None:
+        """A listener read ``count`` datagrams in a drain limited to ``batch``:
+        a full drain means more wait in the kernel, so the edge is behind and
+        sheds the cheapest classes (at most level 2, ``DRAIN_DEPTH``)."""
+        if self.admission is not None:
+            self.admission.observe(time.monotonic(), depth=DRAIN_DEPTH * count / batch)
 
     def bug(self, what: str) -> None:
         """A bug met by one datagram, envelope or connection: logged with its
@@ -173,6 +209,7 @@ class Forwarder:
                 stats["forwarded_frames"] += 1
                 continue
             stats["unroutable_link_down"] += len(queued)
+            self.refused()
             for data, source in queued:
                 answer = self._unavailable(data, "worker link unavailable")
                 if answer is not None:
@@ -191,6 +228,7 @@ class Forwarder:
                 self.stats["forwarded"] += 1
                 return None
             self.stats["unroutable_link_down"] += 1
+            self.refused()
             span.set_attribute("sip.edge.outcome", "link_down")
             return self._unavailable(data, "worker link unavailable")
         finally:

@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING
 
 from cluster.observability.metrics import MetricsEndpoint, one
-from cluster.observability.node_metrics import drops, node_metrics
+from cluster.observability.node_metrics import admission_metrics, drops, node_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import EdgeNode
@@ -47,10 +47,11 @@ def edge_metrics(node: EdgeNode) -> MetricsEndpoint:
     endpoint.counter("sipcluster_edge_sent_total", "Messages from workers written to the network, by transport.",
                      lambda: [(stats["sent_udp"], {"transport": "udp"}), (stats["sent_tcp"], {"transport": "tcp"})])
     endpoint.counter("sipcluster_edge_rejected_total",
-                     "Requests the edge answered itself instead of forwarding (503 no worker / link down, 513 too large).",
+                     "Requests the edge answered itself instead of forwarding (503 no worker / link down / overload, 513 too large).",
                      lambda: [(stats["unroutable_no_worker"], {"reason": "no_worker"}),
                               (stats["unroutable_link_down"], {"reason": "link_down"}),
-                              (stats["drop_oversize"], {"reason": "oversize"})])
+                              (stats["drop_oversize"], {"reason": "oversize"}),
+                              (stats["shed_rejected"], {"reason": "overload"})])
     endpoint.counter("sipcluster_edge_keepalives_total", "CRLF keep-alives answered or absorbed (RFC 5626 §3.5.1), by transport.",
                      lambda: [(stats["udp_keepalive"], {"transport": "udp"}),
                               (stats["tcp_keepalive"], {"transport": "tcp"})])
@@ -87,6 +88,8 @@ def edge_metrics(node: EdgeNode) -> MetricsEndpoint:
             used += conn.outgoing.statistics().current_buffer_used
         return [(used, {"queue": "tcp_out"})]
     endpoint.gauge("sipcluster_queue_depth", "Items waiting in the node's bounded queues, by queue.", queues)
+    if forwarder.admission is not None:
+        admission_metrics(endpoint, forwarder.admission)
     endpoint.histogram(node.hops)
     return endpoint
 

@@ -17,6 +17,7 @@ import trio
 
 from cluster.config import Config
 from cluster.coordination import EtcdMembership
+from cluster.defence.admission import Admission
 from cluster.defence.store import BanPublisher
 from cluster.link import READS as LINK_READS
 from cluster.link import (
@@ -65,7 +66,8 @@ class EdgeNode:
                                                 self.ban_publisher)
         self.guard = build_guard(config.edge, self.defence_events)
         self.forwarder = Forwarder(self.node_id, self.outbox, max_message=config.edge.max_message,
-                                   server=SERVER, tracing=tracing, guard=self.guard, stats=self.stats)
+                                   server=SERVER, tracing=tracing, guard=self.guard, stats=self.stats,
+                                   admission=Admission())
         self.udp: dict[tuple[str, int], UdpListener] = {}
         for listen in config.edge.listen:
             if listen.transport == "udp":

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from cluster.observability.metrics import MetricsEndpoint, one
-from cluster.observability.node_metrics import KNOWN_METHODS, drops, node_metrics
+from cluster.observability.node_metrics import KNOWN_METHODS, admission_metrics, drops, node_metrics
 from cluster.sharding.membership import WORKER
 from cluster.sip import Message, Request
 
@@ -110,6 +110,10 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
         return out
     endpoint.gauge("sipcluster_queue_depth",
                    "Items waiting in the node's queues (link_batch: envelopes drained in the last wakeup).", queues)
+    admission_metrics(endpoint, node.admission.admission)
+    endpoint.counter("sipcluster_worker_overload_rejected_total",
+                     "New requests a saturated worker answered 503 with Retry-After instead of queueing.",
+                     lambda: one(stats["shed_rejected"]))
     endpoint.histogram(node.hops)
     return endpoint
 

@@ -41,6 +41,7 @@ from cluster.tu import EdgeRoute, TransactionUser, route_of
 from cluster.tu.outputs import NO_LOCAL
 
 from .application import apply_redirect_domains, load_application
+from .overload import LINK_HWM, WorkerAdmission
 from .link import EdgeLinks, Failed, LinkReader
 from .metrics import SipCounts, worker_status
 from .registrations import Registrations
@@ -73,9 +74,12 @@ class WorkerNode:
         # registrar bindings, trusted networks).
         self.link_guard = LinkGuard(accept=(EDGE,))
         self.authenticator = LinkAuthenticator(self.context, self.link_guard)
-        self.inbox = Inbox(self.context, w.link, keys=self.keys)
+        # Bounded (nodes.worker.overload): a backlog is a short one.
+        self.inbox = Inbox(self.context, w.link, hwm=LINK_HWM, keys=self.keys)
         self.authenticator.watch(self.inbox)
         self.stats: Counter[str] = Counter()
+        self.admission = WorkerAdmission(w.overload_lag, self.stats, SERVER)
+        """Overload control: what a saturated worker answers 503 or drops."""
         self.links = EdgeLinks(Outbox(self.context, keys=self.keys), self.node_id, self.stats)
         self.reader = LinkReader(self.inbox, self.links, self.stats, receive=self.receive,
                                  failed=self._failed, done=self._rest)
@@ -207,6 +211,11 @@ class WorkerNode:
             self.link_latency.observe_ns(received - env.ts_ns)
         self._origin_ns = env.ts_ns
         try:
+            admitted = self.admission.screen(env, now)
+            if admitted is not True:
+                if admitted is not None:
+                    self.links.send(env.edge, env.transport, env.peer, env.local, env.conn, admitted, env.ts_ns)
+                return
             try:
                 # The one parse-error boundary: every field a later layer
                 # reads is checked here, and a request that fails is answered

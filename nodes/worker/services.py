@@ -101,9 +101,10 @@ class Services:
             trusted = False
         else:
             trusted = any(address in network for network in self.trusted)
-        if len(self._trusted_hosts) >= _MEMO_LIMIT:
-            self._trusted_hosts.clear()
-        self._trusted_hosts[host] = trusted
+        if len(host) <= 64:  # an address literal; longer is never trusted, not kept
+            if len(self._trusted_hosts) >= _MEMO_LIMIT:
+                self._trusted_hosts.clear()
+            self._trusted_hosts[host] = trusted
         return trusted
 
     # -- location service ---------------------------------------------------------------
