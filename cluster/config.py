@@ -287,6 +287,11 @@ class EdgeConfig(_Section):
                          "so that a flood cannot build seconds of backlog.", lo=1)
     tcp_idle_timeout: float = _f(300.0, "Seconds before an idle TCP connection is closed.", above=0)
     max_connections: int = _f(10000, "Most concurrent stream connections.", lo=1)
+    max_connections_per_source: int = _f(64, "Most concurrent stream connections from one source address; "
+                                             "more are refused (counted drop).", lo=1)
+    tcp_message_timeout: float = _f(10.0, "Seconds a stream peer has to complete a SIP message once its first "
+                                          "byte arrived; a slower one (slowloris) is disconnected (counted drop).",
+                                    above=0)
     rate_limit: float = _f(0.0, "Requests per second allowed per source IP; a source above it (after its "
                                 "`rate_burst`) is banned for `rate_ban_time`, every message from it dropped "
                                 "unanswered. 0 turns rate limiting off.", lo=0)

@@ -36,12 +36,20 @@ sweeping it then would cost a 0.5 s pause for nothing (measured: a sweep at
 call set-ups past 20 ms). Like a heap-doubling collector, a leak of cycles
 cannot make the node hold more than a fixed multiple of its live memory, and
 a node whose live set is steady never pays for a sweep.
+
+Freed memory is not always given back: glibc keeps freed heap pages for
+reuse, so a burst of large messages (issue 19: thousands of 30 KB header
+values) left a worker tens of MiB above its baseline long after the messages
+were gone. When the node is quiet and resident memory is ``TRIM_GROWTH``
+above what it was after the last trim, ``malloc_trim(0)`` returns the free
+pages (a few milliseconds; never on a busy node).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -57,6 +65,7 @@ CHECK_INTERVAL = 5.0
 QUIET_SHARE = 0.05  # of one core: below this the node is idle enough to pause
 QUIET_LOOK = 0.5  # seconds of the look just before a sweep
 LIMIT_SHARE = 0.8  # of the cgroup memory limit: sweep before the OOM killer acts
+TRIM_GROWTH = 8 << 20  # bytes resident above the last trim that make a quiet node trim
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -68,6 +77,15 @@ def resident_bytes() -> int:
             return int(statm.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def memory_limit() -> int:
@@ -89,6 +107,8 @@ def memory_limit() -> int:
 
 @dataclass
 class CollectorStats:
+    trims: int = 0
+    """``malloc_trim`` calls that gave free heap pages back (quiet node, memory up)."""
     collections: int = 0
     """Automatic collections (young, and the older ones that now hold only
     what the last freeze left), plus each sweep's own."""
@@ -104,7 +124,9 @@ class Collector:
 
     def __init__(self, *, threshold: int = YOUNG_THRESHOLD, growth: float = SWEEP_GROWTH,
                  floor: int = SWEEP_FLOOR, interval: float = CHECK_INTERVAL,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, trim=None) -> None:
+        """``trim``: gives free heap pages back (``malloc_trim``; default
+        glibc's, none where the C library lacks it)."""
         if threshold < 1 or growth <= 1.0 or floor < 0 or interval <= 0:
             raise ValueError("threshold >= 1, growth > 1, floor >= 0 and interval > 0 are required")
         self.threshold = threshold
@@ -112,6 +134,7 @@ class Collector:
         self.floor = floor
         self.interval = interval
         self.limit = memory_limit() if limit is None else limit
+        self.trim = _malloc_trim() if trim is None else trim
         """Bytes the container may hold (0: unknown or unlimited)."""
         self.stats = CollectorStats()
         self.baseline = 0
@@ -187,10 +210,18 @@ class Collector:
 
     async def run(self) -> None:
         self._cpu = self.cpu_clock()
+        trim = self.trim
+        trimmed = math.inf
         while True:
             await trio.sleep(self.interval)
             quiet = self._quiet_for(self.interval)
-            if not self.sweep_due(resident_bytes(), quiet):
+            resident = resident_bytes()
+            trimmed = min(trimmed, resident)
+            if quiet and trim is not None and resident > trimmed + TRIM_GROWTH:
+                trim(0)
+                trimmed = resident  # lowered by the next readings as pages go back
+                self.stats.trims += 1
+            if not self.sweep_due(resident, quiet):
                 continue
             if quiet:
                 # The interval was idle; make sure traffic did not just start.

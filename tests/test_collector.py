@@ -159,3 +159,40 @@ def test_a_busy_node_is_not_swept_until_memory_is_urgent(installed, monkeypatch)
 
 def test_an_idle_node_is_swept_once_memory_has_doubled(installed, monkeypatch):
     assert _sweeps_with(installed, monkeypatch, 3 << 30, cpu_per_tick=0.0) >= 1
+
+
+def test_a_quiet_node_gives_free_heap_back_once_memory_rose(monkeypatch):
+    # Resident readings: steady, then up 8 MiB and more (a burst of large
+    # messages), then back down after the trim.
+    readings = iter([100 << 20] * 3 + [120 << 20] * 3 + [101 << 20] * 100)
+    monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(readings))
+    trims: list[int] = []
+    collector = Collector(floor=1 << 40, interval=0.01, trim=trims.append)
+    collector.cpu_clock = lambda: 0.0  # idle: quiet at every check
+
+    async def main():
+        with trio.move_on_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collector.run)
+                while collector.stats.trims == 0:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.2)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert trims == [0] and collector.stats.trims == 1 and collector.stats.sweeps == 0
+
+
+def test_a_busy_node_does_not_trim(monkeypatch):
+    monkeypatch.setattr(collector_module, "resident_bytes", lambda: 500 << 20)
+    trims: list[int] = []
+    collector = Collector(floor=1 << 40, interval=0.01, trim=trims.append)
+    clock = iter(i * 1.0 for i in range(10_000))  # a full core every check
+    collector.cpu_clock = lambda: next(clock)
+
+    async def main():
+        with trio.move_on_after(0.3):
+            await collector.run()
+
+    trio.run(main)
+    assert trims == []

@@ -83,6 +83,8 @@ class Forwarder:
         the listeners count, UDP once per drained batch."""
         self.tracing = tracing
         """Set when tracing is on."""
+        self.admitted = 0
+        """Messages past the guard since the last ``drained``."""
 
     def update(self, ring: Ring, worker_links: dict[str, str], array_links: set[str] | None = None,
                server_keys: dict[str, bytes] | None = None) -> None:
@@ -116,6 +118,7 @@ class Forwarder:
                 stats[dropped] += 1
                 return None
         admission = self.admission
+        self.admitted += 1
         if admission is not None and admission.level:
             verdict = admission.verdict(classify(data), time.monotonic())
             if verdict is not ADMIT:
@@ -182,12 +185,16 @@ class Forwarder:
         if self.admission is not None:
             self.admission.observe(time.monotonic(), depth=REFUSED_DEPTH)
 
-    def drained(self, count: int, batch: int) -> None:
-        """A listener read ``count`` datagrams in a drain limited to ``batch``:
-        a full drain means more wait in the kernel, so the edge is behind and
-        sheds the cheapest classes (at most level 2, ``DRAIN_DEPTH``)."""
+    def drained(self, batch: int) -> None:
+        """A listener ended a drain limited to ``batch`` datagrams. When what
+        the guard let through fills the batch, more waits in the kernel and
+        the edge is behind on real work: it sheds the cheapest classes (at
+        most level 2, ``DRAIN_DEPTH``). Banned and scanner traffic, dropped
+        for a dict lookup, is not counted: it must not cost legitimate
+        OPTIONS and REGISTERs their place."""
+        work, self.admitted = self.admitted, 0
         if self.admission is not None:
-            self.admission.observe(time.monotonic(), depth=DRAIN_DEPTH * count / batch)
+            self.admission.observe(time.monotonic(), depth=DRAIN_DEPTH * min(work, batch) / batch)
 
     def bug(self, what: str) -> None:
         """A bug met by one datagram, envelope or connection: logged with its

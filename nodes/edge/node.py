@@ -75,7 +75,9 @@ class EdgeNode:
                                        batch=config.edge.udp_batch)
                 self.udp[listener.local] = listener
         self.tcp = TcpTransport(self.forwarder, idle_timeout=config.edge.tcp_idle_timeout,
-                                max_connections=config.edge.max_connections)
+                                max_connections=config.edge.max_connections,
+                                message_timeout=config.edge.tcp_message_timeout,
+                                per_source=config.edge.max_connections_per_source)
         self.membership: EtcdMembership | None = None
         self.view: MembershipView | None = None
         self.http_url = ""

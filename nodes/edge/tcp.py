@@ -5,11 +5,18 @@ by a bounded channel, so writes from the link loop never wait. Responses go
 back on the connection the request arrived on while it is open; when it is
 gone, or for a request to a new destination, the edge opens a connection
 (§18.2.2) and keeps it in the table for reuse.
+
+Against slow or greedy peers (slowloris): a message must be complete
+within ``message_timeout`` seconds of its first byte — bytes trickled in
+keep a connection from being idle but not from this deadline — and one
+source address holds at most ``per_source`` connections. Both are counted
+drops (the connection is closed or refused).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import trio
 
@@ -42,11 +49,17 @@ class TcpTransport:
         *,
         idle_timeout: float,
         max_connections: int,
+        message_timeout: float = 10.0,
+        per_source: int = 64,
         queue: int = 1000,
     ) -> None:
         self.forwarder = forwarder
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.message_timeout = message_timeout
+        self.per_source = per_source
+        self.sources: dict[str, int] = {}
+        """Open connections by peer address (``per_source``)."""
         self.queue = queue
         self.connections: dict[int, Connection] = {}
         self.by_peer: dict[tuple[str, int], int] = {}
@@ -71,12 +84,23 @@ class TcpTransport:
             self.forwarder.stats["tcp_refused_max_connections"] += 1
             await stream.aclose()
             return
+        try:
+            host = stream.socket.getpeername()[0]
+        except OSError:
+            await stream.aclose()
+            return
+        if self.sources.get(host, 0) >= self.per_source:
+            self.forwarder.stats["drop_tcp_per_source"] += 1
+            await stream.aclose()
+            return
         await self._handle(stream)
 
     async def _handle(self, stream: trio.SocketStream, first: bytes | None = None) -> None:
         conn = Connection(next(self._ids), stream, self.queue)
         self.connections[conn.id] = conn
         self.by_peer[conn.peer] = conn.id
+        sources = self.sources
+        sources[conn.peer[0]] = sources.get(conn.peer[0], 0) + 1
         if first is not None:
             conn.outgoing.send_nowait(first)
         try:
@@ -92,6 +116,11 @@ class TcpTransport:
             self.forwarder.bug("tcp connection failed")
         finally:
             self.connections.pop(conn.id, None)
+            left = sources[conn.peer[0]] - 1
+            if left:
+                sources[conn.peer[0]] = left
+            else:
+                del sources[conn.peer[0]]
             if self.by_peer.get(conn.peer) == conn.id:
                 del self.by_peer[conn.peer]
             with trio.CancelScope(shield=True):
@@ -102,11 +131,18 @@ class TcpTransport:
         ingress = self.forwarder.ingress
         stats = self.forwarder.stats
         received = self.forwarder.received
+        started = math.inf
+        """When the first byte of the message still incomplete arrived."""
         while True:
-            with trio.move_on_after(self.idle_timeout) as scope:
+            with trio.move_on_at(min(trio.current_time() + self.idle_timeout,
+                                     started + self.message_timeout)) as scope:
                 data = await conn.stream.receive_some(65536)
             if scope.cancelled_caught:
-                if trio.current_time() - conn.last_activity >= self.idle_timeout:
+                now = trio.current_time()
+                if now - started >= self.message_timeout:
+                    stats["drop_tcp_slow_message"] += 1
+                    return
+                if now - conn.last_activity >= self.idle_timeout:
                     stats["tcp_idle_closed"] += 1
                     return
                 continue
@@ -124,6 +160,10 @@ class TcpTransport:
                     self._queue(conn, answer)
                 await trio.lowlevel.checkpoint()
                 return
+            if not framer.buffered:
+                started = math.inf
+            elif messages or started == math.inf:
+                started = conn.last_activity
             for message in messages:
                 if message is KEEPALIVE:
                     stats["tcp_keepalive"] += 1

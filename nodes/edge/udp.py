@@ -102,7 +102,7 @@ class UdpListener:
                 if frames:
                     self._answer(flush(frames))
                 received["UDP"] += count
-                self.forwarder.drained(count, self.batch)
+                self.forwarder.drained(self.batch)
                 if not drained:
                     # The batch limit, not an empty queue, ended the drain.
                     await trio.lowlevel.checkpoint()
