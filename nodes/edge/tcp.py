@@ -136,7 +136,10 @@ class TcpTransport:
         while True:
             with trio.move_on_at(min(trio.current_time() + self.idle_timeout,
                                      started + self.message_timeout)) as scope:
-                data = await conn.stream.receive_some(65536)
+                try:
+                    data = await conn.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return  # reset by the peer: as _writer, not a bug
             if scope.cancelled_caught:
                 now = trio.current_time()
                 if now - started >= self.message_timeout:
@@ -176,7 +179,15 @@ class TcpTransport:
 
     async def _writer(self, conn: Connection, scope: trio.CancelScope) -> None:
         async for data in conn.incoming:
-            await conn.stream.send_all(data)
+            try:
+                await conn.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                # The peer went away (reset, broken pipe): the connection
+                # ends here. Raised, it would reach _handle inside the
+                # nursery's exception group and count as a bug (found by
+                # tests/e2e/test_wire_fuzz.py).
+                scope.cancel()
+                return
             conn.last_activity = trio.current_time()
 
     def _queue(self, conn: Connection, data: bytes) -> bool:
