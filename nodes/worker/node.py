@@ -74,13 +74,11 @@ class WorkerNode:
         # registrar bindings, trusted networks).
         self.link_guard = LinkGuard(accept=(EDGE,))
         self.authenticator = LinkAuthenticator(self.context, self.link_guard)
-        # Bounded (nodes.worker.overload): a backlog is a short one.
-        self.inbox = Inbox(self.context, w.link, hwm=LINK_HWM, keys=self.keys)
+        self.inbox = Inbox(self.context, w.link, hwm=LINK_HWM, keys=self.keys)  # short: nodes.worker.overload
         self.authenticator.watch(self.inbox)
         self.stats: Counter[str] = Counter()
-        self.admission = WorkerAdmission(w.overload_lag, self.stats, SERVER)
-        """Overload control: what a saturated worker answers 503 or drops."""
         self.links = EdgeLinks(Outbox(self.context, keys=self.keys), self.node_id, self.stats)
+        self.admission = WorkerAdmission(w.overload_lag, self.stats, SERVER, self.links)
         self.reader = LinkReader(self.inbox, self.links, self.stats, receive=self.receive,
                                  failed=self._failed, done=self._rest)
         self.transaction_counts = TransactionCounts()
@@ -211,15 +209,11 @@ class WorkerNode:
             self.link_latency.observe_ns(received - env.ts_ns)
         self._origin_ns = env.ts_ns
         try:
-            admitted = self.admission.screen(env, now)
-            if admitted is not True:
-                if admitted is not None:
-                    self.links.send(env.edge, env.transport, env.peer, env.local, env.conn, admitted, env.ts_ns)
+            if not self.admission.admit(env, now):
                 return
             try:
-                # The one parse-error boundary: every field a later layer
-                # reads is checked here, and a request that fails is answered
-                # 400 with the reason (§8.2.6, §21.4.1).
+                # The one parse-error boundary (§8.2.6, §21.4.1): a request failing
+                # a check of any field a later layer reads is answered 400 with the reason.
                 message = parse_complete(env.data, datagram=env.transport == "UDP")
             except ParseError as error:
                 self.stats["parse_error"] += 1

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from cluster.defence.admission import ADMIT, DROP, Admission, AdmissionPolicy, Priority, classify
 from cluster.link import Envelope
 from cluster.sip import ParseError, reject_malformed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .link import EdgeLinks
 
 __all__ = ["LINK_HWM", "RETRY_AFTER", "WorkerAdmission"]
 
@@ -34,9 +37,10 @@ RETRY_AFTER = "2"
 class WorkerAdmission:
     """``worker.overload_lag`` as an ``Admission``, fed by the link loop."""
 
-    __slots__ = ("admission", "stats", "server")
+    __slots__ = ("admission", "stats", "server", "links")
 
-    def __init__(self, overload_lag: float, stats: Counter[str], server: str) -> None:
+    def __init__(self, overload_lag: float, stats: Counter[str], server: str, links: EdgeLinks) -> None:
+        """``links``: where a 503 goes (through the edge the request came from)."""
         # The lag thresholds: a quarter, half and all of overload_lag (the
         # link lag is the backlog's own measure; no depth reading is given).
         self.admission = Admission(
@@ -45,13 +49,14 @@ class WorkerAdmission:
             reject_to=Priority.OPTIONS)
         self.stats = stats
         self.server = server
+        self.links = links
 
     @property
     def level(self) -> int:
         return self.admission.level
 
-    def screen(self, env: Envelope, now: float) -> bytes | None | Literal[True]:
-        """True to process ``env``; else what to answer (a 503) or None (dropped)."""
+    def admit(self, env: Envelope, now: float) -> bool:
+        """True to process ``env``; False when it was shed (answered 503 or dropped)."""
         admission = self.admission
         lag = (time.time_ns() - env.ts_ns) / 1e9 if env.ts_ns else 0.0
         if admission.observe(now, lag=lag) == 0:
@@ -61,9 +66,13 @@ class WorkerAdmission:
             return True
         if verdict is DROP:
             self.stats["drop_shed"] += 1
-            return None
+            return False
         answer = reject_malformed(env.data, ParseError("overloaded", 503), server=self.server,
                                   headers=(("Retry-After", RETRY_AFTER),))
-        self.stats["shed_rejected" if answer is not None else "drop_shed"] += 1
-        return answer
+        if answer is None:
+            self.stats["drop_shed"] += 1
+        else:
+            self.stats["shed_rejected"] += 1
+            self.links.send(env.edge, env.transport, env.peer, env.local, env.conn, answer, env.ts_ns)
+        return False
 
