@@ -1,6 +1,7 @@
 """The ``sipcluster`` command.
 
-    sipcluster up [--workers N] [--edges N] [--listen HOST:PORT] [--etcd URL] [--domain D]
+    sipcluster up [--workers N] [--edges N] [--listen [TRANSPORT:]HOST:PORT ...]
+                  [--tls-cert FILE --tls-key FILE] [--etcd URL] [--domain D]
     sipcluster edge   [--config FILE]
     sipcluster worker [--config FILE]
     sipcluster status [--json] [--etcd URL] [--prefix P] [--config FILE]
@@ -249,8 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start a complete local cluster (etcd, edges, workers)")
     up.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     up.add_argument("--edges", type=int, default=1, help="edge processes (default 1)")
-    up.add_argument("--listen", default="127.0.0.1:5060",
-                    help="SIP address of the first edge, UDP and TCP (default 127.0.0.1:5060)")
+    up.add_argument("--listen", action="append", default=None, metavar="[TRANSPORT:]HOST:PORT",
+                    help="SIP socket of the first edge (repeatable): udp:, tcp:, tls:, ws: or wss: before "
+                         "HOST:PORT, or a bare HOST:PORT for UDP and TCP; the first must be UDP "
+                         "(default 127.0.0.1:5060); each further edge adds 10 to every port")
+    up.add_argument("--tls-cert", default=None, metavar="FILE",
+                    help="PEM certificate chain for tls: and wss: listeners (edge.tls_cert)")
+    up.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert (edge.tls_key)")
     up.add_argument("--etcd", default=None, help="use this etcd instead of starting one")
     up.add_argument("--domain", action="append", default=None,
                     help="local SIP domain (repeatable; default localhost)")

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import sys
 import tomllib
 import types
@@ -30,7 +31,7 @@ from .defence.scanner import DEFAULT_BLOCKED_AGENTS
 
 __all__ = [
     "CONFIG_ENV", "ClusterConfig", "Config", "ConfigError", "EdgeConfig", "ENV_PREFIX",
-    "HttpConfig", "Listen", "LogConfig", "NON_FIELD_ENV", "SUPPORTED_TRANSPORTS", "TRANSPORTS", "WorkerConfig",
+    "HttpConfig", "Listen", "LogConfig", "NON_FIELD_ENV", "SECURE_TRANSPORTS", "SUPPORTED_TRANSPORTS", "TRANSPORTS", "WorkerConfig",
     "default_node_id", "load_config", "reference_markdown",
 ]
 
@@ -41,7 +42,10 @@ CONFIG_ENV = "SIPCLUSTER_CONFIG"
 # STATE_DIR is where `sipcluster up` keeps its files (cluster.discovery).
 NON_FIELD_ENV = frozenset((CONFIG_ENV, "SIPCLUSTER_STATE_DIR"))
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
-SUPPORTED_TRANSPORTS = ("udp", "tcp")
+SUPPORTED_TRANSPORTS = TRANSPORTS
+SECURE_TRANSPORTS = ("tls", "wss")
+"""Transports that need ``edge.tls_cert`` and ``edge.tls_key``."""
+VERIFY_CLIENT = ("off", "optional", "required")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
 
@@ -140,6 +144,19 @@ class Listen:
         except ValueError as exc:
             raise ValueError(f"{text!r} {exc}") from None
         return cls(lowered, host, port)  # type: ignore[arg-type]  # port_required: an int
+
+    @classmethod
+    def parse_entry(cls, text: str) -> tuple[Listen, ...]:
+        """One ``edge.listen`` entry: ``transport:host:port``, or a bare
+        ``host:port`` (``[v6]:port``), which means UDP and TCP there."""
+        transport = text.partition(":")[0].lower()
+        if transport not in TRANSPORTS:
+            try:
+                host, port = _split_hostport(text, min_port=1, port_required=True)
+            except ValueError:
+                return (cls.parse(text),)  # says what is wrong with it as transport:host:port
+            return cls("udp", host, port), cls("tcp", host, port)  # type: ignore[arg-type]
+        return (cls.parse(text),)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -276,9 +293,11 @@ class EdgeConfig(_Section):
     SECTION: ClassVar[str] = "edge"
     listen: tuple[Listen, ...] = _f(
         (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060)),
-        "SIP sockets as `transport:host:port` (IPv6: `udp:[::1]:5060`); transports udp, tcp (tls, ws, wss later).")
+        "SIP sockets as `transport:host:port` (IPv6: `udp:[::1]:5060`); transports udp, tcp, tls, ws, wss "
+        "(tls and wss need `tls_cert` and `tls_key`); a bare `host:port` means udp and tcp there.")
     advertise: str | None = _f(None, "`host` or `host:port` written in Via and Record-Route; unset = the first listen address. "
-                                     "Required when that binds 0.0.0.0 or ::.")
+                                     "Required when that binds 0.0.0.0 or ::. Its port is the UDP and TCP one; tls, ws "
+                                     "and wss advertise the port they listen on.")
     link: str = _f("tcp://127.0.0.1:0", "ZeroMQ bind endpoint for worker→edge traffic; port 0 picks a free port.")
     max_message: int = _f(65535, "Largest SIP message accepted, in bytes; larger ones are rejected.", lo=1024, hi=1_048_576)
     udp_batch: int = _f(256, "Most datagrams drained from a UDP socket per wakeup.", lo=1)
@@ -304,6 +323,26 @@ class EdgeConfig(_Section):
                                   "seen is forgotten first, so a spoofed-source flood cannot grow memory.", lo=1)
     max_bans: int = _f(65536, "Most banned addresses an edge holds; beyond it the oldest bans are forgotten "
                               "(counted in `sipcluster_edge_ban_evictions_total`).", lo=1)
+    tls_cert: str | None = _f(None, "PEM file with the certificate chain (leaf first) of the tls: and wss: listeners, "
+                                    "also presented as client certificate on outgoing TLS. Reloaded when it changes "
+                                    "(checked every `tls_reload_interval`) and on SIGHUP; open connections stay up.")
+    tls_key: str | None = _f(None, "PEM file with the private key of `tls_cert`.")
+    tls_sni: tuple[str, ...] = _f((), "More certificates as `CERT_FILE:KEY_FILE`, chosen by the name a client asks "
+                                      "for (TLS SNI) among each certificate's DNS names; `tls_cert` serves any other name.")
+    tls_verify_client: str = _f("off", "Client certificates on tls: and wss: (carrier interconnects): `off` asks for "
+                                       "none, `optional` checks one if sent, `required` refuses a client without one "
+                                       "issued by `tls_client_ca`.", choices=VERIFY_CLIENT)
+    tls_client_ca: str | None = _f(None, "PEM CA bundle client certificates must chain to; required unless "
+                                         "`tls_verify_client` is off.")
+    tls_ca: str | None = _f(None, "PEM CA bundle outgoing TLS checks the peer's certificate and name against "
+                                  "(sips: targets, transport=tls); unset = the system's trust store.")
+    tls_handshake_timeout: float = _f(10.0, "Seconds a TLS handshake (and a WebSocket upgrade) may take before the "
+                                            "connection is cut.", above=0)
+    tls_reload_interval: float = _f(5.0, "Seconds between checks whether the certificate files changed.", above=0)
+    ws_origins: tuple[str, ...] = _f((), "Origins (`https://app.example.com`) allowed to open a WebSocket; empty "
+                                         "accepts any. An upgrade from another Origin is answered 403.")
+    ws_ping_interval: float = _f(30.0, "Seconds of silence on a WebSocket before the edge sends a ping; a "
+                                       "connection still silent one interval later is closed.", above=0)
     user_agent_block: tuple[str, ...] = _f(DEFAULT_BLOCKED_AGENTS, "Requests whose User-Agent contains one of "
                                            "these (case-insensitive) are dropped unanswered (scanners); empty "
                                            "turns the check off.")
@@ -318,6 +357,11 @@ class EdgeConfig(_Section):
                                                       f"(supported: {', '.join(SUPPORTED_TRANSPORTS)})")
             if address in seen:
                 raise ConfigError(f"edge.listen[{i}]", f"'{address}' is listed twice")
+            # tcp, tls, ws and wss are all TCP sockets: one port each.
+            clash = [s for s in seen if s.transport != "udp" and address.transport != "udp"
+                     and (s.host, s.port) == (address.host, address.port)]
+            if clash and address.port:
+                raise ConfigError(f"edge.listen[{i}]", f"'{address}' takes the TCP port of '{clash[0]}'")
             seen.add(address)
         if self.advertise is None:
             first = self.listen[0]
@@ -332,6 +376,7 @@ class EdgeConfig(_Section):
             if _is_unspecified(host):
                 raise ConfigError("edge.advertise", f"{self.advertise!r} is an unspecified address")
         _check_link("edge.link", self.link)
+        self._validate_tls()
         for i, network in enumerate(self.rate_exempt):
             try:
                 ipaddress.ip_network(network)
@@ -340,6 +385,31 @@ class EdgeConfig(_Section):
         for i, token in enumerate(self.user_agent_block):
             if not token.strip() or not token.isascii():
                 raise ConfigError(f"edge.user_agent_block[{i}]", f"{token!r} is not a non-empty ASCII text")
+
+    def _validate_tls(self) -> None:
+        # Every file is loaded here as the edge will load it: an unusable
+        # certificate stops the edge at start-up, naming the field.
+        secure = [(i, a) for i, a in enumerate(self.listen) if a.transport in SECURE_TRANSPORTS]
+        if secure and (self.tls_cert is None or self.tls_key is None):
+            i, address = secure[0]
+            missing = "edge.tls_cert" if self.tls_cert is None else "edge.tls_key"
+            raise ConfigError(missing, f"required by edge.listen[{i}] '{address}'")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing, given = ("tls_key", "tls_cert") if self.tls_key is None else ("tls_cert", "tls_key")
+            raise ConfigError(f"edge.{missing}", f"required together with edge.{given}")
+        if self.tls_cert is not None and self.tls_key is not None:
+            _check_pem("edge.tls_cert", (self.tls_cert, self.tls_key), lambda c: c.load_cert_chain(self.tls_cert, self.tls_key))
+        for i, pair in enumerate(self.tls_sni):
+            cert, sep, key = pair.partition(":")
+            if not (sep and cert and key):
+                raise ConfigError(f"edge.tls_sni[{i}]", f"{pair!r} is not CERT_FILE:KEY_FILE")
+            _check_pem(f"edge.tls_sni[{i}]", (cert, key), lambda c, cert=cert, key=key: c.load_cert_chain(cert, key))
+        if self.tls_verify_client != "off" and self.tls_client_ca is None:
+            raise ConfigError("edge.tls_client_ca", f"required with edge.tls_verify_client = {self.tls_verify_client}")
+        for name in ("tls_client_ca", "tls_ca"):
+            path = getattr(self, name)
+            if path is not None:
+                _check_pem(f"edge.{name}", (path,), lambda c, path=path: c.load_verify_locations(cafile=path))
 
     def advertised(self) -> tuple[str, int]:
         """``(host, port)`` for Via sent-by and Record-Route (RFC 3261 §18.2.1, §16.6 step 4).
@@ -350,6 +420,23 @@ class EdgeConfig(_Section):
             return self.listen[0].host, self.listen[0].port
         host, port = _split_hostport(self.advertise, min_port=1, port_required=False)
         return host, self.listen[0].port if port is None else port
+
+
+def _check_pem(name: str, files: tuple[str, ...], load: Any) -> None:
+    """Run ``load(context)`` on a throw-away TLS context; ConfigError naming
+    ``name`` when ``files`` are missing, unreadable or not usable PEM."""
+    for path in files:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(name, f"cannot read {path!r}: {exc.strerror or exc}") from None
+    try:
+        load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    except OSError as exc:
+        # ssl.SSLError is an OSError; FileNotFoundError and PermissionError too.
+        reason = exc.strerror if exc.strerror and not isinstance(exc, ssl.SSLError) else str(exc)
+        raise ConfigError(name, f"cannot load: {reason}" + (f" ({exc.filename})" if exc.filename else "")) from None
 
 
 def _is_unspecified(host: str) -> bool:
@@ -561,14 +648,15 @@ def _coerce(spec: _Spec, value: Any) -> Any:
     if kind in ("strs", "listens"):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(spec.key, f"expected a {_KIND_NAMES[kind]}, got {_describe(value)}")
-        items = []
+        items: list[Any] = []
         for i, item in enumerate(value):
             if kind == "listens" and isinstance(item, str):
                 try:
-                    item = Listen.parse(item)
+                    items.extend(Listen.parse_entry(item))
                 except ValueError as exc:
                     raise ConfigError(f"{spec.key}[{i}]", str(exc)) from None
-            elif not isinstance(item, Listen if kind == "listens" else str):
+                continue
+            if not isinstance(item, Listen if kind == "listens" else str):
                 raise ConfigError(f"{spec.key}[{i}]", f"expected a string, got {_describe(item)}")
             items.append(item)
         return tuple(items)

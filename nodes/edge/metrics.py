@@ -35,6 +35,9 @@ def udp_socket_queue(inode: int, v6: bool) -> tuple[int, int] | None:
     return None
 
 
+STREAM_EVENTS = ("tls_", "ws_", "wss_")
+
+
 def edge_metrics(node: EdgeNode) -> MetricsEndpoint:
     """The edge's ``/metrics``: the common families and the edge's own."""
     endpoint = node_metrics("edge", node)
@@ -45,7 +48,7 @@ def edge_metrics(node: EdgeNode) -> MetricsEndpoint:
     endpoint.counter("sipcluster_edge_forwarded_total", "Messages forwarded to a worker shard.",
                      lambda: one(stats["forwarded"]))
     endpoint.counter("sipcluster_edge_sent_total", "Messages from workers written to the network, by transport.",
-                     lambda: [(stats["sent_udp"], {"transport": "udp"}), (stats["sent_tcp"], {"transport": "tcp"})])
+                     lambda: [(stats[f"sent_{t}"], {"transport": t}) for t in ("udp", "tcp", "tls", "ws", "wss")])
     endpoint.counter("sipcluster_edge_rejected_total",
                      "Requests the edge answered itself instead of forwarding (503 no worker / link down / overload, 513 too large).",
                      lambda: [(stats["unroutable_no_worker"], {"reason": "no_worker"}),
@@ -57,6 +60,12 @@ def edge_metrics(node: EdgeNode) -> MetricsEndpoint:
                               (stats["tcp_keepalive"], {"transport": "tcp"})])
     endpoint.gauge("sipcluster_edge_tcp_connections", "Open TCP connections.",
                    lambda: one(len(node.tcp.connections)))
+    endpoint.gauge("sipcluster_edge_connections", "Open stream connections, by transport (tcp, tls, ws, wss).",
+                   lambda: [(len(s.connections), {"transport": t.lower()}) for t, s in node.streams.items()])
+    endpoint.counter("sipcluster_edge_stream_events_total",
+                     "TLS and WebSocket events by name: handshakes cut or failed, refused upgrades, oversized or "
+                     "non-SIP frames, keep-alive timeouts, write queues full, certificate reloads.",
+                     lambda: [(v, {"event": k}) for k, v in list(stats.items()) if k.startswith(STREAM_EVENTS)])
     guard = node.guard
     endpoint.gauge("sipcluster_edge_bans", "Source addresses this edge drops (its own rate bans and etcd's bans).",
                    lambda: one(len(guard.bans)))

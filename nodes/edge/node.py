@@ -32,7 +32,9 @@ from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
 from .defence import EdgeBans, EdgeDefenceEvents, build_guard
 from .forwarder import Forwarder
 from .tcp import TcpTransport
+from .tls import TlsContexts, TlsTransport
 from .udp import UdpListener
+from .ws import WsTransport
 
 log = logging.getLogger("sipcluster.edge")
 
@@ -78,6 +80,7 @@ class EdgeNode:
                                 max_connections=config.edge.max_connections,
                                 message_timeout=config.edge.tcp_message_timeout,
                                 per_source=config.edge.max_connections_per_source)
+        self._build_secure_transports(config)
         self.membership: EtcdMembership | None = None
         self.view: MembershipView | None = None
         self.http_url = ""
@@ -88,6 +91,28 @@ class EdgeNode:
         self.turnaround = self.hops.series(hop="edge_worker_edge")
         """Edge receive → the answer or forwarded copy written by an edge (one clock)."""
         self.etcd_metrics = EtcdMetrics()
+
+    def _build_secure_transports(self, config: Config) -> None:
+        """TLS (always, for outgoing ``sips:``), WS and WSS (with a listener)."""
+        edge = config.edge
+        self.tls_contexts = TlsContexts(edge, self.stats)
+        idle, most, handshake = edge.tcp_idle_timeout, edge.max_connections, edge.tls_handshake_timeout
+        slow, per_source = edge.tcp_message_timeout, edge.max_connections_per_source
+        self.tls = TlsTransport(self.forwarder, self.tls_contexts, idle_timeout=idle, max_connections=most,
+                                handshake_timeout=handshake, message_timeout=slow, per_source=per_source)
+        self.ws, self.wss = (
+            WsTransport(self.forwarder, contexts=contexts, origins=edge.ws_origins,
+                        ping_interval=edge.ws_ping_interval, idle_timeout=idle, max_connections=most,
+                        handshake_timeout=handshake, message_timeout=slow, per_source=per_source)
+            for contexts in (None, self.tls_contexts))
+        self.streams: dict[str, TcpTransport] = {"TCP": self.tcp, "TLS": self.tls, "WS": self.ws, "WSS": self.wss}
+
+    def listeners(self) -> list[str]:
+        """Every bound SIP socket as ``transport:host:port``."""
+        out = [f"udp:{_hostport(h, p)}" for h, p in self.udp]
+        for name, stream in self.streams.items():
+            out += [f"{name.lower()}:{_hostport(h, p)}" for h, p in stream.locals]
+        return out
 
     # -- addresses -------------------------------------------------------------
 
@@ -101,6 +126,11 @@ class EdgeNode:
         for transport, locals_ in (("UDP", list(self.udp)), ("TCP", self.tcp.locals)):
             if locals_:
                 out[transport] = f"{host_text}:{port if explicit_port else locals_[0][1]}"
+        for transport in ("TLS", "WS", "WSS"):
+            # Their own port: edge.advertise's port is the UDP and TCP one.
+            locals_ = self.streams[transport].locals
+            if locals_:
+                out[transport] = f"{host_text}:{locals_[0][1]}"
         return out
 
     def member(self) -> Member:
@@ -116,9 +146,14 @@ class EdgeNode:
             await nursery.start(self.authenticator.run)
             for listener in self.udp.values():
                 await nursery.start(listener.run)
-            tcp = [(listen.host, listen.port) for listen in config.edge.listen if listen.transport == "tcp"]
-            if tcp:
-                await nursery.start(self.tcp.run, tcp)
+            for name, stream in self.streams.items():
+                bind = [(listen.host, listen.port) for listen in config.edge.listen
+                        if listen.transport == name.lower()]
+                if bind:
+                    await nursery.start(stream.run, bind)
+            if not self.tls.locals:
+                await nursery.start(self.tls.run_outgoing)
+            await nursery.start(self.tls_contexts.run)
             self.forwarder.advertise = self._advertise()
             self.membership = EtcdMembership.from_config(
                 config, self.member(), observer=self.etcd_metrics.client("membership"))
@@ -126,8 +161,8 @@ class EdgeNode:
             await self._start_bans(nursery)
             nursery.start_soon(self._follow_membership)
             nursery.start_soon(self._link_loop)
-            log.info("edge ready", extra={"node": self.node_id, "udp": list(self.udp),
-                                          "tcp": self.tcp.locals, "link": self.inbox.endpoint})
+            log.info("edge ready", extra={"node": self.node_id, "listeners": self.listeners(),
+                                          "link": self.inbox.endpoint})
             task_status.started()
 
     async def _start_bans(self, nursery: trio.Nursery) -> None:
@@ -196,11 +231,12 @@ class EdgeNode:
                 return
             if listener.send(env.data, env.peer):
                 self.stats["sent_udp"] += 1
-        elif env.transport == "TCP":
-            if self.tcp.send(env.data, env.peer, env.conn):
-                self.stats["sent_tcp"] += 1
         else:
-            self.stats["drop_unsupported_transport"] += 1
+            stream = self.streams.get(env.transport)
+            if stream is None:
+                self.stats["drop_unsupported_transport"] += 1
+            elif stream.send(env.data, env.peer, env.conn):
+                self.stats[f"sent_{env.transport.lower()}"] += 1
 
     def _udp_for(self, host: str) -> UdpListener | None:
         want_v6 = ":" in host
@@ -232,7 +268,13 @@ class EdgeNode:
             "workers": sorted(self.forwarder.worker_links),
             "udp": [f"{h}:{p}" for h, p in self.udp], "tcp": [f"{h}:{p}" for h, p in self.tcp.locals],
             "tcp_connections": len(self.tcp.connections),
+            "listeners": self.listeners(),
+            "connections": {name.lower(): len(stream.connections) for name, stream in self.streams.items()},
             "advertise": self.forwarder.advertise,
             "stats": dict(self.stats),
             "link_auth_failures": dict(self.link_guard.failures),
         }
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -29,15 +29,29 @@ import trio.lowlevel
 class Connection:
     __slots__ = ("id", "stream", "peer", "local", "outgoing", "incoming", "last_activity")
 
-    def __init__(self, conn_id: int, stream: trio.SocketStream, queue: int) -> None:
+    def __init__(self, conn_id: int, stream: trio.abc.Stream, queue: int) -> None:
         self.id = conn_id
         self.stream = stream
-        peer = stream.socket.getpeername()
-        local = stream.socket.getsockname()
+        # TLS and WebSocket connections are streams over a SocketStream.
+        sock = socket_of(stream)
+        peer = sock.getpeername()
+        local = sock.getsockname()
         self.peer = (peer[0], peer[1])
         self.local = (local[0], local[1])
         self.outgoing, self.incoming = trio.open_memory_channel[bytes](queue)
         self.last_activity = trio.current_time()
+
+
+def socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
+    """The socket under a stream wrapped in ``trio.SSLStream``s."""
+    while not isinstance(stream, trio.SocketStream):
+        stream = stream.transport_stream  # type: ignore[attr-defined]
+    return stream.socket
+
+
+CLOSE_TIMEOUT = 2.0
+"""Seconds a connection's orderly close (a TLS close_notify) may take; a peer
+that reads nothing must not hold the closing task for ever."""
 
 
 class TcpTransport:
@@ -79,13 +93,13 @@ class TcpTransport:
             await nursery.start(trio.serve_listeners, self._serve, listeners)
             task_status.started()
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         if len(self.connections) >= self.max_connections:
             self.forwarder.stats["tcp_refused_max_connections"] += 1
             await stream.aclose()
             return
         try:
-            host = stream.socket.getpeername()[0]
+            host = socket_of(stream).getpeername()[0]
         except OSError:
             await stream.aclose()
             return
@@ -95,7 +109,7 @@ class TcpTransport:
             return
         await self._handle(stream)
 
-    async def _handle(self, stream: trio.SocketStream, first: bytes | None = None) -> None:
+    async def _handle(self, stream: trio.abc.Stream, first: bytes | None = None) -> None:
         conn = Connection(next(self._ids), stream, self.queue)
         self.connections[conn.id] = conn
         self.by_peer[conn.peer] = conn.id
@@ -123,7 +137,7 @@ class TcpTransport:
                 del sources[conn.peer[0]]
             if self.by_peer.get(conn.peer) == conn.id:
                 del self.by_peer[conn.peer]
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await stream.aclose()
 
     async def _reader(self, conn: Connection) -> None:
@@ -131,6 +145,7 @@ class TcpTransport:
         ingress = self.forwarder.ingress
         stats = self.forwarder.stats
         received = self.forwarder.received
+        transport = self.transport
         started = math.inf
         """When the first byte of the message still incomplete arrived."""
         while True:
@@ -153,7 +168,7 @@ class TcpTransport:
                 return
             conn.last_activity = trio.current_time()
             try:
-                messages = framer.feed(data)
+                messages = framer.feed(bytes(data))  # bytes already: no copy
             except ParseError as error:
                 # The stream cannot be framed any more: answer if we can, then
                 # close (RFC 4475 §3.1.2.3 ncl, §3.3.2 mcl01).
@@ -172,8 +187,8 @@ class TcpTransport:
                     stats["tcp_keepalive"] += 1
                     self._queue(conn, PONG)
                     continue
-                received["TCP"] += 1
-                reply = ingress(message, "TCP", conn.peer, conn.local, conn.id)
+                received[transport] += 1
+                reply = ingress(message, transport, conn.peer, conn.local, conn.id)
                 if reply is not None:
                     self._queue(conn, reply)
 

@@ -65,6 +65,28 @@ class Pki:
         return cert_path, key_path
 
 
+    def server(self, name: str, common_name: str, *, dns: tuple[str, ...] = ("localhost",),
+               ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[Path, Path]:
+        """``(cert, key)`` of a server certificate for the names ``dns`` and
+        the addresses ``ips`` (SIP over TLS and WSS tests)."""
+        now = datetime.datetime.now(datetime.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        cert = (x509.CertificateBuilder().subject_name(_name(common_name))
+                .issuer_name(self._ca_cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - _DAY)
+                .not_valid_after(now + 30 * _DAY)
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(self._ca_key, hashes.SHA256()))
+        cert_path, key_path = self.directory / f"{name}.crt", self.directory / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key_path, key)
+        return cert_path, key_path
+
+
 def make_pki(directory: Path) -> Pki:
     """A new CA and an etcd server certificate (127.0.0.1, ::1, localhost)."""
     directory.mkdir(parents=True, exist_ok=True)
