@@ -262,8 +262,13 @@ def loop_detected(request: Request, local: LocalAddresses) -> bool:
     return False
 
 
+# RFC 7118 §5.2: SIP URIs have one transport value, "ws", for WS and WSS.
+_URI_TRANSPORT = {"WSS": "ws"}
+
+
 def record_route_value(advertise: str, transport: str, token: str | None = None) -> str:
-    params = "" if transport.upper() == "UDP" else f";transport={transport.lower()}"
+    upper = transport.upper()
+    params = "" if upper == "UDP" else f";transport={_URI_TRANSPORT.get(upper, transport.lower())}"
     if token is not None:
         params += f";{TOKEN_PARAM}={token}"
     return f"<sip:{advertise}{params};lr>"

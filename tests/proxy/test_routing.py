@@ -214,6 +214,11 @@ def test_path_becomes_the_route_ahead_of_existing_routes():
 def test_record_route_values():
     assert record_route_value(US, "UDP") == f"<sip:{US};lr>"
     assert record_route_value(US, "tcp") == f"<sip:{US};transport=tcp;lr>"
+    assert record_route_value(US, "TLS") == f"<sip:{US};transport=tls;lr>"
+    # RFC 7118 §5.2: transport=ws names WS and WSS alike.
+    assert record_route_value(US, "WS") == f"<sip:{US};transport=ws;lr>"
+    assert record_route_value(US, "WSS") == f"<sip:{US};transport=ws;lr>"
+    assert record_route_set(US, "WSS", "UDP") == (f"<sip:{US};lr>", f"<sip:{US};transport=ws;lr>")
     assert record_route_set(US, "UDP", "UDP") == (f"<sip:{US};lr>",)
     assert record_route_set(US, "TCP", "TCP") == (f"<sip:{US};transport=tcp;lr>",)
     # RFC 5658: the callee (topmost) reaches us over the outgoing transport,
