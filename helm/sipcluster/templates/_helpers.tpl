@@ -107,7 +107,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if $sip.udp }}{{ $out = append $out (printf "udp:%s" (include "sipcluster.hostport" (dict "host" .Values.edge.bindAddress "port" $sip.port))) }}{{ end }}
 {{- if $sip.tcp }}{{ $out = append $out (printf "tcp:%s" (include "sipcluster.hostport" (dict "host" .Values.edge.bindAddress "port" $sip.port))) }}{{ end }}
 {{- if $sip.tls.enabled }}{{ $out = append $out (printf "tls:%s" (include "sipcluster.hostport" (dict "host" .Values.edge.bindAddress "port" $sip.tls.port))) }}{{ end }}
-{{- if not $out }}{{ fail "edge.sip: enable at least one of udp, tcp, tls" }}{{ end }}
+{{- if $sip.wss.enabled }}{{ $out = append $out (printf "wss:%s" (include "sipcluster.hostport" (dict "host" .Values.edge.bindAddress "port" $sip.wss.port))) }}{{ end }}
+{{- if not $out }}{{ fail "edge.sip: enable at least one of udp, tcp, tls, wss" }}{{ end }}
 {{- join "," $out }}
 {{- end }}
 
