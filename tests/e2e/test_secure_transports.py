@@ -33,6 +33,8 @@ def pki(tmp_path_factory):
 def cluster(etcd_server, tmp_path_factory, pki):
     tls_port, wss_port = free_port_pair(), free_port_pair()
     up = UpCluster(tmp_path_factory.mktemp("secure"), workers=1, etcd=etcd_server.endpoint,
+                   # Outgoing TLS trusts the test CA only.
+                   env={"SIPCLUSTER_EDGE_TLS_CA": str(pki.ca)},
                    extra=["--listen", f"tls:127.0.0.1:{tls_port}", "--listen", f"wss:127.0.0.1:{wss_port}",
                           "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]).start()
     up.tls_port, up.wss_port = tls_port, wss_port
@@ -176,3 +178,50 @@ def test_bad_input_on_the_secure_ports_is_counted_and_the_edge_goes_on(cluster, 
     finally:
         ua.close()
     assert json.dumps(edge_status(cluster)["connections"])
+
+
+def test_outgoing_tls_to_a_transport_tls_target(cluster, pki):
+    """The worker asks the edge to send on TLS (RFC 3261 §26.2); the edge
+    connects, checks the peer's certificate against edge.tls_ca, and the
+    peer's answer comes back on that connection."""
+    import threading
+
+    from cluster.sip import StreamFramer, make_response, parse_message
+    peer_cert, peer_key = pki.server("tls-peer", "tls-peer", ips=("127.0.0.1",))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(peer_cert), str(peer_key))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(60)
+    port = listener.getsockname()[1]
+    seen: list = []
+
+    def peer() -> None:
+        raw, _ = listener.accept()
+        with server.wrap_socket(raw, server_side=True) as sock:
+            sock.settimeout(60)
+            framer = StreamFramer(65535)
+            while True:
+                for data in framer.feed(sock.recv(65536)):
+                    message = parse_message(data)
+                    seen.append(message)
+                    if getattr(message, "method", None) == "INVITE":
+                        sock.sendall(make_response(message, 486, to_tag="peer").to_bytes())
+                    elif getattr(message, "method", None) == "ACK":
+                        return
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    try:
+        with SipAgent() as caller:
+            call_id = f"out-tls-{uuid.uuid4().hex}"
+            invite = caller.request("INVITE", f"sip:peer@127.0.0.1:{port};transport=tls", call_id=call_id,
+                                    cseq=1, from_="sip:carol@example.org", to=f"sip:peer@127.0.0.1:{port}",
+                                    headers=[("Contact", caller.contact)])
+            response = caller.transact(invite, cluster.port, timeout=30)
+            assert response is not None and response.status == 486
+        thread.join(30)
+    finally:
+        listener.close()
+    (received,) = [m for m in seen if getattr(m, "method", None) == "INVITE"]
+    assert received.via.transport == "TLS"
+    assert edge_status(cluster)["stats"].get("sent_tls", 0) >= 1

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 
 import pytest
@@ -275,3 +276,21 @@ def test_outgoing_tls_checks_the_peer_against_the_configured_ca(pki, tmp_path):
         trio.run(main)
     finally:
         listener.close()
+
+
+def test_a_peer_that_resets_its_connection_is_not_a_bug(pki):
+    tls = transport(pki)
+
+    async def main():
+        async with serving(tls) as port:
+            def reset():
+                sock = tls_client(port, pki.ca)
+                sock.sendall(options())
+                read_message(sock)
+                # SO_LINGER 0: close sends RST, the edge's read fails.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            await trio.to_thread.run_sync(reset)
+            await wait_until(lambda: not tls.connections)
+    trio.run(main)
+    assert tls.forwarder.stats["internal_error"] == 0
