@@ -70,7 +70,8 @@ def serve(cert: str, key: str) -> None:
     # No ring: every request is answered at the edge, the outbox never used.
     forwarder = Forwarder("edge-bench", None, max_message=edge.max_message, server="bench")  # type: ignore[arg-type]
     contexts = TlsContexts(edge, forwarder.stats)
-    common = dict(idle_timeout=600.0, max_connections=25000, handshake_timeout=120.0)
+    # Every client is on 127.0.0.1: no per-source limit (edge.max_connections_per_source).
+    common = dict(idle_timeout=600.0, max_connections=25000, handshake_timeout=120.0, per_source=25000)
     tls = TlsTransport(forwarder, contexts, **common)  # type: ignore[arg-type]
     wss = WsTransport(forwarder, contexts=contexts, origins=(), ping_interval=600.0,
                       **common)  # type: ignore[arg-type]
@@ -198,6 +199,7 @@ async def open_idle(edge: Edge, context: ssl.SSLContext, count: int, kind: str, 
     keep-alive; returns how many failed."""
     import trio
     from wsproto.events import TextMessage
+    from wsproto.utilities import LocalProtocolError, RemoteProtocolError
     failed = 0
     limiter = trio.CapacityLimiter(concurrency)
 
@@ -217,7 +219,8 @@ async def open_idle(edge: Edge, context: ssl.SSLContext, count: int, kind: str, 
                         ws.receive_data(await tls.receive_some(64))
                         assert [e.data for e in ws.events() if isinstance(e, TextMessage)] == ["\r\n"]
                         held.append((tls, ws))
-            except (OSError, AssertionError, trio.BrokenResourceError, trio.TooSlowError):
+            except (OSError, AssertionError, trio.BrokenResourceError, trio.TooSlowError,
+                    RemoteProtocolError, LocalProtocolError):
                 failed += 1
 
     async with trio.open_nursery() as nursery:
