@@ -11,6 +11,7 @@ same path from the registrant host.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,8 @@ from typing import Any
 
 from .topology import Topology
 
-__all__ = ["CLUSTER_NAME", "DOMAIN", "HOSTS", "DrillCluster", "Node", "kamailio_config", "wait_until"]
+__all__ = ["CLUSTER_NAME", "DOMAIN", "HOSTS", "DrillCluster", "Node", "default_settings", "kamailio_config",
+           "node_config", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "drill.test"
@@ -57,7 +59,7 @@ def etcd_binary() -> str:
 
 
 def kamailio_config(address: str, *, port: int = SIP_PORT, target: str = CLUSTER_NAME,
-                    fr_timer_ms: int = 4000) -> str:
+                    fr_timer_ms: int = 4000, in_dialog_fr_ms: int = 16000) -> str:
     """The carrier: a transaction-stateful proxy that record-routes and sends
     every out-of-dialog request to ``target`` resolved by SRV with failover;
     in-dialog requests follow their Route set (loose routing, RFC 3261 §16.12)."""
@@ -90,8 +92,9 @@ loadmodule "maxfwd.so"
 loadmodule "siputils.so"
 loadmodule "pv.so"
 loadmodule "textops.so"
-# No provisional answer within fr_timer: the next SRV target (a carrier's
-# usual 2-4 s); the INVITE then has Timer C's share.
+# An out-of-dialog request without a provisional answer within fr_timer goes
+# to the next SRV target (a carrier's usual 2-4 s); an answered INVITE then
+# has fr_inv_timer.
 modparam("tm", "fr_timer", {fr_timer_ms})
 modparam("tm", "fr_inv_timer", 60000)
 modparam("rr", "enable_full_lr", 1)
@@ -103,6 +106,10 @@ request_route {{
     }}
     if (has_totag()) {{
         if (loose_route()) {{
+            # In-dialog: 16 s before the next SRV target (half of Timer F,
+            # RFC 3261 17.1.2.2), so a lossy path has time to retransmit and
+            # a dead edge's dialogs still reach the other one within Timer F.
+            t_set_fr(0, {in_dialog_fr_ms});
             t_relay();
             exit;
         }}
@@ -126,6 +133,43 @@ request_route {{
     }}
 }}
 """
+
+
+def supports_record_route_name() -> bool:
+    """Whether these nodes can write the cluster's name in Record-Route
+    (``cluster.record_route``, issue 18.2) instead of the edge's address."""
+    from cluster.config import ClusterConfig
+    return "record_route" in {f.name for f in dataclasses.fields(ClusterConfig)}
+
+
+def default_settings() -> tuple[str, ...]:
+    """The drills' node settings beyond addresses: where the nodes support
+    it, Record-Route names the cluster (the SRV name the carrier resolves), so
+    a dialog's in-dialog requests can fail over to another edge."""
+    return (f'cluster.record_route = "{CLUSTER_NAME}"',) if supports_record_route_name() else ()
+
+
+def node_config(host: str, ip: str, etcd_urls: Sequence[str], *, lease_ttl: int, secret: str,
+                settings: Sequence[str] = ()) -> str:
+    """A node's TOML: its addresses on its host, the three etcd members, the
+    drill's domain; ``settings`` ("section.key = value") go into their section."""
+    net = ip.rsplit(".", 1)[0]
+    sections: dict[str, list[str]] = {
+        "cluster": [f'node_id = "{host}"', "etcd = [" + ", ".join(f'"{u}"' for u in etcd_urls) + "]",
+                    f"lease_ttl = {lease_ttl}"],
+        "http": [f'listen = "{ip}:8080"'],
+        "worker": [f'link = "tcp://{ip}:5701"', f'domains = ["{DOMAIN}"]', f'trusted = ["{net}.0/24"]',
+                   f'nonce_secret = "{secret}"'],
+        "edge": [f'listen = ["udp:{ip}:{SIP_PORT}"]', f'link = "tcp://{ip}:5700"'],
+    }
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or section not in sections or not key or not value.strip():
+            raise ValueError(f"node setting {setting!r} is not 'section.key = value' "
+                             f"with section one of {sorted(sections)}")
+        sections[section].append(f"{key.strip()} = {value.strip()}")
+    return "".join(f"[{name}]\n" + "\n".join(lines) + "\n\n" for name, lines in sections.items())
 
 
 @dataclass
@@ -153,8 +197,8 @@ class DrillCluster:
     lease_ttl: int = 3
     topology: Topology = field(default_factory=lambda: Topology(HOSTS, resolver="dns"))
     nodes: dict[str, Node] = field(default_factory=dict)
-    # Extra [edge] settings (TOML lines), e.g. a cluster-wide Record-Route name.
-    edge_settings: Sequence[str] = ()
+    # Extra node settings, "section.key = TOML value".
+    settings: Sequence[str] = ()
     # (wall time, what happened): the steps of a fault, for the report.
     events: list[tuple[float, str]] = field(default_factory=list)
     _probe: subprocess.Popen[str] | None = None
@@ -205,29 +249,10 @@ class DrillCluster:
         return node
 
     def _cluster_node(self, role: str, host: str) -> Node:
-        ip = self.addr(host)
         config = self.work / f"{host}.toml"
-        net = self.addr(host).rsplit(".", 1)[0]
-        etcd = ", ".join(f'"{url}"' for url in self.etcd_urls)
-        config.write_text(f"""[cluster]
-node_id = "{host}"
-etcd = [{etcd}]
-lease_ttl = {self.lease_ttl}
-
-[http]
-listen = "{ip}:8080"
-
-[worker]
-link = "tcp://{ip}:5701"
-domains = ["{DOMAIN}"]
-trusted = ["{net}.0/24"]
-nonce_secret = "drill-nonce-secret-{self.topology.tag}"
-
-[edge]
-listen = ["udp:{ip}:{SIP_PORT}"]
-link = "tcp://{ip}:5700"
-{chr(10).join(self.edge_settings)}
-""")
+        config.write_text(node_config(host, self.addr(host), self.etcd_urls, lease_ttl=self.lease_ttl,
+                                      secret=f"drill-nonce-secret-{self.topology.tag}",
+                                      settings=self.settings))
         return Node(role, host, [sys.executable, "-m", "cluster.cli", role, "--config", str(config)],
                     self.work / f"{host}.log")
 

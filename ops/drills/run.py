@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cluster import DrillCluster
+from .cluster import DrillCluster, default_settings, node_config
 from .faults import DRILLS, Drill
 from .measure import Outcome, failures_by_phase, parse_call_log, series, summarize
 from .report import plot, table, verdicts
@@ -39,10 +39,10 @@ class DrillResult:
 
 def run_drill(drill: Drill, *, out: Path, rate: float = 20, hold: float = 20, fault_at: float = 25,
               tail: float = 10, users: int = 100, lease_ttl: int = 3,
-              edge_settings: tuple[str, ...] = ()) -> DrillResult:
+              settings: tuple[str, ...] = ()) -> DrillResult:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"drill-{drill.name}-", dir=out))
-    cluster = DrillCluster(work, lease_ttl=lease_ttl, edge_settings=edge_settings)
+    cluster = DrillCluster(work, lease_ttl=lease_ttl, settings=settings)
     cleanup_on_exit(cluster.topology)
     try:
         cluster.start()
@@ -66,7 +66,7 @@ def run_drill(drill: Drill, *, out: Path, rate: float = 20, hold: float = 20, fa
         cluster.stop()
     (work / RUN_RECORD).write_text(json.dumps({
         "drill": drill.name, "rate": rate, "hold": hold, "fault_at": fault_at, "users": users,
-        "lease_ttl": lease_ttl, "edge_settings": list(edge_settings), "origin": caller.origin,
+        "lease_ttl": lease_ttl, "settings": list(settings), "origin": caller.origin,
         "fault_wall": fault_wall, "fault_end": fault_end, "registered": registered, "bound": bound,
         "refreshes": tried, "refreshed": answered, "events": cluster.events}, indent=1))
     return analyse(work, out)
@@ -90,7 +90,7 @@ def analyse(work: Path, out: Path) -> DrillResult:
     setup = (f"{run['rate']:g} calls/s held {run['hold']:g} s (re-INVITE half-way, then BYE), "
              f"{run['users']} users re-registering every 10 s; 2 edges behind Kamailio (SRV failover), "
              f"3 workers, 3 etcd members, lease TTL {run['lease_ttl']} s; fault {run['fault_at']:g} s "
-             f"into the load.")
+             f"into the load." + (f" Node settings: {'; '.join(run['settings'])}." if run.get("settings") else ""))
     phases = failures_by_phase(calls, [tuple(e) for e in run.get("events", [])], fault_at=run["fault_wall"],
                                hold=run["hold"])
     if len(phases) > 1 or run.get("events"):
@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tail", type=float, default=10, help="seconds of load after the fault is over")
     parser.add_argument("--users", type=int, default=100, help="registered users (default 100)")
     parser.add_argument("--lease-ttl", type=int, default=3, help="cluster.lease_ttl of the nodes")
-    parser.add_argument("--edge-setting", action="append", default=[], metavar="TOML",
-                        help="an extra line for the nodes' [edge] section (repeatable)")
+    parser.add_argument("--setting", action="append", default=None, metavar="SECTION.KEY=VALUE",
+                        help="a node setting, e.g. 'worker.t1 = 0.5' (repeatable; replaces the default "
+                             "cluster.record_route naming the cluster, where the nodes support it)")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for table.md, drill.png, outcome.json and the logs "
                              "(default ops/drills/results/NAME)")
@@ -136,10 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         print(result.table)
         print(f"RESULT {args.name} {'PASS' if result.passed else 'FAIL'}")
         return 0 if result.passed else 1
+    settings = tuple(default_settings() if args.setting is None else args.setting)
+    try:
+        node_config("check", "10.0.0.1", [], lease_ttl=args.lease_ttl, secret="x", settings=settings)
+    except ValueError as exc:
+        parser.error(f"--setting: {exc}")
     out = args.out or Path(__file__).resolve().parent / "results" / args.name
     result = run_drill(DRILLS[args.name], out=out, rate=args.rate, hold=args.hold, fault_at=args.fault_at,
                        tail=args.tail, users=args.users, lease_ttl=args.lease_ttl,
-                       edge_settings=tuple(args.edge_setting))
+                       settings=settings)
     print(result.table)
     print(f"picture: {result.picture}")
     print(f"RESULT {args.name} {'PASS' if result.passed else 'FAIL'}")

@@ -9,7 +9,9 @@ import subprocess
 
 import pytest
 
-from ops.drills.cluster import kamailio_config
+import tomllib
+
+from ops.drills.cluster import kamailio_config, node_config
 from ops.drills.faults import (DRILLS, NEW_ONLY_FIRST_SECOND, NO_DUPLICATES, NO_ESTABLISHED_LOST, etcd_cut_ruleset,
                                loss_ruleset)
 from ops.drills.measure import CallRecord, failure_kinds, failures_by_phase, parse_call_log, parse_register_log, series, summarize
@@ -142,3 +144,15 @@ def test_kamailio_accepts_the_carrier_configuration(tmp_path):
     cfg.write_text(kamailio_config("127.0.0.1", port=5999))
     result = subprocess.run(["kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_node_config_puts_settings_into_their_section_and_refuses_others():
+    text = node_config("w1", "10.9.8.31", ["http://10.9.8.10:2379"], lease_ttl=3, secret="s" * 20,
+                       settings=['cluster.record_route = "cluster.drill.test"', "worker.t1 = 0.25"])
+    config = tomllib.loads(text)
+    assert config["cluster"]["record_route"] == "cluster.drill.test"
+    assert config["worker"]["t1"] == 0.25 and config["worker"]["trusted"] == ["10.9.8.0/24"]
+    assert config["edge"]["listen"] == ["udp:10.9.8.31:5060"]
+    for bad in ("record_route = 1", "nosuch.key = 1", "cluster.lease_ttl"):
+        with pytest.raises(ValueError, match="section.key = value"):
+            node_config("w1", "10.9.8.31", [], lease_ttl=3, secret="s", settings=[bad])
