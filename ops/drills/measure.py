@@ -8,6 +8,9 @@ these and the moment of the fault follow the table's figures:
 - established calls lost: answered, never ended (their re-INVITE or BYE
   failed: the far end's call stays up, or the dialog's route is gone);
 - new calls failed: never answered;
+- failed before the fault: either of these whose failing request went out
+  before the fault (an INVITE: more than a second before), not counted
+  against the fault;
 - registrations lost: users registered before the run without a binding
   after it;
 - time to recover: from the fault to the start of the last request that
@@ -58,17 +61,24 @@ def parse_register_log(text: str, step: str = "G") -> list[str]:
 _RECEIVED = re.compile(r"received '(SIP/2\.0 (\d{3})|[A-Z]+ )")
 
 
-def failure_kinds(error_log: str) -> dict[str, int]:
+_ABORTED_AT = re.compile(r"(\d+\.\d+): Aborting call")
+
+
+def failure_kinds(error_log: str, since: float | None = None) -> dict[str, int]:
     """Why SIPp aborted calls (its -trace_err log), one count per call: each unexpected
     final answer by status code, ``stray <code>`` for an unexpected
     provisional or 2xx answer (a duplicate: a request processed twice, or an
     answer from a shard that no longer owns the call), ``stray request``, and
-    ``timeout`` for a request that was never answered."""
+    ``timeout`` for a request that was never answered. With ``since`` (a
+    wall time), calls aborted before it are left out."""
     kinds: dict[str, int] = {}
     for line in error_log.splitlines():
         # One "Aborting call" line per call SIPp gave up on; the "Dead call"
         # lines after it are retransmissions reaching the aborted call.
         if "Aborting call" not in line:
+            continue
+        at = _ABORTED_AT.search(line)
+        if since is not None and at is not None and float(at.group(1)) < since:
             continue
         kind = None
         if "timeout" in line:
@@ -89,9 +99,10 @@ def strays(kinds: dict[str, int]) -> int:
 class Outcome:
     calls: int
     established_at_fault: int
-    established_lost: int
+    failed_before_fault: int      # calls whose failing request went out before the fault
+    established_lost: int         # the rest count from the fault on
     new_failed: int
-    new_failed_late: int          # failed new calls started outside [fault - 1 s, fault + 1 s]
+    new_failed_late: int          # failed new calls started more than 1 s after the fault
     registrations: int
     registrations_lost: int
     refreshes_failed: int
@@ -129,15 +140,21 @@ def summarize(calls: Sequence[CallRecord], *, fault_at: float, hold: float,
               stuck_calls: int = 0) -> Outcome:
     half = hold / 2
     registered_set, bound_set = set(registered), set(bound)
-    lost = [c for c in calls if c.answered is not None and c.ended is None]
-    new_failed = [c for c in calls if c.answered is None]
-    late = [c for c in new_failed if not (fault_at - 1 <= c.started <= fault_at + 1)]
+    # A call whose failing request went out before the fault (an INVITE up
+    # to a second before it: in flight when it came) did not fail because of
+    # it: counted apart, not against the fault's targets.
+    before = [c for c in calls if c.ended is None
+              and (failure_time(c, half) or 0.0) < (fault_at - 1 if c.answered is None else fault_at)]
+    lost = [c for c in calls if c.answered is not None and c.ended is None and c not in before]
+    new_failed = [c for c in calls if c.answered is None and c not in before]
+    late = [c for c in new_failed if c.started > fault_at + 1]
     failure_times = [t for c in calls if (t := failure_time(c, half)) is not None and t >= fault_at]
     after = [c for c in calls if c.started >= fault_at]
     return Outcome(
         calls=len(calls),
         established_at_fault=sum(1 for c in calls if c.answered is not None and c.answered <= fault_at
                                  and (c.ended is None or c.ended > fault_at)),
+        failed_before_fault=len(before),
         established_lost=len(lost),
         new_failed=len(new_failed),
         new_failed_late=len(late),

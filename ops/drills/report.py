@@ -22,14 +22,15 @@ def table(name: str, fault: str, outcome: Outcome, targets: Sequence[Target], *,
         f"### Drill `{name}`: {fault}",
         "",
         *([setup, ""] if setup else []),
-        "| calls | established at the fault | established calls lost | new calls failed "
-        "| registrations lost | re-registrations failed | time to recover |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {outcome.calls} | {outcome.established_at_fault} | {outcome.established_lost} "
+        "| calls | failed before the fault | established at the fault | established calls lost "
+        "| new calls failed | registrations lost | re-registrations failed | time to recover |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {outcome.calls} | {outcome.failed_before_fault} | {outcome.established_at_fault} "
+        f"| {outcome.established_lost} "
         f"| {outcome.new_failed} | {outcome.registrations_lost} of {outcome.registrations} "
         f"| {outcome.refreshes_failed} | {outcome.time_to_recover:.1f} s |",
         "",
-        "Failures the caller and callee saw: " + (", ".join(f"{n} x {kind}" for kind, n in
+        "Why the caller and callee aborted calls from the fault on: " + (", ".join(f"{n} x {kind}" for kind, n in
                                                           outcome.failures_seen.items()) or "none") + ".",
         "",
         "| target | result | measured |",

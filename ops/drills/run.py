@@ -85,7 +85,8 @@ def analyse(work: Path, out: Path) -> DrillResult:
     outcome = summarize(
         calls, fault_at=run["fault_wall"], hold=run["hold"], registered=run["registered"], bound=run["bound"],
         refreshes=run["refreshes"], refreshed=run["refreshed"],
-        failures_seen=failures_seen(work / "caller_errors.log", work / "callee_errors.log"),
+        failures_seen=failures_seen(work / "caller_errors.log", work / "callee_errors.log",
+                                    since=run["fault_wall"] - 1),
         stuck_calls=last_current_calls(work / "caller_stat.csv"))
     setup = (f"{run['rate']:g} calls/s held {run['hold']:g} s (re-INVITE half-way, then BYE), "
              f"{run['users']} users re-registering every 10 s; 2 edges behind Kamailio (SRV failover), "

@@ -22,12 +22,12 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 RETRANS = ["-max_invite_retrans", "6", "-max_non_invite_retrans", "10"]
 
 
-def failures_seen(*logs: Path) -> dict[str, int]:
+def failures_seen(*logs: Path, since: float | None = None) -> dict[str, int]:
     """``measure.failure_kinds`` over the SIPp error logs that exist."""
     total: dict[str, int] = {}
     for log in logs:
         if log.exists():
-            for kind, n in failure_kinds(log.read_text(errors="replace")).items():
+            for kind, n in failure_kinds(log.read_text(errors="replace"), since).items():
                 total[kind] = total.get(kind, 0) + n
     return total
 

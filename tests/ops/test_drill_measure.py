@@ -68,9 +68,9 @@ def test_summary_separates_established_lost_from_new_calls_failed():
 
 
 def test_a_new_call_failing_later_than_a_second_after_the_fault_counts_as_late():
-    calls = [CallRecord("x", 10.0), CallRecord("y", 12.5), CallRecord("z", 8.0)]
+    calls = [CallRecord("x", 10.0), CallRecord("y", 12.5), CallRecord("w", 9.5)]
     outcome = summarize(calls, fault_at=10.0, hold=10.0)
-    assert outcome.new_failed == 3 and outcome.new_failed_late == 2
+    assert outcome.new_failed == 3 and outcome.new_failed_late == 1
     assert not NEW_ONLY_FIRST_SECOND.check(outcome)
     assert outcome.time_to_recover == pytest.approx(2.5)
 
@@ -92,9 +92,19 @@ CSeq: 1 INVITE
 def test_failure_kinds_tell_duplicates_from_failures():
     kinds = failure_kinds(ERRORS)
     assert kinds == {"500": 1, "stray 200": 1, "stray request": 1, "timeout": 1}
+    assert failure_kinds(ERRORS, since=1.15) == {"stray request": 1, "timeout": 1}
     outcome = summarize([], fault_at=0.0, hold=1.0, failures_seen=kinds)
     assert outcome.stray_messages == 2
     assert not NO_DUPLICATES.check(outcome)
+
+
+def test_calls_that_failed_before_the_fault_are_not_counted_against_it():
+    calls = [CallRecord("early-new", 5.0), CallRecord("early-lost", 1.0, 1.1),   # re-INVITE at 6.1 s
+             CallRecord("in-flight", 9.5), CallRecord("lost", 8.0, 8.1), CallRecord("ok", 8.0, 8.1, 13.1, 18.1)]
+    outcome = summarize(calls, fault_at=10.0, hold=10.0)
+    assert outcome.failed_before_fault == 2
+    assert outcome.established_lost == 1 and outcome.new_failed == 1
+    assert NO_ESTABLISHED_LOST.check(summarize(calls[:3], fault_at=10.0, hold=10.0))
 
 
 def test_failures_are_attributed_to_the_fault_step_before_them():
@@ -119,8 +129,8 @@ def test_table_says_pass_or_fail_per_target(tmp_path):
     text = table("worker-kill", "kill -9 of worker w1", outcome, (NO_ESTABLISHED_LOST, NEW_ONLY_FIRST_SECOND))
     assert "| 0 established calls lost | FAIL | 1 lost of 2 |" in text
     assert "| new calls fail only within the first second after the fault | PASS |" in text
-    assert "| 4 | 2 | 1 | 1 | 0 of 0 | 0 | 0.1 s |" in text
-    assert "Failures the caller and callee saw: none." in text
+    assert "| 4 | 0 | 2 | 1 | 1 | 0 of 0 | 0 | 0.1 s |" in text
+    assert "Why the caller and callee aborted calls from the fault on: none." in text
     picture = plot(tmp_path / "drill.png", "worker-kill", series(calls, hold=10.0), 6.0, 16.0)
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
