@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["CallRecord", "Outcome", "Series", "Target", "failure_kinds", "failures_by_phase", "parse_call_log",
+__all__ = ["CallRecord", "Outcome", "Series", "Target", "abort_times", "failure_kinds", "failures_by_phase", "parse_call_log",
            "parse_register_log", "series", "summarize"]
 
 
@@ -36,19 +36,30 @@ class CallRecord:
     answered: float | None = None
     reinvited: float | None = None
     ended: float | None = None
+    aborted: float | None = None     # when SIPp gave up on the call (its error log)
 
 
-def parse_call_log(text: str, *, origin: float) -> list[CallRecord]:
+def parse_call_log(text: str, *, origin: float, aborted: Mapping[str, float] | None = None) -> list[CallRecord]:
     """Call records from a caller log; ``origin`` is the wall time of SIPp's
-    clock zero. Lines that are not ``<step> <ms> <call-id>`` are skipped."""
+    clock zero, ``aborted`` the abort times by Call-ID (``abort_times``).
+    Lines that are not ``<step> <ms> <call-id>`` are skipped."""
+    aborted = aborted or {}
     steps: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) != 3 or parts[0] not in "SARE" or not parts[1].isdigit():
             continue
         steps.setdefault(parts[2], {})[parts[0]] = origin + int(parts[1]) / 1000
-    return [CallRecord(call_id, s["S"], s.get("A"), s.get("R"), s.get("E"))
+    return [CallRecord(call_id, s["S"], s.get("A"), s.get("R"), s.get("E"), aborted.get(call_id))
             for call_id, s in steps.items() if "S" in s]
+
+
+_ABORTED_CALL = re.compile(r"(\d+\.\d+): Aborting call .*? for Call-I[dD][: ]*'([^']+)'")
+
+
+def abort_times(error_log: str) -> dict[str, float]:
+    """When SIPp aborted each call it gave up on, by Call-ID (-trace_err)."""
+    return {m.group(2): float(m.group(1)) for m in _ABORTED_CALL.finditer(error_log)}
 
 
 def parse_register_log(text: str, step: str = "G") -> list[str]:
@@ -127,11 +138,12 @@ def _lost_request_time(call: CallRecord, half_hold: float) -> float:
 
 
 def failure_time(call: CallRecord, half_hold: float) -> float | None:
+    """When the request that failed went out; a call SIPp aborted earlier
+    than that (on a stray message) failed when it was aborted."""
     if call.ended is not None:
         return None
-    if call.answered is None:
-        return call.started
-    return _lost_request_time(call, half_hold)
+    sent = call.started if call.answered is None else _lost_request_time(call, half_hold)
+    return sent if call.aborted is None else min(sent, call.aborted)
 
 
 def summarize(calls: Sequence[CallRecord], *, fault_at: float, hold: float,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .cluster import DrillCluster, default_settings, node_config
 from .faults import DRILLS, Drill
-from .measure import Outcome, failures_by_phase, parse_call_log, series, summarize
+from .measure import Outcome, abort_times, failures_by_phase, parse_call_log, series, summarize
 from .report import plot, table, verdicts
 from .topology import cleanup_on_exit
 from .traffic import Callee, Caller, Registrants, failures_seen, last_current_calls
@@ -81,7 +81,9 @@ def analyse(work: Path, out: Path) -> DrillResult:
     run = json.loads((work / RUN_RECORD).read_text())
     drill = DRILLS[run["drill"]]
     log = work / "calls.log"
-    calls = parse_call_log(log.read_text() if log.exists() else "", origin=run["origin"])
+    errors = work / "caller_errors.log"
+    calls = parse_call_log(log.read_text() if log.exists() else "", origin=run["origin"],
+                           aborted=abort_times(errors.read_text(errors="replace")) if errors.exists() else None)
     outcome = summarize(
         calls, fault_at=run["fault_wall"], hold=run["hold"], registered=run["registered"], bound=run["bound"],
         refreshes=run["refreshes"], refreshed=run["refreshed"],

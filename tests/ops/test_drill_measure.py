@@ -14,7 +14,7 @@ import tomllib
 from ops.drills.cluster import kamailio_config, node_config
 from ops.drills.faults import (DRILLS, NEW_ONLY_FIRST_SECOND, NO_DUPLICATES, NO_ESTABLISHED_LOST, etcd_cut_ruleset,
                                loss_ruleset)
-from ops.drills.measure import CallRecord, failure_kinds, failures_by_phase, parse_call_log, parse_register_log, series, summarize
+from ops.drills.measure import CallRecord, abort_times, failure_kinds, failures_by_phase, parse_call_log, parse_register_log, series, summarize
 from ops.drills.report import plot, table
 
 LOG = """\
@@ -105,6 +105,17 @@ def test_calls_that_failed_before_the_fault_are_not_counted_against_it():
     assert outcome.failed_before_fault == 2
     assert outcome.established_lost == 1 and outcome.new_failed == 1
     assert NO_ESTABLISHED_LOST.check(summarize(calls[:3], fault_at=10.0, hold=10.0))
+
+
+def test_a_call_aborted_on_a_stray_answer_fails_when_it_was_aborted():
+    aborted = abort_times(ERRORS)
+    assert aborted == {"1-2@x": 1.0, "2-2@x": 1.1, "3-2@x": 1.2, "4-2@x": 1.3}
+    # Answered at 0.5 s, aborted at 1.1 s on a late answer: before a fault at
+    # 5 s, though its re-INVITE would only have gone out at 5.5 s.
+    calls = parse_call_log("S 0 2-2@x\nA 500 2-2@x\n", origin=0.0, aborted=aborted)
+    assert calls[0].aborted == 1.1
+    outcome = summarize(calls, fault_at=5.0, hold=10.0)
+    assert outcome.failed_before_fault == 1 and outcome.established_lost == 0
 
 
 def test_failures_are_attributed_to_the_fault_step_before_them():
