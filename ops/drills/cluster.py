@@ -295,6 +295,19 @@ class DrillCluster:
         answer = self.ask({"op": "members"})
         return {} if "error" in answer else answer
 
+    def bindings(self, timeout: float = 60) -> list[str]:
+        """Every AOR with a binding in etcd. A failed read is asked again (a
+        killed member's clients move to another one), never taken for "no
+        bindings"; RuntimeError at the deadline."""
+        answers: list[dict[str, Any]] = []
+
+        def read() -> bool:
+            answers.append(self.ask({"op": "bindings"}))
+            return "error" not in answers[-1]
+        wait_until(read, timeout=timeout, what="the bindings from etcd (the probe kept failing)")
+        aors: list[str] = answers[-1]["aors"]
+        return aors
+
     def wait_members(self, *, workers: int, edges: int, timeout: float) -> float:
         def ready() -> bool:
             found = self.members()

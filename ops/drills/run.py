@@ -60,8 +60,7 @@ def run_drill(drill: Drill, *, out: Path, rate: float = 20, hold: float = 20, fa
         caller.stop()
         registrants.stop_refreshing()
         tried, answered = registrants.refreshed()
-        bound = sorted({aor.split(":", 1)[-1].split("@", 1)[0]
-                        for aor in cluster.ask({"op": "bindings"}).get("aors", [])})
+        bound = sorted({aor.split(":", 1)[-1].split("@", 1)[0] for aor in cluster.bindings()})
     finally:
         cluster.stop()
     (work / RUN_RECORD).write_text(json.dumps({
