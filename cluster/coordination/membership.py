@@ -42,7 +42,9 @@ only, so their rings route identically meanwhile.
 from __future__ import annotations
 
 import logging
+import math
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -119,6 +121,13 @@ class EtcdMembership:
         # Keeper state. The lock makes leave() wait out an in-flight
         # grant/put/refresh instead of racing it.
         self._lease_lock = trio.Lock()
+        #: Wall-clock time (Unix seconds) of the last lease keep-alive etcd
+        #: confirmed (or of the registration); None before the first.
+        self.last_heartbeat: float | None = None
+        # trio time at which the last confirmed keep-alive (or grant) was
+        # sent: etcd received it later, so the lease lives at least until
+        # this + ttl.
+        self._confirmed = -math.inf
         self._keeper: trio.CancelScope | None = None
         self._lease_id: int | None = None
         self._written = False
@@ -151,6 +160,14 @@ class EtcdMembership:
         watch outage, and after ``leave()``.
         """
         return self._ready
+
+    def lease_alive(self, now: float) -> bool:
+        """Whether our lease surely still lives at trio time ``now``: etcd
+        confirmed a keep-alive sent less than ``ttl`` seconds before. Past
+        that, etcd may have expired it and given our Call-IDs to another
+        shard (DESIGN §4: a worker whose lease is gone takes no new
+        transactions). Observers hold no lease: always False."""
+        return self.member is not None and not self._left and now < self._confirmed + self.ttl
 
     @property
     def registered(self) -> bool:
@@ -300,6 +317,7 @@ class EtcdMembership:
                     async with self._lease_lock:
                         if self._left:
                             return
+                        sent = trio.current_time()
                         await self._register()
                 except CoordinationError as error:
                     self._registered = False
@@ -307,6 +325,8 @@ class EtcdMembership:
                     await trio.sleep(backoff.delay())
                     continue
                 backoff.reset()
+                self._confirmed = sent
+                self.last_heartbeat = time.time()
                 self._registered = True
                 self._update_ready()
                 task_status.started()
