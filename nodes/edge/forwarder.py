@@ -77,6 +77,7 @@ class Forwarder:
         """Etcd's ring with the workers whose link is down left out (``cluster.sharding.failover``)."""
         self.worker_links: dict[str, str] = {}
         self.link_workers: dict[str, str] = {}
+        self._server_keys: dict[str, bytes] = {}
         """Endpoint -> worker id (the inverse of ``worker_links``)."""
         self.links_up: set[str] = set()
         """Endpoints whose link completed its handshake and has not dropped
@@ -106,15 +107,24 @@ class Forwarder:
         """Route with ``ring`` to ``worker_links`` (id -> endpoint);
         ``server_keys`` holds each endpoint's published CURVE key;
         ``present``, every worker in the view (draining ones too)."""
-        self.array_links = set(array_links or ())
-        keys = server_keys or {}
+        router = self.router
+        router.update(ring, worker_links.keys() if present is None else present, time.monotonic())
+        # A worker that left within the pin time keeps its link (and its
+        # endpoint's version and key): etcd may lose every lease in a few
+        # revisions after a stall, and the ring is then held with these
+        # links; responses for its client transactions still reach it.
+        previous = self.worker_links
+        kept = {w: previous[w] for w in (*router.held, *router.departed) if w in previous}
+        worker_links = {**kept, **worker_links}
+        self.array_links = set(array_links or ()) | {e for e in kept.values() if e in self.array_links}
+        keys = {**self._server_keys, **(server_keys or {})}
         for endpoint in worker_links.values():
             self.outbox.connect(endpoint, keys.get(endpoint))
         for endpoint in set(self.outbox.endpoints()) - set(worker_links.values()):
             self.outbox.disconnect(endpoint)
+        self._server_keys = {e: k for e, k in keys.items() if e in worker_links.values()}
         self.worker_links = worker_links
         self.link_workers = {endpoint: worker for worker, endpoint in worker_links.items()}
-        self.router.update(ring, worker_links.keys() if present is None else present, time.monotonic())
 
     def link_down(self, endpoint: str) -> None:
         """The link to ``endpoint`` is down: route around its worker."""

@@ -219,12 +219,14 @@ class EdgeNode:
                     log.warning("etcd's view lost every worker at once; routing to the ones whose "
                                 "links are up until they register again", extra={"held": list(router.held)})
             self._refresh_current()
-            if self.forwarder.ring is not None and len(self.forwarder.ring):
-                self._ring_ready.set()
 
     def _link_event(self, endpoint: str, up: bool) -> None:
         if up:
             self.forwarder.link_up(endpoint)
+            # A worker in the ring whose link is up: SIP can be read (a send
+            # on a link still connecting would be refused).
+            if self.forwarder.link_workers.get(endpoint) in (self.forwarder.ring or ()):
+                self._ring_ready.set()
         else:
             self.forwarder.link_down(endpoint)
 

@@ -140,7 +140,8 @@ class WorkerNode:
         # Tracing sees each routing decision through the TU's observer hook.
         observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
         self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
-                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer)
+                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer,
+                                  record_route=self.config.cluster.record_route)
 
     def _on_view(self, view: MembershipView) -> None:
         self.link_guard.update(view.members.values())

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
 
 import pytest
 
@@ -72,3 +77,90 @@ def test_kill_9_of_a_worker_loses_no_established_call(phone, cluster):
     wait_for(lambda: cluster.worker_pids().get(victim) not in (None, pid), timeout=60,
              what="killed worker restarted")
     wait_for(lambda: len(cluster.worker_pids()) == 2, timeout=60, what="two workers again")
+
+
+def probe(cluster: UpCluster, until, *, timeout: float = 90.0) -> Counter:
+    """OPTIONS every few milliseconds from a thread, each with a new Call-ID
+    (so every shard is asked and a short window is not missed), until
+    ``until(seen)`` holds (checked every 0.2 s); ``seen`` counts the
+    answers by status."""
+    seen: Counter = Counter()
+    done = threading.Event()
+    tag = uuid.uuid4().hex[:8]
+
+    def run() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(0.003)
+            host, port = sock.getsockname()
+            n = 0
+            while not done.is_set():
+                n += 1
+                sock.sendto((
+                    f"OPTIONS sip:probe@127.0.0.1:{cluster.port} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{tag}{n};rport\r\n"
+                    f"Max-Forwards: 70\r\nTo: <sip:probe@127.0.0.1>\r\n"
+                    f"From: <sip:prober@127.0.0.1>;tag={tag}\r\nCall-ID: probe-{tag}-{n}\r\n"
+                    f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode(),
+                    ("127.0.0.1", cluster.port))
+                try:
+                    while True:
+                        answer = sock.recv(65536)
+                        status = int(answer[8:11])
+                        seen[status] += 1
+                        if status != 200:  # why, for the assertion message
+                            seen[answer.split(b"Warning: ", 1)[-1].split(b"\r\n", 1)[0].decode()] += 1
+                except (TimeoutError, ConnectionError, ValueError):
+                    pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: until(seen), timeout=timeout, interval=0.2, what="probe condition")
+    finally:
+        done.set()
+        thread.join(5)
+    return seen
+
+
+def test_restarted_edge_opens_sip_only_once_it_has_a_ring(cluster):
+    """Issue 18.6: a restarted edge answered 503 "no worker in the ring"
+    for its first second. Now it reads its sockets once a worker is in its
+    ring: requests meanwhile wait (or go unanswered) and are never 503."""
+    edge = next(m for m in cluster.status()["members"] if m["role"] == "edge")
+    os.kill(edge["pid"], signal.SIGKILL)
+
+    def restarted(_) -> bool:
+        return any(m["role"] == "edge" and m["pid"] != edge["pid"] and (m["status"] or {}).get("sip_open")
+                   for m in cluster.status()["members"])
+
+    seen = probe(cluster, restarted)
+    # ... and its first answers once open are not 503 either.
+    seen += probe(cluster, lambda more: more[200] >= 100)
+    assert seen[503] == 0, seen
+
+
+def test_etcd_stall_longer_than_the_lease_does_not_empty_the_ring(cluster, etcd_server):
+    """Issue 18.6: after a 10 s SIGSTOP of etcd every lease expired together
+    and the cluster answered 503 until the workers registered again. The
+    edge holds the workers whose links are up."""
+    assert etcd_server.pid is not None
+    wait_for(lambda: len(cluster.worker_pids()) == 2, timeout=60, what="two workers")
+    os.kill(etcd_server.pid, signal.SIGSTOP)
+    try:
+        stalled_until = time.monotonic() + 8  # > lease TTL (5 s) plus a keep-alive period
+        seen = probe(cluster, lambda _: time.monotonic() > stalled_until)
+    finally:
+        os.kill(etcd_server.pid, signal.SIGCONT)
+
+    def settled(_) -> bool:
+        try:
+            edge = edge_status(cluster)
+        except AssertionError:  # etcd still waking up
+            return False
+        return len(edge.get("workers", ())) == 2 and not edge.get("held_workers") \
+            and len(cluster.worker_pids()) == 2
+
+    seen += probe(cluster, settled)
+    assert seen[503] == 0, seen
+    assert seen[200] >= 10, seen
