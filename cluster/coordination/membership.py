@@ -124,6 +124,9 @@ class EtcdMembership:
         #: Wall-clock time (Unix seconds) of the last lease keep-alive etcd
         #: confirmed (or of the registration); None before the first.
         self.last_heartbeat: float | None = None
+        #: Wall-clock time (Unix seconds) the current lease was asked for: a
+        #: message older than it waited through a lease loss (cluster.sharding.fence).
+        self.lease_granted = 0.0
         # trio time at which the last confirmed keep-alive (or grant) was
         # sent: etcd received it later, so the lease lives at least until
         # this + ttl.
@@ -161,13 +164,14 @@ class EtcdMembership:
         """
         return self._ready
 
-    def lease_alive(self, now: float) -> bool:
-        """Whether our lease surely still lives at trio time ``now``: etcd
-        confirmed a keep-alive sent less than ``ttl`` seconds before. Past
-        that, etcd may have expired it and given our Call-IDs to another
-        shard (DESIGN §4: a worker whose lease is gone takes no new
-        transactions). Observers hold no lease: always False."""
-        return self.member is not None and not self._left and now < self._confirmed + self.ttl
+    def lease_alive(self, now: float, *, margin: float = 0.0) -> bool:
+        """Whether our lease surely still lives at trio time ``now`` (and
+        ``margin`` seconds more): etcd confirmed a keep-alive sent less than
+        ``ttl - margin`` seconds before. Past ``ttl``, etcd may have expired
+        it and given our Call-IDs to another shard (DESIGN §4: a worker
+        whose lease is gone takes no new transactions). Observers hold no
+        lease: always False."""
+        return self.member is not None and not self._left and now < self._confirmed + self.ttl - margin
 
     @property
     def registered(self) -> bool:
@@ -342,7 +346,9 @@ class EtcdMembership:
             self._update_ready()
         if self._lease_id is None:
             self._written = False
+            granted = time.time()
             self._lease_id = (await store.grant_lease(self.ttl)).id
+            self.lease_granted = granted
         elif self._written and self._key_vanished():
             log.warning("%s was deleted while its lease lives; writing it again", self.key)
             self._written = False

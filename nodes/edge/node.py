@@ -231,8 +231,14 @@ class EdgeNode:
             self.forwarder.link_down(endpoint)
 
     def _refresh_current(self) -> None:
+        # Current: etcd confirmed our own lease within half a TTL and the
+        # ring is etcd's. A stalled etcd makes the edges non-current (at
+        # most TTL/2) before any worker's lease can be in doubt (at least
+        # 2/3 TTL: keep-alives go every TTL/3), so no worker fences itself
+        # against edges that lost etcd too (cluster.sharding.fence).
         membership = self.membership
         self.forwarder.current = membership is not None and membership.ready \
+            and membership.lease_alive(trio.current_time(), margin=membership.ttl / 2) \
             and not self.forwarder.router.held
 
     async def _sweep(self) -> None:

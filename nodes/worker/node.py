@@ -48,7 +48,7 @@ from .registrations import Registrations
 from .services import Services
 from .standing import ShardStanding
 from .timer import TimerTask
-from .wiring import WorkerStores, password_guard, sweep_challenges
+from .wiring import WorkerStores, cluster_route, password_guard, sweep_challenges
 
 log = logging.getLogger("sipcluster.worker")
 
@@ -141,7 +141,7 @@ class WorkerNode:
         observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
         self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
                                   salt=self.config.cluster.prefix, stats=self.stats, observer=observer,
-                                  record_route=self.config.cluster.record_route)
+                                  record_route=cluster_route(self.config))
 
     def _on_view(self, view: MembershipView) -> None:
         self.link_guard.update(view.members.values())
@@ -205,6 +205,8 @@ class WorkerNode:
     # -- message path --------------------------------------------------------------
 
     def receive(self, env: Envelope, now: float) -> None:
+        if not self.standing.admits(env, self.stats):
+            return
         received = time.time_ns()
         if env.ts_ns:
             self.link_latency.observe_ns(received - env.ts_ns)

@@ -8,6 +8,7 @@ killed worker; a stopped one is continued), waiting for two workers again.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -17,6 +18,7 @@ from collections import Counter
 
 import pytest
 
+from cluster.sharding.ring import Ring
 from tests.e2e.harness import Sipp, UpCluster, bound, wait_for
 # The module's own cluster (two workers, alice), location sync and phone:
 # the fixtures of the calls tests, instantiated again for this module (the
@@ -29,8 +31,16 @@ pytestmark = pytest.mark.e2e
 CALLS = 40
 
 
+def members(cluster: UpCluster) -> list[dict]:
+    """``status --json`` members; none while etcd cannot be read (a busy machine, a stall)."""
+    try:
+        return cluster.status()["members"]
+    except AssertionError:
+        return []
+
+
 def edge_status(cluster: UpCluster) -> dict:
-    return next(m["status"] or {} for m in cluster.status()["members"] if m["role"] == "edge")
+    return next((m["status"] or {} for m in members(cluster) if m["role"] == "edge"), {})
 
 
 def acks(sipp: Sipp) -> int:
@@ -132,7 +142,7 @@ def test_restarted_edge_opens_sip_only_once_it_has_a_ring(cluster):
 
     def restarted(_) -> bool:
         return any(m["role"] == "edge" and m["pid"] != edge["pid"] and (m["status"] or {}).get("sip_open")
-                   for m in cluster.status()["members"])
+                   for m in members(cluster))
 
     seen = probe(cluster, restarted)
     # ... and its first answers once open are not 503 either.
@@ -154,13 +164,89 @@ def test_etcd_stall_longer_than_the_lease_does_not_empty_the_ring(cluster, etcd_
         os.kill(etcd_server.pid, signal.SIGCONT)
 
     def settled(_) -> bool:
-        try:
-            edge = edge_status(cluster)
-        except AssertionError:  # etcd still waking up
-            return False
+        edge = edge_status(cluster)
         return len(edge.get("workers", ())) == 2 and not edge.get("held_workers") \
             and len(cluster.worker_pids()) == 2
 
     seen += probe(cluster, settled)
     assert seen[503] == 0, seen
     assert seen[200] >= 10, seen
+
+
+def test_a_worker_resuming_from_a_stall_drops_what_queued_meanwhile(cluster):
+    """Issue 18.6: a worker SIGSTOPped for longer than its lease answered
+    the requests queued in its link when it resumed (SIPp aborted calls on
+    those stray answers). Now what waited through the lease loss is dropped
+    and counted (drop_stale); the callers' retransmissions went to the shard
+    that took the Call-IDs over."""
+    wait_for(lambda: len(cluster.worker_pids()) == 2, timeout=60, what="two workers")
+    pids = cluster.worker_pids()
+    victim, pid = sorted(pids.items())[0]
+    ring = Ring(sorted(pids))
+    owned = [c for c in (f"stall-{uuid.uuid4().hex}" for _ in range(200))
+             if ring.owner(c.encode()) == victim][:20]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        host, port = sock.getsockname()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            # Sent once each, no retransmission: they queue in the stopped
+            # worker's link until the edge notices its missing heartbeats.
+            for n, call_id in enumerate(owned):
+                sock.sendto((
+                    f"OPTIONS sip:stall@127.0.0.1:{cluster.port} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKstall{n}{call_id[-8:]};rport\r\n"
+                    f"Max-Forwards: 70\r\nTo: <sip:stall@127.0.0.1>\r\n"
+                    f"From: <sip:stall@127.0.0.1>;tag=s{n}\r\nCall-ID: {call_id}\r\n"
+                    f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode(), ("127.0.0.1", cluster.port))
+            wait_for(lambda: victim in edge_status(cluster).get("suspect_workers", ()), timeout=30,
+                     what="the edge routing around the stalled worker")
+            # Stalled for longer than its lease (5 s) plus a keep-alive period.
+            wait_for(lambda: time.monotonic() - stopped > 8, timeout=30, what="the stall")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+        def victim_stats() -> dict:
+            node = next((m["status"] for m in members(cluster) if m["id"] == victim), None)
+            return (node or {}).get("stats", {})
+
+        # Back: registered again and its link up at the edge (its backlog
+        # was read before, as soon as it ran).
+        wait_for(lambda: len(cluster.worker_pids()) == 2
+                 and victim in edge_status(cluster).get("workers", ())
+                 and victim not in edge_status(cluster).get("suspect_workers", [victim]),
+                 timeout=60, what="the worker back in the ring")
+        sock.settimeout(0.5)
+        late = []
+        try:
+            while True:
+                late.append(sock.recv(65536))
+        except TimeoutError:
+            pass
+    answered_by_victim = [a for a in late if f"X-Sipcluster-Shard: {victim}".lower().encode() in a.lower()]
+    assert answered_by_victim == [], answered_by_victim[:2]
+    wait_for(lambda: victim_stats().get("drop_stale", 0) >= 1, timeout=30,
+             what="the resumed worker counting its stale backlog")
+
+
+def test_status_shows_each_nodes_ring_epoch_and_last_heartbeat(cluster):
+    """Issue 18.8: the operator sees, per node, the epoch of the ring it
+    routes with and when etcd last confirmed its lease."""
+    wait_for(lambda: len(cluster.worker_pids()) == 2, timeout=60, what="two workers")
+
+    def all_reported() -> list[dict] | None:
+        found = members(cluster)
+        ok = len(found) == 3 and all(isinstance(m["ring_epoch"], int) and m["ring_epoch"] > 0
+                                     and isinstance(m["last_heartbeat"], float) for m in found)
+        return found if ok else None
+
+    found = wait_for(all_reported, timeout=60, what="every node reporting epoch and heartbeat")
+    for m in found:
+        # Keep-alives go every lease TTL / 3 (5 s / 3).
+        assert time.time() - m["last_heartbeat"] < 5 + 5, m
+    text = cluster.cli("status")
+    assert text.returncode == 0, text.stderr
+    header, *rows = [line for line in text.stdout.splitlines()[1:] if line.strip()]
+    assert header.split()[5:7] == ["EPOCH", "HEARTBEAT"], header
+    assert all(re.search(r" \d+ +\d+\.\ds ", row) for row in rows), text.stdout
