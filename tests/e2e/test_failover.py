@@ -19,7 +19,7 @@ from collections import Counter
 import pytest
 
 from cluster.sharding.ring import Ring
-from tests.e2e.harness import Sipp, UpCluster, bound, wait_for
+from tests.e2e.harness import Sipp, UpCluster, bound, options, wait_for
 # The module's own cluster (two workers, alice), location sync and phone:
 # the fixtures of the calls tests, instantiated again for this module (the
 # tests name them as parameters, which ruff takes for redefinitions).
@@ -250,3 +250,139 @@ def test_status_shows_each_nodes_ring_epoch_and_last_heartbeat(cluster):
     header, *rows = [line for line in text.stdout.splitlines()[1:] if line.strip()]
     assert header.split()[5:7] == ["EPOCH", "HEARTBEAT"], header
     assert all(re.search(r" \d+ +\d+\.\ds ", row) for row in rows), text.stdout
+
+
+class EtcdRelay:
+    """A TCP relay between one node and etcd, on loopback, that the test can
+    pause: a paused relay stops moving bytes both ways, as a network cut
+    would (connections stay open, nothing arrives)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.running = threading.Event()
+        self.running.set()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        source.settimeout(0.2)
+        while not self.closed:
+            if not self.running.wait(0.2):
+                continue
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+        for sock in (source, sink):
+            sock.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.running.set()
+        self.listener.close()
+
+
+def test_a_worker_cut_from_etcd_stops_and_the_shard_that_took_over_answers(cluster, etcd_server, tmp_path):
+    """Issue 18.7: a worker that reaches the edges but not etcd: once its
+    lease may be gone it takes no new request (fenced), the shard that took
+    its Call-IDs over answers them, and the two never both answer for
+    longer than the lease TTL."""
+    from cluster.config import load_config
+    from tests.e2e.harness import ROOT
+    import subprocess
+    import sys
+
+    wait_for(lambda: len(cluster.worker_pids()) == 2, timeout=60, what="two workers")
+    host, port = etcd_server.endpoint.rsplit("//", 1)[1].rsplit(":", 1)
+    relay = EtcdRelay((host, int(port)))
+    config = load_config(None, env={}, overrides={
+        "cluster.node_id": "cut-1", "cluster.etcd": [f"http://127.0.0.1:{relay.port}"],
+        "cluster.prefix": "/sipcluster", "http.listen": "127.0.0.1:0"})
+    path = tmp_path / "cut-1.toml"
+    path.write_text(config.to_toml())
+    log = open(tmp_path / "cut-1.log", "wb")
+    worker = subprocess.Popen([sys.executable, "-m", "cluster.cli", "worker", "--config", str(path)],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=cluster.env)
+    try:
+        wait_for(lambda: "cut-1" in cluster.worker_pids(), timeout=60, what="cut-1 in the ring")
+        ring = Ring(sorted(cluster.worker_pids()))
+        owned = [c for c in (f"cut-{uuid.uuid4().hex}" for _ in range(300))
+                 if ring.owner(c.encode()) == "cut-1"][:10]
+        http = next(m["http"] for m in members(cluster) if m["id"] == "cut-1")
+        answers: list[tuple[float, str]] = []
+        done = threading.Event()
+
+        def ask() -> None:
+            n = 0
+            while not done.is_set():
+                n += 1
+                status, headers = options(cluster.port, owned[n % len(owned)], timeout=0.5)
+                if status == 200:
+                    answers.append((time.monotonic(), headers.get("x-sipcluster-shard", "")))
+
+        wait_for(lambda: options(cluster.port, owned[0])[1].get("x-sipcluster-shard") == "cut-1",
+                 timeout=30, what="cut-1 answering its Call-IDs")
+        thread = threading.Thread(target=ask, daemon=True)
+        thread.start()
+        try:
+            relay.running.clear()
+            cut = time.monotonic()
+            # The shard that takes over answers once etcd drops cut-1 ...
+            wait_for(lambda: any(t > cut and s != "cut-1" for t, s in answers), timeout=60,
+                     what="another shard answering cut-1's Call-IDs")
+            # ... and cut-1 knows its lease may be gone.
+            wait_for(lambda: re.search(r"^sipcluster_worker_fenced(\{[^}]*\})? 1(\.0)?$", _metrics(http), re.M),
+                     timeout=30, what="cut-1 fenced")
+            seen = len(answers)
+            wait_for(lambda: len(answers) >= seen + 20, timeout=30, what="more answers")
+        finally:
+            done.set()
+            thread.join(5)
+            relay.running.set()
+        taken = min(t for t, s in answers if t > cut and s != "cut-1")
+        last_cut = max((t for t, s in answers if s == "cut-1"), default=cut)
+        # Never both for longer than the lease: cut-1 stopped before (or
+        # about when) the other shard started; nothing from cut-1 after.
+        assert last_cut - taken < 5, (last_cut - taken, answers[-40:])
+        assert all(s != "cut-1" for t, s in answers if t > taken + 5), answers[-40:]
+        # Reconnected to etcd, it registers again and serves.
+        wait_for(lambda: "cut-1" in cluster.worker_pids(), timeout=60, what="cut-1 back")
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+        relay.close()
+    wait_for(lambda: "cut-1" not in cluster.worker_pids(), timeout=60, what="cut-1 gone")
+
+
+def _metrics(http: str) -> str:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"{http}/metrics", timeout=2) as reply:
+            return reply.read().decode()
+    except OSError:
+        return ""
