@@ -142,10 +142,14 @@ class Router:
             if self.ring is not None and not len(self.ring):
                 self.held = tuple(w for w in self.held if w in self._departed)
             self._rebuild()
+        # Pins are (re)inserted with the same TTL, so the dict is in expiry
+        # order: the expired ones are a prefix.
         pins = self._pins
-        if pins:
-            for call_id in [c for c, (_, until) in pins.items() if until <= now]:
-                del pins[call_id]
+        while pins:
+            call_id = next(iter(pins))
+            if pins[call_id][1] > now:
+                break
+            del pins[call_id]
 
     # -- the per-message question ---------------------------------------------------
 
