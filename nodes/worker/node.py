@@ -139,9 +139,8 @@ class WorkerNode:
     def _start_tu(self, services: Services) -> None:
         # Tracing sees each routing decision through the TU's observer hook.
         observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
-        self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
-                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer,
-                                  record_route=cluster_route(self.config))
+        self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id, stats=self.stats,
+                                  salt=self.config.cluster.prefix, observer=observer, record_route=cluster_route(self.config))
 
     def _on_view(self, view: MembershipView) -> None:
         self.link_guard.update(view.members.values())
@@ -205,14 +204,12 @@ class WorkerNode:
     # -- message path --------------------------------------------------------------
 
     def receive(self, env: Envelope, now: float) -> None:
-        if not self.standing.admits(env, self.stats):
-            return
         received = time.time_ns()
         if env.ts_ns:
             self.link_latency.observe_ns(received - env.ts_ns)
         self._origin_ns = env.ts_ns
         try:
-            if not self.admission.admit(env, now):
+            if not (self.standing.admits(env, self.stats) and self.admission.admit(env, now)):
                 return
             try:
                 # The one parse-error boundary (§8.2.6, §21.4.1): a request failing
