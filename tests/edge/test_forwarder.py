@@ -166,3 +166,32 @@ def test_a_request_for_a_worker_whose_link_is_down_goes_to_the_next_owner():
     inboxes["w2"].close()
     outbox.close()
     ctx.term()
+
+
+def test_a_full_queue_on_a_live_link_is_answered_not_rerouted():
+    """A link that is up (its monitor saw the handshake) and refuses a
+    message has a full queue: the worker is alive and busy, so the request
+    is answered 503 rather than moved to another shard (the worker keeps
+    its Call-IDs); a link that is not up is routed around."""
+    ring = Ring(["w1", "w2"])
+    links = {"w1": "ipc:///w1", "w2": "ipc:///w2"}
+    request = _owned_by(ring, "w1")
+    src, local = ("192.0.2.1", 5060), ("127.0.0.1", 5060)
+    for framed in (False, True):
+        fwd = Forwarder("edge-t", RefusingOutbox(), max_message=4000, server="test")
+        fwd.update(ring, links, set(links.values()))
+        fwd.link_up("ipc:///w1")
+        fwd.link_up("ipc:///w2")
+        if framed:
+            frames = FrameQueue()
+            assert fwd.ingress(request, "UDP", src, local, None, frames) is None
+            (answer, _), = fwd.flush(frames)
+        else:
+            answer = fwd.ingress(request, "UDP", src, local, None)
+        assert answer.startswith(b"SIP/2.0 503 "), answer
+        assert fwd.router.suspects == {} and fwd.stats["rerouted_link_down"] == 0
+        # Down: suspect, and its Call-IDs go to the next owner (whose
+        # queue is full here too).
+        fwd.link_down("ipc:///w1")
+        assert fwd.ingress(request, "UDP", src, local, None).startswith(b"SIP/2.0 503 ")
+        assert "w1" in fwd.router.suspects and fwd.router.rerouted == 1
