@@ -487,6 +487,9 @@ class WorkerConfig(_Section):
     registrar_min_expires: int = _f(60, "Shortest registration accepted, seconds; shorter gets 423 (RFC 3261 §10.3 step 7).", lo=1)
     registrar_max_expires: int = _f(7200, "Longest registration granted, seconds; longer is shortened.")
     registrar_default_expires: int = _f(3600, "Expiry of a registration that asks for none, seconds.")
+    flow_timer: int = _f(120, "Seconds between keep-alives a UA must send on an RFC 5626 outbound flow, "
+                              "sent as Flow-Timer in the 200 to a REGISTER that applies outbound (§4.4.1); "
+                              "keep it well below `edge.tcp_idle_timeout`.", lo=10, hi=3600)
     auth_fail_limit: int = _f(10, "Failed digest attempts for one user, or from one source address, within "
                                   "`auth_fail_window` that ban the user (refused with 403 by every worker) or "
                                   "the address (dropped by every edge; never one in `trusted`, which may relay "

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from cluster.proxy.flows import Flow
 from cluster.proxy.identity import assert_identity
 from cluster.sip import NameAddress, Request, Response, SipURI, URI, parse_uri
 
@@ -60,6 +61,12 @@ class Target:
     transport: str | None = None
     received: tuple[str, int] | None = None
     q: float | None = None
+    flow: Flow | None = None
+    """The RFC 5626 flow the contact registered over (``cluster.proxy.flows``):
+    the branch goes over it, through the edge that holds it."""
+    alternates: tuple[Target, ...] = ()
+    """The same UA instance's other flows, most recent first (RFC 5626 §5.3:
+    one flow per instance at a time; the next when one fails with 430)."""
 
 
 @dataclass(frozen=True, slots=True)

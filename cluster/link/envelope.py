@@ -15,10 +15,10 @@ Two encodings, both read by every node of this version:
 - version 1, a msgpack map with named fields (``pack``);
 - version 2, a msgpack array in a fixed field order, ``[2, kind, edge,
   transport, peer host, peer port, local host, local port, data, conn,
-  ts_ns, trace, advertise, sender, epoch, current]``; a later version may
-  append fields, which a version-2 reader ignores (``epoch`` and
-  ``current`` were appended so: a frame without them reads as epoch 0 and
-  current true). Decoding it costs half of a map's
+  ts_ns, trace, advertise, sender, epoch, current, flow]``; a later
+  version may append fields, which a version-2 reader ignores (``epoch``,
+  ``current`` and then ``flow`` were appended so: a frame without them
+  reads as epoch 0, current true and no flow). Decoding it costs half of a map's
   (no keys to hash and look up), and it was a fifth of the edge's CPU.
   A version-2 frame may also carry several envelopes: an array of such
   arrays (``pack_frame``), written by a worker for everything one link batch
@@ -81,13 +81,17 @@ class Envelope(NamedTuple):
     following). False while etcd is out of its reach or it holds a ring
     etcd emptied: the worker then knows no other shard can have been
     given the Call-ID by this edge's view (DESIGN §4 split brain)."""
+    flow: bool = False
+    """``out``: write on connection ``conn`` only — a strict RFC 5626 flow;
+    when it is gone the edge answers a request 430 Flow Failed instead of
+    connecting anywhere (``cluster.proxy.flows``)."""
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
 def pack(env: Envelope) -> bytes:
-    kind, edge, transport, peer, local, data, conn, ts_ns, trace, advertise, sender, epoch, current = env
+    kind, edge, transport, peer, local, data, conn, ts_ns, trace, advertise, sender, epoch, current, flow = env
     fields = {
         "v": VERSION,
         "kind": kind,
@@ -111,14 +115,16 @@ def pack(env: Envelope) -> bytes:
         fields["ep"] = epoch
     if not current:
         fields["cur"] = False
+    if flow:
+        fields["flow"] = True
     return _packb(fields)
 
 
 def pack_array(env: Envelope) -> list:
     """Version 2: the envelope as a positional array (see the module doc)."""
-    kind, edge, transport, peer, local, data, conn, ts_ns, trace, advertise, sender, epoch, current = env
+    kind, edge, transport, peer, local, data, conn, ts_ns, trace, advertise, sender, epoch, current, flow = env
     return [ARRAY_VERSION, kind, edge, transport, peer[0], peer[1], local[0], local[1], data,
-            conn, ts_ns, trace, advertise, sender, epoch, current]
+            conn, ts_ns, trace, advertise, sender, epoch, current, flow]
 
 
 def pack_v2(env: Envelope) -> bytes:
@@ -220,6 +226,7 @@ def _from_array(fields: list) -> Envelope:
         sender if type(sender) is str else None,
         epoch if type(epoch) is int else 0,
         current is not False,
+        len(fields) > _ARRAY_FIELDS + 2 and fields[_ARRAY_FIELDS + 2] is True,
     )
 
 
@@ -255,4 +262,5 @@ def _from_map(fields: object) -> Envelope:
         sender if type(sender) is str else None,
         epoch if type(epoch) is int else 0,
         fields.get("cur") is not False,
+        fields.get("flow") is True,
     )

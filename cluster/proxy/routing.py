@@ -21,6 +21,8 @@ from cluster.sip.grammar import Params
 from cluster.sip.memo import bounded_cache
 from cluster.sip.transaction.stateless import branch_for
 
+from .flows import FLOW_PARAM
+
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061, "WS": 80, "WSS": 443}
 
 
@@ -266,16 +268,26 @@ def loop_detected(request: Request, local: LocalAddresses) -> bool:
 _URI_TRANSPORT = {"WSS": "ws"}
 
 
-def record_route_value(advertise: str, transport: str, token: str | None = None) -> str:
-    upper = transport.upper()
-    params = "" if upper == "UDP" else f";transport={_URI_TRANSPORT.get(upper, transport.lower())}"
+def uri_transport(transport: str) -> str:
+    """The ``transport`` URI parameter value for a transport name."""
+    return _URI_TRANSPORT.get(transport.upper(), transport.lower())
+
+
+def record_route_value(advertise: str, transport: str, token: str | None = None,
+                       flow: str | None = None) -> str:
+    """One Record-Route URI of ours; ``flow`` is the flow token of the side
+    that reaches us through this entry (``cluster.proxy.flows``)."""
+    params = "" if transport.upper() == "UDP" else f";transport={uri_transport(transport)}"
     if token is not None:
         params += f";{TOKEN_PARAM}={token}"
+    if flow is not None:
+        params += f";{FLOW_PARAM}={flow}"
     return f"<sip:{advertise}{params};lr>"
 
 
 def record_route_set(advertise: str, inbound: str, outbound: str,
-                     token: str | None = None) -> tuple[str, ...]:
+                     token: str | None = None, *, inbound_flow: str | None = None,
+                     outbound_flow: str | None = None) -> tuple[str, ...]:
     """Our Record-Route values for a request that arrived over ``inbound``
     and leaves over ``outbound``, topmost first (§16.6 step 4).
 
@@ -285,11 +297,15 @@ def record_route_set(advertise: str, inbound: str, outbound: str,
     and keeps its in-dialog requests on TCP); when the transports differ,
     RFC 5658 §3.2 double Record-Route gives each side its own entry.
     ``token`` (``DialogTokens.make``) goes into every entry: both sides
-    return it in their Route sets."""
-    downstream = record_route_value(advertise, outbound, token)
-    if inbound.upper() == outbound.upper():
-        return (downstream,)
-    return (downstream, record_route_value(advertise, inbound, token))
+    return it in their Route sets. ``inbound_flow`` and ``outbound_flow``
+    are the flow tokens of the caller's and the callee's flows (RFC 5626
+    §5.3): each goes into the entry its side reaches us through, so two
+    flows need two entries even over one transport."""
+    if inbound.upper() == outbound.upper() and (
+            inbound_flow is None or outbound_flow is None or inbound_flow == outbound_flow):
+        return (record_route_value(advertise, outbound, token, inbound_flow or outbound_flow),)
+    return (record_route_value(advertise, outbound, token, outbound_flow),
+            record_route_value(advertise, inbound, token, inbound_flow))
 
 
 TOKEN_PARAM = "sct"

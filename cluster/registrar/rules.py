@@ -61,6 +61,9 @@ class RegistrarPolicy:
     """Add a Date header to the 200 (§10.3 step 8 MAY, helps UAs without a clock)."""
     retry_after: int = 5
     """Retry-After seconds on 500/503 caused by the store, not by the request."""
+    flow_timer: int | None = None
+    """Seconds between a UA's keep-alives on an outbound flow, sent as
+    Flow-Timer in the 200 that applies outbound (RFC 5626 §4.4.1, §6)."""
 
 
 DEFAULT_POLICY = RegistrarPolicy()
@@ -155,17 +158,20 @@ def process_register(
     source: Source | None = None,
     edge: str | None = None,
     conn: int | None = None,
+    flow_path: str | None = None,
 ) -> RegisterResult:
-    """Decide a REGISTER against ``current`` (expired entries are ignored)."""
+    """Decide a REGISTER against ``current`` (expired entries are ignored).
+    ``flow_path``: the Path entry naming the flow the REGISTER came over
+    (``cluster.proxy.flows``), stored first in each binding's Path."""
     try:
-        return _process(request, now, current, policy, source, edge, conn)
+        return _process(request, now, current, policy, source, edge, conn, flow_path)
     except ParseError as exc:
         return failure(Outcome.MALFORMED, exc.reason, policy=policy)
 
 
 def _process(
     request: Request, now: float, current: Iterable[Binding], policy: RegistrarPolicy,
-    source: Source | None, edge: str | None, conn: int | None,
+    source: Source | None, edge: str | None, conn: int | None, flow_path: str | None = None,
 ) -> RegisterResult:
     to_uri = request.to.uri
     if not isinstance(to_uri, SipURI):
@@ -207,6 +213,9 @@ def _process(
         intervals.append(expires if expires <= policy.max_expires else policy.max_expires)
 
     path = tuple(str(p) for p in request.paths)
+    if flow_path is not None:
+        # RFC 5626 §5.2: the first hop's Path entry names the flow.
+        path = (flow_path, *path)
     user_agent = request.user_agent
     result = dict(stored)
     puts: dict[str, Binding] = {}
@@ -255,6 +264,9 @@ def _ok(
     if outbound:
         # RFC 5626 §6: the registrar confirms it applied outbound semantics.
         headers.append(("Require", "outbound"))
+        if policy.flow_timer:
+            # §4.4.1: how often the UA must send keep-alives on the flow.
+            headers.append(("Flow-Timer", str(policy.flow_timer)))
     if policy.date_header:
         headers.append(("Date", formatdate(now, usegmt=True)))
     status, reason, _ = REPLIES[Outcome.OK]

@@ -143,6 +143,7 @@ async def register(
     edge: str | None = None,
     conn: int | None = None,
     attempts: int = DEFAULT_ATTEMPTS,
+    flow_path: str | None = None,
 ) -> RegisterResult:
     """Process a REGISTER against ``store``: read, decide (§10.3), write.
 
@@ -159,7 +160,7 @@ async def register(
             state = await store.read(aor)
             result = process_register(
                 request, now=now, current=state.bindings, policy=policy, source=source, edge=edge,
-                conn=conn,
+                conn=conn, flow_path=flow_path,
             )
             if not result.has_writes:
                 return result

@@ -22,6 +22,7 @@ and user caches, nonces, dialog tokens) answers from memory.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -33,6 +34,7 @@ from cluster.app.api import (
     Application, Call, Challenge, Decision, Handler, Proxy, Register, Reply, Target,
 )
 from cluster.proxy import identity
+from cluster.proxy.flows import Flow, FlowTokens, ForgedFlowToken, dialog_flow, route_flow
 from cluster.proxy.context import (
     Branch, Cancel, Exhausted, Forward, Output as ContextOutput, ResponseContext, Upstream,
 )
@@ -49,6 +51,7 @@ from cluster.sip.transaction.layer import TransactionLayer
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.stateless import forward_response_statelessly
 
+from .flowroutes import arrival_flow, flow_peer, forged_flow
 from .outputs import NO_LOCAL, EdgeRoute, StartRegistration, route_of
 
 log = logging.getLogger("sipcluster.worker")
@@ -74,6 +77,9 @@ class TUServices(Protocol):
 
     @property
     def tokens(self) -> DialogTokens: ...
+
+    @property
+    def flows(self) -> FlowTokens: ...
 
     def is_trusted(self, host: str) -> bool: ...
 
@@ -263,6 +269,10 @@ class TransactionUser:
             return 420, (("Unsupported", ", ".join(unknown)),), ()  # RFC 4475 bext01
         local = self.services.local
         routed = preprocess_routes(request, local)
+        if routed and forged_flow(routed, self.services.flows):
+            # RFC 5626 §5.3: a flow token that does not verify is refused.
+            self.stats["flow_token_forged"] += 1
+            return 403, (("Warning", '399 sipcluster "forged flow token"'),), routed
         mf = request.max_forwards
         if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and local.is_us(request.uri)):
             return 483, (), routed  # §16.3 step 3 (RFC 4475 zeromf)
@@ -341,25 +351,32 @@ class TransactionUser:
         came = route_of(call.source)
         advertise = self._advertise(came)
         salt = f"{self.salt}{branch.index}"
+        flow = target.flow or self._routed_flow(call.routed, call.source)
         try:
-            transport, peer_host, peer_port = self._hop(ctx.request, target, branch.target, advertise, salt)
+            if flow is not None:
+                peer = self._flow_peer(flow, branch.target, advertise)
+            else:
+                transport, peer_host, peer_port = self._hop(ctx.request, target, branch.target, advertise, salt)
+                peer = Peer(transport, peer_host, peer_port,
+                            EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL,
+                                      advertise))
         except RoutingError as error:
             # No way to the target (unresolvable host, unusable URI): the
             # branch fails with the error's status (§16.7 step 6).
             branch.request = ctx.request
             self._run(ctx, ctx.on_failure(branch, error.status, now), now)
             return
+        transport, peer_host = peer.transport, peer.host
+        if flow is not None and flow.strict:
+            branch.extra["flow"] = True
         via = proxy_via(ctx.request, transport, advertise, salt, shard=self.shard)
         # §16.6 step 4: the cluster's name when configured, so the dialog's
         # route set survives the loss of the edge that set it up (DESIGN §5).
-        rr = record_route_set(self.cluster_route or advertise, call.source.transport, transport,
-                              self._dialog_token(call, peer_host)) \
+        rr = self._record_route(call, self.cluster_route or advertise, transport, peer_host, flow) \
             if self.record_route[id(ctx)] else None
         request = forward_copy(ctx.request, branch.target, via=via, record_route=rr, path=target.path)
         identity.for_next_hop(request, self.services.is_trusted(peer_host))
         branch.request = request
-        peer = Peer(transport, peer_host, peer_port,
-                    EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL, advertise))
         try:
             client_key, actions = self.transactions.send_request(request, peer, now)
         except ValueError:
@@ -371,6 +388,38 @@ class TransactionUser:
         if client_key is not None:
             self.branches[client_key] = (ctx, branch)
         self._perform(actions, now)
+
+    def _record_route(self, call: Call, advertise: str, transport: str, hop_host: str,
+                      flow: Flow | None) -> tuple[str, ...]:
+        """Our Record-Route entries (§16.6 step 4), with the flow tokens of
+        the caller's and the callee's flows (RFC 5626 §5.3)."""
+        source = call.source
+        arrival = arrival_flow(source)
+        inbound = dialog_flow(call.request, arrival) if arrival is not None else None
+        flows = self.services.flows
+        return record_route_set(
+            advertise, source.transport, transport, self._dialog_token(call, hop_host),
+            inbound_flow=flows.make(inbound) if inbound is not None else None,
+            outbound_flow=flows.make(flow) if flow is not None else None)
+
+    def _routed_flow(self, routed: tuple[SipURI, ...], source: Peer) -> Flow | None:
+        """The flow named by our Route entries that the request did not come
+        over (RFC 5626 §5.3); forged tokens were refused in ``check``."""
+        if not routed:
+            return None
+        try:
+            return route_flow(routed, self.services.flows, arrival_flow(source))
+        except ForgedFlowToken:
+            return None
+
+    def _flow_peer(self, flow: Flow, uri: URI | None, advertise: str) -> Peer:
+        contact = _contact_address(Target(uri), flow.transport, self.resolve) if uri is not None else None
+        return flow_peer(flow, contact, advertise)
+
+    @staticmethod
+    def _over_flow(ctx: ResponseContext, branch: Branch) -> bool:
+        """Whether ``branch`` went over a strict flow."""
+        return bool(branch.extra.get("flow"))
 
     def _dialog_token(self, call: Call, hop_host: str) -> str | None:
         """The dialog token for our Record-Route (``DialogTokens``): open
@@ -413,7 +462,33 @@ class TransactionUser:
         if entry is None:
             return  # a response to our CANCEL, or to a context that is gone
         ctx, branch = entry
+        if response.status == 430:
+            # RFC 5626 §5.3, §11.5: the edge found the flow gone.
+            self._flow_failed(ctx, branch, now)
+            return
         self._run(ctx, ctx.on_response(branch, response, now), now)
+
+    def _flow_failed(self, ctx: ResponseContext, branch: Branch, now: float) -> None:
+        """A branch sent over a flow that is gone: RFC 5626 §5.3 has the
+        authoritative proxy try the instance's next flow. Without one the
+        branch counts as 480, as 430 means nothing beyond this proxy (§11.5)."""
+        self.stats["flow_failed"] += 1
+        targets = self.targets.get(id(ctx))
+        target = targets.get(branch.index) if targets is not None else None
+        status = 480
+        if targets is not None and target is not None and target.alternates \
+                and not ctx.cancelled and not ctx.final_sent:
+            following = dataclasses.replace(target.alternates[0], alternates=target.alternates[1:])
+            outputs = ctx.add_targets([following.uri], timeout=branch.timeout, now=now)
+            for output in outputs:
+                if isinstance(output, Forward):
+                    targets[output.branch.index] = following
+            self.stats["flow_next_tried"] += 1
+            self._run(ctx, outputs, now)
+            # The instance's answer is the next flow's: this branch's own
+            # stands last in §16.7 step 6's choice (a 408 is the least informative).
+            status = 408
+        self._run(ctx, ctx.on_failure(branch, status, now), now)
 
     def _on_client_failure(self, key: TransactionKey, now: float, *, timer: str) -> None:
         entry = self.branches.get(key)
@@ -422,6 +497,8 @@ class TransactionUser:
         ctx, branch = entry
         if timer == "C":
             self._run(ctx, ctx.on_deadline(float("inf")), now)
+        elif timer == "transport" and self._over_flow(ctx, branch):
+            self._flow_failed(ctx, branch, now)
         else:
             self._run(ctx, ctx.on_timeout(branch, now), now)
 
@@ -559,14 +636,23 @@ class TransactionUser:
         came = route_of(source)
         advertise = self._advertise(came)
         try:
-            hop = hop_for(next_hop_uri(request), resolve=self.resolve)
-        except RoutingError:
-            self.stats["ack_unroutable"] += 1
+            flow = route_flow(routed, services.flows, arrival_flow(source)) if routed else None
+        except ForgedFlowToken:
+            services.note("dialog_refused", request, source.host, "ACK with a forged flow token")
             return
-        via = proxy_via(request, hop.transport, advertise, self.salt + "ack")
+        if flow is not None:
+            peer = self._flow_peer(flow, request.uri, advertise)
+        else:
+            try:
+                hop = hop_for(next_hop_uri(request), resolve=self.resolve)
+            except RoutingError:
+                self.stats["ack_unroutable"] += 1
+                return
+            peer = Peer(hop.transport, hop.host, hop.port,
+                        EdgeRoute(came.edge if came else None, None, NO_LOCAL, advertise))
+        via = proxy_via(request, peer.transport, advertise, self.salt + "ack")
         out = forward_copy(request, None, via=via, record_route=None, in_place=True)
-        route = EdgeRoute(came.edge if came else None, None, NO_LOCAL, advertise)
-        self._out.append(Send(out, Peer(hop.transport, hop.host, hop.port, route)))
+        self._out.append(Send(out, peer))
 
     def _forward_stray(self, response: Response, source: Peer) -> None:
         """§16.11: a response with no transaction (the owner changed or the

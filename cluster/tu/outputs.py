@@ -28,6 +28,9 @@ class EdgeRoute:
     conn: int | None
     local: tuple[str, int]
     advertise: str | None
+    flow: bool = False
+    """A strict RFC 5626 flow: the edge writes on connection ``conn`` and
+    nowhere else, and answers 430 Flow Failed when it is gone."""
 
 
 @dataclass(frozen=True, slots=True)

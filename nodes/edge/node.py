@@ -28,6 +28,7 @@ from cluster.observability.etcd import EtcdMetrics
 from cluster.observability.node_metrics import hop_latency
 from cluster.observability.tracing import Tracing
 from cluster.sharding.membership import EDGE, WORKER, Member, MembershipView
+from cluster.sip import ParseError, reject_malformed
 
 from .defence import EdgeBans, EdgeDefenceEvents, build_guard
 from .forwarder import Forwarder
@@ -291,8 +292,20 @@ class EdgeNode:
             stream = self.streams.get(env.transport)
             if stream is None:
                 self.stats["drop_unsupported_transport"] += 1
-            elif stream.send(env.data, env.peer, env.conn):
+            elif stream.send(env.data, env.peer, env.conn, flow=env.flow):
                 self.stats[f"sent_{env.transport.lower()}"] += 1
+            elif env.flow:
+                self._flow_failed(env)
+
+    def _flow_failed(self, env: Envelope) -> None:
+        """A strict flow's connection is gone (RFC 5626 §5.3): a request on
+        it is answered 430 Flow Failed, which goes to the worker holding its
+        client transaction like any response (the worker's Via names it), so
+        that worker tries the UA's next flow. Nothing is dialled instead."""
+        self.stats["flow_failed"] += 1
+        answer = reject_malformed(env.data, ParseError("the flow's connection is gone", 430), server=SERVER)
+        if answer is not None:
+            self.forwarder.ingress(answer, env.transport, env.peer, env.local, None)
 
     def _udp_for(self, host: str) -> UdpListener | None:
         want_v6 = ":" in host

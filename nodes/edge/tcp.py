@@ -213,10 +213,13 @@ class TcpTransport:
             self.forwarder.stats["drop_tcp_queue_full"] += 1
             return False
 
-    def send(self, data: bytes, peer: tuple[str, int], conn_id: int | None) -> bool:
+    def send(self, data: bytes, peer: tuple[str, int], conn_id: int | None, *, flow: bool = False) -> bool:
         """Write on ``conn_id`` if open, else on any connection to ``peer``,
-        else open a new connection to ``peer`` (§18.2.2)."""
+        else open a new connection to ``peer`` (§18.2.2). ``flow``: a strict
+        RFC 5626 flow, written on ``conn_id`` or not at all (False)."""
         conn = self.connections.get(conn_id) if conn_id is not None else None
+        if flow:
+            return conn is not None and conn.peer == peer and self._queue(conn, data)
         if conn is None:
             existing = self.by_peer.get(peer)
             conn = self.connections.get(existing) if existing is not None else None

@@ -302,13 +302,13 @@ class TlsTransport(StreamGuard):
                          message_timeout=message_timeout, per_source=per_source, queue=queue)
         self.client_contexts = contexts
 
-    def send(self, data: bytes, peer: tuple[str, int], conn_id: int | None) -> bool:
+    def send(self, data: bytes, peer: tuple[str, int], conn_id: int | None, *, flow: bool = False) -> bool:
         if self._nursery is None:
             # No tls: listener runs the table: outgoing TLS is served by
             # run_outgoing (started by the node).
             self.forwarder.stats["drop_tls_no_connection"] += 1
             return False
-        return super().send(data, peer, conn_id)
+        return super().send(data, peer, conn_id, flow=flow)
 
     async def run_outgoing(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The connection table without a listener: outgoing TLS only."""

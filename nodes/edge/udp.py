@@ -13,6 +13,7 @@ import socket
 import trio
 
 from cluster.link import FrameQueue
+from cluster.sip.stun import binding_response
 
 from .forwarder import Forwarder
 
@@ -53,6 +54,16 @@ class UdpListener:
             self.forwarder.stats["drop_udp_send"] += 1
             return False
 
+    def _stun(self, data: bytes, source: tuple[str, int]) -> bool:
+        """Answer a STUN Binding request; False for anything else, which
+        goes the way of any datagram (counted as garbage there)."""
+        answer = binding_response(data, source)
+        if answer is None:
+            return False
+        self.forwarder.stats["udp_stun_keepalive"] += 1
+        self.send(answer, source)
+        return True
+
     def _answer(self, answers: list[tuple[bytes, tuple[str, int]]]) -> None:
         for answer, peer in answers:
             self.send(answer, peer)
@@ -86,6 +97,10 @@ class UdpListener:
                         continue
                     if data in _EMPTY:
                         stats["udp_keepalive"] += 1
+                        continue
+                    if data[0] < 0x02 and self._stun(data, (addr[0], addr[1])):
+                        # RFC 5626 §4.4.2: a STUN keep-alive on the flow,
+                        # answered here (cluster.sip.stun).
                         continue
                     count += 1
                     try:

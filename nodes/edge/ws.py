@@ -67,10 +67,13 @@ class WsTransport(StreamGuard):
         finally:
             del self.sockets[conn.id]
 
-    def send(self, data: bytes, peer: tuple[str, int], conn_id: int | None) -> bool:
-        """Frame and queue on ``conn_id`` (or the peer's connection)."""
+    def send(self, data: bytes, peer: tuple[str, int], conn_id: int | None, *, flow: bool = False) -> bool:
+        """Frame and queue on ``conn_id`` (or the peer's connection, unless
+        ``flow``: a strict RFC 5626 flow is that connection or none)."""
         conn = self.connections.get(conn_id) if conn_id is not None else None
-        if conn is None:
+        if flow and conn is not None and conn.peer != peer:
+            conn = None
+        if conn is None and not flow:
             existing = self.by_peer.get(peer)
             conn = self.connections.get(existing) if existing is not None else None
         ws = self.sockets.get(conn.id) if conn is not None else None

@@ -70,19 +70,20 @@ class EdgeLinks:
 
     def send(self, edge: str, transport: str, peer: tuple[str, int], local: tuple[str, int],
              conn: int | None, data: bytes, origin_ns: int = 0, trace: str | None = None,
-             key: TransactionKey | None = None) -> bool:
+             key: TransactionKey | None = None, flow: bool = False) -> bool:
         """Hand one message to ``edge``. False when it cannot go now (the
         caller reports a transport error). While framing, a message for an
         edge that reads frames is queued and True returned: a failure then
         surfaces in ``flush``, which reports ``key``. ``origin_ns`` is the
         ``ts_ns`` of the inbound envelope being handled, so the edge measures
-        edge → worker → edge on its own clock."""
+        edge → worker → edge on its own clock. ``flow``: a strict RFC 5626
+        flow, written on connection ``conn`` only (``Envelope.flow``)."""
         endpoint = self.edges.get(edge)
         if endpoint is None:
             self.stats["drop_unknown_edge"] += 1
             return False
         env = Envelope("out", edge, transport, peer, local, data, conn, origin_ns, trace,
-                       sender=self.node_id)
+                       sender=self.node_id, flow=flow)
         if edge in self.array_edges:
             if self._framing:
                 self._frames.add(endpoint, env, key)

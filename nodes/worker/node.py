@@ -119,8 +119,8 @@ class WorkerNode:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         c = self.config
         stores = self.stores = WorkerStores(c, self.etcd_metrics, self.tracing)
-        self.registrations = stores.registrations(self.stats, self.tracing, self._bug)
         services = await stores.services(self.stats, self.password_guard)
+        self.registrations = stores.registrations(self.stats, self.tracing, self._bug, services.flows)
         self._start_tu(services)
         apply_redirect_domains(self.application, c)
         async with trio.open_nursery() as nursery:
@@ -291,9 +291,9 @@ class WorkerNode:
             self.sip_log.record("out", message, data, dest.transport, (dest.host, dest.port))
         tracing = self.tracing
         trace = None if tracing is None or self._untraced else tracing.outbound(message)
-        local, conn = (route.local, route.conn) if route is not None else (NO_LOCAL, None)
+        local, conn, flow = (route.local, route.conn, route.flow) if route is not None else (NO_LOCAL, None, False)
         if not self.links.send(self.links.edge_for(route), dest.transport, (dest.host, dest.port), local, conn,
-                               data, self._origin_ns, trace, send.key) and send.key is not None:
+                               data, self._origin_ns, trace, send.key, flow) and send.key is not None:
             self._failed(now)(send.key)
 
     def status(self) -> dict:

@@ -8,6 +8,7 @@ validates a nonce another shard issued.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from cluster.app.api import AuthOutcome, Challenge, Target
 from cluster.auth.digest import NonceManager, OutstandingChallenges, challenge, find_credential, verify
 from cluster.auth.users import UserCache
+from cluster.proxy.flows import FLOW_PARAM, FlowTokens, ForgedFlowToken
 from cluster.proxy.routing import DialogTokens, LocalAddresses, split_hostport
 from cluster.sip import Request, Response, SipURI, URI, make_response
 
@@ -50,12 +52,15 @@ class Services:
                  digest_sha256_domains: tuple[str, ...] = (),
                  outbound_proxy: str | None = None, events: Counter | None = None,
                  clock: Callable[[], float] = time.time,
-                 guard: PasswordGuard | None = None) -> None:
+                 guard: PasswordGuard | None = None, flow_secret: bytes | None = None) -> None:
+        """``flow_secret``: the cluster's flow-token key (RFC 5626 flows,
+        ``cluster.proxy.flows``); the nonce secret stands in when None."""
         self.domains = list(domains) or ["localhost"]
         self.local = LocalAddresses(domains=self.domains)
         self.trusted = [ipaddress.ip_network(n) for n in trusted]
         self.nonces = NonceManager(nonce_secret, nonce_ttl)
         self.tokens = DialogTokens(nonce_secret)
+        self.flows = FlowTokens(flow_secret if flow_secret is not None else nonce_secret)
         self.challenges = OutstandingChallenges()
         # The worker's event counter (its stats), so refusals show up as
         # sipcluster_node_events_total like every other node event.
@@ -112,10 +117,8 @@ class Services:
     def lookup(self, uri: URI) -> list[Target]:
         if self.locations is None or not isinstance(uri, SipURI):
             return []
-        out = []
-        for binding in self.locations.lookup(uri.aor(), self.clock()):
-            out.append(binding_target(binding))
-        return out
+        return one_flow_per_instance(self.locations.lookup(uri.aor(), self.clock()), self.flows,
+                                     self.events)
 
     # -- users -----------------------------------------------------------------------------
 
@@ -215,13 +218,55 @@ def _spelled(name: str) -> str:
     return upper[:-5] + "-sess" if upper.endswith("-SESS") else upper
 
 
-def binding_target(binding) -> Target:
+def one_flow_per_instance(bindings: list[Binding], flows: FlowTokens,
+                          events: Counter | None = None) -> list[Target]:
+    """The targets for an AOR's bindings: RFC 5626 §5.3 sends a request to
+    one flow of each UA instance, the one registered last; the instance's
+    other flows wait in ``Target.alternates`` for a 430. A binding whose
+    flow token does not verify (the flow key was replaced) is skipped and
+    counted: it would reach the UA over some other way, or nowhere."""
+    out: list[Target] = []
+    instances: dict[str, list[tuple[float, Target]]] = {}
+    for binding in bindings:
+        try:
+            target = binding_target(binding, flows)
+        except ForgedFlowToken:
+            if events is not None:
+                events["flow_token_unreadable"] += 1
+            continue
+        if binding.instance is None or target.flow is None:
+            out.append(target)
+            continue
+        group = instances.get(binding.instance)
+        if group is None:
+            instances[binding.instance] = group = []
+            out.append(target)  # stands for the instance; replaced below
+        group.append((binding.registered_at, target))
+    for group in instances.values():
+        group.sort(key=lambda entry: -entry[0])
+        first = group[0][1]
+        chosen = dataclasses.replace(first, alternates=tuple(t for _, t in group[1:]))
+        for index, target in enumerate(out):
+            if any(target is t for _, t in group):
+                out[index] = chosen
+                break
+    return out
+
+
+def binding_target(binding, flows: FlowTokens | None = None) -> Target:
     """A registered contact as a proxy target: its URI and Path, plus the
     flow it registered over when that flow must be reused — a connection
     (TCP/TLS/WS: the UA may accept nothing else, §18.2.2) or an RFC 5626
     outbound registration (reg-id). A plain UDP registration is reached at
     its Contact, which may differ from the REGISTER's source."""
-    from cluster.sip import parse_uri
+    from cluster.sip import parse_name_addr, parse_uri
+    path = tuple(binding.path)
+    if path and flows is not None and FLOW_PARAM in path[0]:
+        # Our own first Path entry names the flow (RFC 5626 §5.2,
+        # cluster.proxy.flows): the edge and connection to use.
+        registered = flows.of_uri(parse_name_addr(path[0]).uri)
+        if registered is not None:
+            return Target(uri=parse_uri(binding.contact), path=path[1:], flow=registered, q=binding.q)
     source = binding.source
     transport = getattr(source, "transport", None)
     flow = source is not None and (

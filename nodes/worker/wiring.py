@@ -22,6 +22,7 @@ from cluster.defence import USER, AuthFailures, BanTable
 from cluster.defence.store import BanFeed, BanPublisher
 from cluster.observability.etcd import EtcdMetrics, TracedLocations, TracedLocationStore
 from cluster.observability.tracing import Tracing
+from cluster.proxy.flows import FlowTokens
 from cluster.registrar.cache import LocationCache
 from cluster.registrar.etcd_store import EtcdLocationStore
 from cluster.registrar.rules import RegistrarPolicy
@@ -57,19 +58,21 @@ class WorkerStores:
             self.locations = TracedLocations(self.cache, tracing)
 
     def registrations(self, stats: Counter[str], tracing: Tracing | None,
-                      bug: Callable[[str, str | None], None]) -> Registrations:
-        """REGISTER's etcd work over ``location_store``, under ``worker.registrar_*``."""
+                      bug: Callable[[str, str | None], None], flows: FlowTokens) -> Registrations:
+        """REGISTER's etcd work over ``location_store``, under ``worker.registrar_*``
+        and ``worker.flow_timer``; ``flows`` names the flows contacts register over."""
         w = self.config.worker
         policy = RegistrarPolicy(min_expires=w.registrar_min_expires, max_expires=w.registrar_max_expires,
-                                 default_expires=w.registrar_default_expires)
-        return Registrations(self.location_store, policy, stats=stats, tracing=tracing, bug=bug)
+                                 default_expires=w.registrar_default_expires, flow_timer=w.flow_timer)
+        return Registrations(self.location_store, policy, stats=stats, tracing=tracing, bug=bug, flows=flows)
 
     async def services(self, stats: Counter[str], guard: PasswordGuard | None) -> Services:
         w = self.config.worker
         return Services(domains=w.domains, trusted=w.trusted, nonce_secret=await self._nonce_secret(),
                         nonce_ttl=w.nonce_ttl, locations=self.locations, users=self.users.cache,
                         digest_algorithms=w.digest_algorithms, digest_sha256_domains=w.digest_sha256_domains,
-                        outbound_proxy=w.outbound_proxy, events=stats, guard=guard)
+                        outbound_proxy=w.outbound_proxy, events=stats, guard=guard,
+                        flow_secret=await self._flow_secret())
 
     async def _nonce_secret(self) -> bytes:
         configured = self.config.worker.nonce_secret
@@ -80,6 +83,12 @@ class WorkerStores:
         # derived from public values, or anyone could mint nonces.
         from cluster.coordination.secrets import wait_for_secret
         return await wait_for_secret(self.kv, self.config.cluster.prefix, "nonce")
+
+    async def _flow_secret(self) -> bytes:
+        """The key of RFC 5626 flow tokens (``cluster.proxy.flows``): a
+        cluster secret of its own, so every shard reads every token."""
+        from cluster.coordination.secrets import wait_for_secret
+        return await wait_for_secret(self.kv, self.config.cluster.prefix, "flow")
 
     async def start(self, nursery: trio.Nursery, guard: PasswordGuard | None, stats: Counter[str]) -> None:
         """Run the registrar's store, the location and user watches and,
