@@ -287,7 +287,7 @@ def record_route_value(advertise: str, transport: str, token: str | None = None,
 
 def record_route_set(advertise: str, inbound: str, outbound: str,
                      token: str | None = None, *, inbound_flow: str | None = None,
-                     outbound_flow: str | None = None) -> tuple[str, ...]:
+                     outbound_flow: str | None = None, onward: str | None = None) -> tuple[str, ...]:
     """Our Record-Route values for a request that arrived over ``inbound``
     and leaves over ``outbound``, topmost first (§16.6 step 4).
 
@@ -300,11 +300,13 @@ def record_route_set(advertise: str, inbound: str, outbound: str,
     return it in their Route sets. ``inbound_flow`` and ``outbound_flow``
     are the flow tokens of the caller's and the callee's flows (RFC 5626
     §5.3): each goes into the entry its side reaches us through, so two
-    flows need two entries even over one transport."""
+    flows need two entries even over one transport. ``onward`` is our
+    address for the outbound transport when it differs from ``advertise``
+    (the inbound one): each entry names the port its side reaches us on."""
     if inbound.upper() == outbound.upper() and (
             inbound_flow is None or outbound_flow is None or inbound_flow == outbound_flow):
         return (record_route_value(advertise, outbound, token, inbound_flow or outbound_flow),)
-    return (record_route_value(advertise, outbound, token, outbound_flow),
+    return (record_route_value(onward or advertise, outbound, token, outbound_flow),
             record_route_value(advertise, inbound, token, inbound_flow))
 
 

@@ -111,6 +111,16 @@ def _text(record: dict[str, object], name: str, *, required: bool) -> str:
     return value
 
 
+def _addresses(value: object) -> tuple[tuple[str, str], ...]:
+    """The ``sip`` field: transport -> host:port, both strings."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise BadMemberRecord("'sip' must map transport names to host:port strings")
+    return tuple(sorted(value.items()))
+
+
 @dataclass(frozen=True, slots=True)
 class Member:
     """One node as it describes itself in etcd.
@@ -137,6 +147,11 @@ class Member:
     curve_key: str = ""
     """The node's CurveZMQ public key (Z85) its link serves with and sends
     from (cluster.link.keys); empty for a node of a release without it."""
+    sip: tuple[tuple[str, str], ...] = ()
+    """An edge's advertised ``host:port`` per SIP transport (UDP, TCP, TLS,
+    WS, WSS): what a worker writes in the Via and Record-Route of a request
+    that leaves over that transport (RFC 5658 double Record-Route when a
+    call crosses transports)."""
 
     def __post_init__(self) -> None:
         _check_id(self.id)
@@ -191,6 +206,7 @@ class Member:
             draining=record.get("draining") is True,
             link_version=link_version,
             curve_key=_text(record, "curve_key", required=False),
+            sip=_addresses(record.get("sip")),
         )
 
     def to_value(self) -> bytes:
@@ -203,6 +219,8 @@ class Member:
             record["link_version"] = self.link_version
         if self.curve_key:
             record["curve_key"] = self.curve_key
+        if self.sip:
+            record["sip"] = dict(self.sip)
         return json.dumps(record, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 

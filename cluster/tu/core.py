@@ -85,6 +85,8 @@ class TUServices(Protocol):
 
     def learn_advertise(self, advertise: str | None) -> None: ...
 
+    def advertised(self, edge: str | None, transport: str) -> str | None: ...
+
     def challenge(self, request: Request, decision: Challenge, source: str = "") -> Response: ...
 
     def note(self, event: str, request: Request, source: str, detail: str) -> None: ...
@@ -369,10 +371,14 @@ class TransactionUser:
         transport, peer_host = peer.transport, peer.host
         if flow is not None and flow.strict:
             branch.extra["flow"] = True
-        via = proxy_via(ctx.request, transport, advertise, salt, shard=self.shard)
+        # The address our edge has for the transport the request leaves
+        # over: the callee answers there and finds us there in-dialog.
+        onward = self._onward(peer, advertise)
+        via = proxy_via(ctx.request, transport, onward, salt, shard=self.shard)
         # §16.6 step 4: the cluster's name when configured, so the dialog's
         # route set survives the loss of the edge that set it up (DESIGN §5).
-        rr = self._record_route(call, self.cluster_route or advertise, transport, peer_host, flow) \
+        rr = self._record_route(call, self.cluster_route or advertise, self.cluster_route or onward,
+                                transport, peer_host, flow) \
             if self.record_route[id(ctx)] else None
         request = forward_copy(ctx.request, branch.target, via=via, record_route=rr, path=target.path)
         identity.for_next_hop(request, self.services.is_trusted(peer_host))
@@ -389,7 +395,13 @@ class TransactionUser:
             self.branches[client_key] = (ctx, branch)
         self._perform(actions, now)
 
-    def _record_route(self, call: Call, advertise: str, transport: str, hop_host: str,
+    def _onward(self, peer: Peer, advertise: str) -> str:
+        """Our address for the transport ``peer`` is reached over, on the
+        edge that reaches it; ``advertise`` when the edges publish none."""
+        route = route_of(peer)
+        return self.services.advertised(route.edge if route else None, peer.transport) or advertise
+
+    def _record_route(self, call: Call, advertise: str, onward: str, transport: str, hop_host: str,
                       flow: Flow | None) -> tuple[str, ...]:
         """Our Record-Route entries (§16.6 step 4), with the flow tokens of
         the caller's and the callee's flows (RFC 5626 §5.3)."""
@@ -399,6 +411,7 @@ class TransactionUser:
         flows = self.services.flows
         return record_route_set(
             advertise, source.transport, transport, self._dialog_token(call, hop_host),
+            onward=onward,
             inbound_flow=flows.make(inbound) if inbound is not None else None,
             outbound_flow=flows.make(flow) if flow is not None else None)
 

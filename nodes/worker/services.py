@@ -82,6 +82,7 @@ class Services:
         # addresses cannot grow them without end.
         self._trusted_hosts: dict[str, bool] = {}
         self._advertised: set[str] = set()
+        self._edge_addresses: dict[str, dict[str, str]] = {}
 
     # -- locality ------------------------------------------------------------------
 
@@ -92,6 +93,27 @@ class Services:
                 self.local.add(advertise)
             if len(self._advertised) < _MEMO_LIMIT:
                 self._advertised.add(advertise)
+
+    def learn_edges(self, addresses: dict[str, dict[str, str]]) -> None:
+        """Each edge's advertised address per transport (its membership
+        record): all of them are us, and a request leaving over a transport
+        names that transport's address (``advertised``)."""
+        self._edge_addresses = addresses
+        for per_transport in addresses.values():
+            for advertise in per_transport.values():
+                self.learn_advertise(advertise)
+
+    def advertised(self, edge: str | None, transport: str) -> str | None:
+        """The address ``edge`` (any edge for None or an unknown one)
+        advertises for ``transport``, None when no edge has that transport."""
+        known = self._edge_addresses
+        per_transport = known.get(edge) if edge is not None else None
+        if per_transport is not None and transport in per_transport:
+            return per_transport[transport]
+        for per_transport in known.values():
+            if transport in per_transport:
+                return per_transport[transport]
+        return None
 
     def is_local_domain(self, uri: URI) -> bool:
         return self.local.is_local_domain(uri)

@@ -240,8 +240,9 @@ def test_call_over_tcp(phone):
     phone.check(uac, uas)
     assert "TCP message received" in uas.messages()
     assert "UDP message" not in uas.messages() + uac.messages()
-    # Both legs are TCP, so the route set says so: in-dialog requests stay on TCP.
-    assert re.search(rf"Record-Route: <sip:{re.escape(phone.remote)};transport=tcp;sct=[\w-]+;lr>",
+    # Both legs are TCP, so the route set says so: in-dialog requests stay on
+    # TCP, each side's entry naming its connection (RFC 5626 flow token).
+    assert re.search(rf"Record-Route: <sip:{re.escape(phone.remote)};transport=tcp;sct=[\w-]+;sfl=[\w-]+;lr>",
                      uas.messages())
 
 

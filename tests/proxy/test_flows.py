@@ -106,3 +106,9 @@ def test_record_route_with_flows():
     two = record_route_set("192.0.2.1:5060", "TCP", "TCP", "dt", inbound_flow="IN", outbound_flow="OUT")
     assert len(two) == 2 and f"{FLOW_PARAM}=OUT" in two[0] and f"{FLOW_PARAM}=IN" in two[1], \
         "two flows over one transport need two entries"
+
+
+def test_each_record_route_entry_names_the_port_its_side_uses():
+    wss_out, udp_in = record_route_set("192.0.2.1:5060", "UDP", "WSS", "dt", onward="192.0.2.1:8443",
+                                       outbound_flow="OUT")
+    assert wss_out.startswith("<sip:192.0.2.1:8443;transport=ws;") and udp_in.startswith("<sip:192.0.2.1:5060;")
