@@ -23,7 +23,8 @@ import uuid
 
 import pytest
 
-from tests.e2e.harness import ROOT, UpCluster, free_port_pair, wait_for
+from tests.e2e.harness import ROOT
+from tests.e2e.secure import edge_stats, start_secure
 from tests.support.pki import make_pki
 
 pytestmark = pytest.mark.e2e
@@ -35,13 +36,7 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.fixture(scope="module")
 def cluster(etcd_server, tmp_path_factory):
     pki = make_pki(tmp_path_factory.mktemp("pki"))
-    wss_port = free_port_pair()
-    up = UpCluster(tmp_path_factory.mktemp("browser"), workers=2, etcd=etcd_server.endpoint,
-                   env={"SIPCLUSTER_WORKER_DIGEST_ALGORITHMS": "MD5"},
-                   extra=["--listen", f"wss:127.0.0.1:{wss_port}",
-                          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]).start()
-    up.wss_port = wss_port
-    wait_for(lambda: len(up.worker_pids()) == 2, what="two workers in the ring")
+    up = start_secure(etcd_server.endpoint, tmp_path_factory.mktemp("browser"), pki, transports=("wss",))
     yield up
     up.stop()
 
@@ -67,11 +62,6 @@ def page(tmp_path_factory):
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args) -> None:
         pass
-
-
-def edge_stats(cluster: UpCluster) -> dict:
-    (edge,) = [m for m in cluster.status()["members"] if m["role"] == "edge"]
-    return edge["status"]["stats"]
 
 
 def test_two_browsers_call_each_other_over_wss(cluster, page):

@@ -13,8 +13,9 @@ import pytest
 
 from cluster.proxy.flows import FLOW_PARAM
 from cluster.sip import make_response, parse_name_addr
-from tests.e2e.harness import SipAgent, UpCluster, free_port_pair, wait_for
+from tests.e2e.harness import SipAgent, wait_for
 from tests.e2e.test_secure_transports import add_user, edge_status, register
+from tests.e2e.secure import start_secure
 from tests.support.pki import make_pki
 from tests.support.streams import StreamUa
 
@@ -28,12 +29,7 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(etcd_server, tmp_path_factory, pki):
-    wss_port = free_port_pair()
-    up = UpCluster(tmp_path_factory.mktemp("outbound-wss"), workers=2, etcd=etcd_server.endpoint,
-                   extra=["--listen", f"wss:127.0.0.1:{wss_port}",
-                          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]).start()
-    up.wss_port = wss_port
-    wait_for(lambda: len(up.worker_pids()) == 2, what="two workers in the ring")
+    up = start_secure(etcd_server.endpoint, tmp_path_factory.mktemp("outbound-wss"), pki, transports=("wss",))
     yield up
     up.stop()
 
