@@ -489,7 +489,7 @@ class WorkerConfig(_Section):
     registrar_default_expires: int = _f(3600, "Expiry of a registration that asks for none, seconds.")
     flow_timer: int = _f(120, "Seconds between keep-alives a UA must send on an RFC 5626 outbound flow, "
                               "sent as Flow-Timer in the 200 to a REGISTER that applies outbound (§4.4.1); "
-                              "keep it well below `edge.tcp_idle_timeout`.", lo=10, hi=3600)
+                              "must be below `edge.tcp_idle_timeout`.", lo=10, hi=3600)
     auth_fail_limit: int = _f(10, "Failed digest attempts for one user, or from one source address, within "
                                   "`auth_fail_window` that ban the user (refused with 403 by every worker) or "
                                   "the address (dropped by every edge; never one in `trusted`, which may relay "
@@ -588,6 +588,14 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        # RFC 5626 §4.4.1: a UA keeps its flow alive every Flow-Timer
+        # seconds; an edge that closes idle connections sooner drops it.
+        if self.worker.flow_timer >= self.edge.tcp_idle_timeout:
+            raise ConfigError("worker.flow_timer", f"{self.worker.flow_timer} must be below "
+                              f"edge.tcp_idle_timeout ({self.edge.tcp_idle_timeout}): the edge would "
+                              "close outbound flows between their keep-alives")
 
     def to_toml(self) -> str:
         """The configuration as a TOML file that ``load_config`` reads back equal."""
