@@ -85,6 +85,8 @@ class TUServices(Protocol):
 
     def learn_advertise(self, advertise: str | None) -> None: ...
 
+    def learn_edges(self, addresses: dict[str, dict[str, str]]) -> None: ...
+
     def advertised(self, edge: str | None, transport: str) -> str | None: ...
 
     def challenge(self, request: Request, decision: Challenge, source: str = "") -> Response: ...
@@ -148,6 +150,12 @@ class TransactionUser:
             note_source(message, source)
         self._perform(self.transactions.receive(message, source, now), now)
         return out
+
+    def learn_edges(self, addresses: dict[str, dict[str, str]]) -> None:
+        """Each edge's advertised address per transport (its membership
+        record): a request leaving over a transport names that transport's
+        address in our Via and Record-Route (RFC 5658)."""
+        self.services.learn_edges(addresses)
 
     def respond(self, response: Response, now: float) -> list[Output]:
         """A response the TU's driver made (the registrar's)."""

@@ -48,8 +48,9 @@ class EdgeLinks:
         self._frames = FrameQueue()
         self._framing = False
 
-    def follow(self, edges: Iterable[Member]) -> None:
-        """Link to the edges of a new membership view."""
+    def follow(self, edges: Iterable[Member]) -> dict[str, dict[str, str]]:
+        """Link to the edges of a new membership view; returns each linked
+        edge's advertised address per SIP transport (``Member.sip``)."""
         # An edge without a published key runs a release with plaintext
         # links: not linked to.
         members = [m for m in edges if m.curve_key]
@@ -57,6 +58,7 @@ class EdgeLinks:
             self.outbox.connect(member.link, member.curve_key.encode())
         self.edges = {m.id: m.link for m in members}
         self.array_edges = {m.id for m in members if m.link_version >= 2}
+        return {m.id: dict(m.sip) for m in members}
 
     def edge_for(self, route: EdgeRoute | None) -> str:
         """The edge a send along ``route`` goes through: the one it names or,

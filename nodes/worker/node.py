@@ -95,7 +95,6 @@ class WorkerNode:
         # Set once its services exist (``run``, or ``services`` here), before any
         # message or timer is handled: why its uses are marked for the type checker.
         self.tu: TransactionUser | None = None
-        self.services: Services | None = None
         if services is not None:
             self._start_tu(services)
         self._nursery: trio.Nursery | None = None
@@ -138,7 +137,6 @@ class WorkerNode:
             task_status.started()
 
     def _start_tu(self, services: Services) -> None:
-        self.services = services
         # Tracing sees each routing decision through the TU's observer hook.
         observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
         self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id, stats=self.stats,
@@ -146,9 +144,7 @@ class WorkerNode:
 
     def _on_view(self, view: MembershipView) -> None:
         self.link_guard.update(view.members.values())
-        self.links.follow(view.edges())
-        if self.services is not None:  # each edge's address per transport (RFC 5658)
-            self.services.learn_edges({m.id: dict(m.sip) for m in view.edges() if m.curve_key})
+        self.tu.learn_edges(self.links.follow(view.edges()))  # type: ignore[union-attr]
         if self.password_guard is not None:
             # Each worker counts the failures it sees (cluster.defence.guessing).
             self.password_guard.failures.workers = len(view.workers())
