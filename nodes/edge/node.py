@@ -179,6 +179,8 @@ class EdgeNode:
                 await nursery.start(self.tls.run_outgoing)
             await nursery.start(self.tls_contexts.run)
             self.forwarder.advertise = self._advertise()
+            # Workers read our address per transport from the record (Member.sip).
+            await self.membership.update(self.member())
             self.sip_open = True
             log.info("edge ready", extra={"node": self.node_id, "listeners": self.listeners(),
                                           "link": self.inbox.endpoint})
