@@ -531,6 +531,37 @@ class WorkerConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class DispatcherConfig(_Section):
+    """Destination sets (`sipcluster dispatcher`): how their members are probed with OPTIONS, and the set the default application relays through."""
+
+    SECTION: ClassVar[str] = "dispatcher"
+    probe_interval: float = _f(10.0, "Seconds between two OPTIONS probes of one set member (each member is probed by one worker of the cluster).", above=0)
+    probe_timeout: float = _f(5.0, "Seconds a probe may go without a final response before it counts as failed (a timeout never counts as alive).", above=0)
+    probe_down_after: int = _f(3, "Failed probes in a row that mark a member down.", lo=1, hi=100)
+    probe_up_after: int = _f(2, "Good probes in a row that mark a down member up again.", lo=1, hi=100)
+    probe_alive_codes: tuple[str, ...] = _f(("200",), "Final status codes of a probe that count as alive; any other status, a "
+                                            "transport error and a timeout count as failed.")
+    foreign_set: str | None = _f(None, "Destination set that the default application sends requests for foreign domains "
+                                       "from trusted networks to (before `worker.outbound_proxy`); unset = not used.")
+
+    def _validate(self) -> None:
+        for i, code in enumerate(self.probe_alive_codes):
+            if not code.isdigit() or not 100 <= int(code) <= 699:
+                raise ConfigError(f"dispatcher.probe_alive_codes[{i}]", f"{code!r} is not a SIP status code (100-699)")
+        if not self.probe_alive_codes:
+            raise ConfigError("dispatcher.probe_alive_codes", "at least one status code is needed")
+        if self.foreign_set is not None:
+            from .dispatch.model import InvalidSet, check_name
+            try:
+                check_name(self.foreign_set)
+            except InvalidSet as exc:
+                raise ConfigError("dispatcher.foreign_set", str(exc)) from None
+
+    def alive_codes(self) -> frozenset[int]:
+        return frozenset(int(code) for code in self.probe_alive_codes)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig(_Section):
     """Per-node HTTP endpoint serving /healthz, /readyz, /metrics and /status."""
 
@@ -561,7 +592,7 @@ class LogConfig(_Section):
 
 
 _SECTIONS: dict[str, type[_Section]] = {
-    cls.SECTION: cls for cls in (ClusterConfig, EdgeConfig, WorkerConfig, HttpConfig, LogConfig)
+    cls.SECTION: cls for cls in (ClusterConfig, EdgeConfig, WorkerConfig, DispatcherConfig, HttpConfig, LogConfig)
 }
 
 
@@ -572,6 +603,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

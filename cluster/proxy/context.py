@@ -31,6 +31,12 @@ class Branch:
     cancel_sent: bool = False
     deadline: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    failover: tuple[URI, ...] = ()
+    """Where this branch's slot goes next when it fails (``Alternatives``)."""
+    group: str | None = None
+    """The destination set the target came from, if any."""
+    label: str | None = None
+    """Which member of ``group`` the target is."""
 
     @property
     def pending(self) -> bool:
@@ -72,6 +78,26 @@ class Exhausted:
 Output = Forward | Upstream | Cancel | Exhausted
 
 
+@dataclass(frozen=True, slots=True)
+class Alternatives:
+    """Targets tried in turn in one branch slot: the first is forwarded; a
+    503, or a failure made here (timeout with no response, transport error,
+    no route), moves to the next as a new branch — a new client transaction
+    with a new Via branch (RFC 3263 §4.3). Any other final response ends the
+    slot, as a 486 from a gateway means the callee is busy whichever gateway
+    is asked. ``group`` names where the targets came from (a destination set)
+and ``labels`` which member each target is."""
+
+    targets: tuple[URI, ...]
+    group: str | None = None
+    labels: tuple[str, ...] = ()
+
+
+def fails_over(status: int, local: bool) -> bool:
+    """Whether a final response moves an ``Alternatives`` slot to its next target."""
+    return local or status == 503
+
+
 class ResponseContext:
     def __init__(self, server_key: TransactionKey, request: Request, *, timer_c: float | None = TIMER_C) -> None:
         self.server_key = server_key
@@ -79,7 +105,7 @@ class ResponseContext:
         self.is_invite = request.method == "INVITE"
         self.timer_c = timer_c
         self.branches: list[Branch] = []
-        self.serial: list[tuple[URI, float | None]] = []
+        self.serial: list[tuple[URI | Alternatives, float | None]] = []
         self.final_sent = False
         self.cancelled = False
         self.best: Response | None = None
@@ -87,9 +113,9 @@ class ResponseContext:
 
     # -- starting branches -----------------------------------------------------
 
-    def add_targets(self, targets: Iterable[URI], *, parallel: bool = True,
+    def add_targets(self, targets: Iterable[URI | Alternatives], *, parallel: bool = True,
                     timeout: float | None = None, now: float) -> list[Output]:
-        targets = list(targets)
+        targets = [t for t in targets if not isinstance(t, Alternatives) or t.targets]
         if not targets:
             return []
         if parallel:
@@ -97,8 +123,15 @@ class ResponseContext:
         self.serial.extend((t, timeout) for t in targets[1:])
         return self._start(targets[0], timeout, now)
 
-    def _start(self, target: URI, timeout: float | None, now: float) -> list[Output]:
-        branch = Branch(len(self.branches), target, timeout)
+    def _start(self, target: URI | Alternatives, timeout: float | None, now: float) -> list[Output]:
+        if isinstance(target, Alternatives):
+            first, *rest = target.targets
+            labels = target.labels
+            branch = Branch(len(self.branches), first, timeout, failover=tuple(rest), group=target.group,
+                            label=labels[0] if labels else None)
+            branch.extra["labels"] = labels[1:]
+        else:
+            branch = Branch(len(self.branches), target, timeout)
         branch.state = "trying"
         self._arm(branch, now)
         self.branches.append(branch)
@@ -163,6 +196,14 @@ class ResponseContext:
             # §16.7 step 10 / §16.8: a 6xx ends the search.
             out.extend(self._cancel_pending())
             self.serial.clear()
+        elif branch.failover and fails_over(response.status, local) \
+                and not self.cancelled and not self.final_sent:
+            # The slot's next target; this branch's response still competes
+            # for best if every target fails (§16.7 step 6).
+            labels = branch.extra.get("labels")
+            rest = Alternatives(branch.failover, branch.group,
+                                labels if isinstance(labels, tuple) else ())
+            return out + self._start(rest, branch.timeout, now)
         if self.serial and not self.cancelled and not self.final_sent:
             target, timeout = self.serial.pop(0)
             return out + self._start(target, timeout, now)

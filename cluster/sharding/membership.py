@@ -137,6 +137,9 @@ class Member:
     curve_key: str = ""
     """The node's CurveZMQ public key (Z85) its link serves with and sends
     from (cluster.link.keys); empty for a node of a release without it."""
+    sip: str = ""
+    """An edge's advertised UDP ``host:port``: where a worker's own requests
+    (destination-set probes) say responses go; empty when it has none."""
 
     def __post_init__(self) -> None:
         _check_id(self.id)
@@ -191,6 +194,7 @@ class Member:
             draining=record.get("draining") is True,
             link_version=link_version,
             curve_key=_text(record, "curve_key", required=False),
+            sip=_text(record, "sip", required=False),
         )
 
     def to_value(self) -> bytes:
@@ -203,6 +207,8 @@ class Member:
             record["link_version"] = self.link_version
         if self.curve_key:
             record["curve_key"] = self.curve_key
+        if self.sip:
+            record["sip"] = self.sip
         return json.dumps(record, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 

@@ -32,15 +32,17 @@ from typing import Protocol
 from cluster.app.api import (
     Application, Call, Challenge, Decision, Handler, Proxy, Register, Reply, Target,
 )
+from cluster.dispatch import Dispatcher
 from cluster.proxy import identity
 from cluster.proxy.context import (
     Branch, Cancel, Exhausted, Forward, Output as ContextOutput, ResponseContext, Upstream,
 )
 from cluster.proxy.routing import (
     DEFAULT_PORTS, DialogTokens, LocalAddresses, RoutingError, forward_copy, hop_for,
-    loop_detected, next_hop_uri, preprocess_routes, proxy_via, record_route_set, resolve_localhost,
+    SHARD_PARAM, loop_detected, next_hop_uri, preprocess_routes, proxy_via, record_route_set,
+    resolve_localhost,
 )
-from cluster.sip import URI, Request, Response, SipURI, TelURI, make_response
+from cluster.sip import URI, ParseError, Request, Response, SipURI, TelURI, make_response, parse_uri
 from cluster.sip.transaction.actions import (
     AckReceived, Action, CancelReceived, RequestReceived, ResponseReceived, Send, StrayResponse,
     TransactionKey, TransactionTerminated, TransactionTimeout, TransportError,
@@ -49,6 +51,7 @@ from cluster.sip.transaction.layer import TransactionLayer
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.stateless import forward_response_statelessly
 
+from . import dispatching
 from .outputs import NO_LOCAL, EdgeRoute, StartRegistration, route_of
 
 log = logging.getLogger("sipcluster.worker")
@@ -74,6 +77,9 @@ class TUServices(Protocol):
 
     @property
     def tokens(self) -> DialogTokens: ...
+
+    @property
+    def dispatcher(self) -> Dispatcher | None: ...
 
     def is_trusted(self, host: str) -> bool: ...
 
@@ -112,6 +118,9 @@ class TransactionUser:
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.resolve = resolve
         self.observer = observer
+        self.dispatcher = services.dispatcher
+        """Destination sets (``SetTarget``) and their probes, when the worker follows them."""
+        self.probes: dict[TransactionKey, tuple[tuple[str, str], int]] = {}  # client key -> (member, probe)
         self.contexts: dict[TransactionKey, ResponseContext] = {}  # server key -> context
         self.branches: dict[TransactionKey, tuple[ResponseContext, Branch]] = {}  # client key -> (ctx, branch)
         self.calls: dict[int, Call] = {}
@@ -166,6 +175,9 @@ class TransactionUser:
         """Per-branch timeouts and Timer C of the response contexts due at ``now`` (§16.8)."""
         out: list[Output] = []
         self._out = out
+        if self.dispatcher is not None:
+            self.dispatcher.active.sweep(now)
+            self._probe(now)
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, ctx = heapq.heappop(deadlines)
@@ -177,6 +189,11 @@ class TransactionUser:
         """When ``handle_timer`` must next run (the transaction layer's or a
         response context's, whichever is first); None when nothing waits."""
         ours = self._proxy_deadline()
+        dispatcher = self.dispatcher
+        if dispatcher is not None and dispatcher.schedule is not None and dispatcher.probe_via is not None:
+            probes = dispatcher.schedule.next_deadline()
+            if probes is not None and (ours is None or probes < ours):
+                ours = probes
         layer = self.transactions.next_deadline()
         if ours is None:
             return layer
@@ -211,6 +228,7 @@ class TransactionUser:
                 self._on_client_failure(action.key, now, timer="transport")
             elif type(action) is TransactionTerminated:
                 self.branches.pop(action.key, None)
+                self.probes.pop(action.key, None)
             kind = type(action)
             name = _STAT_NAMES.get(kind)
             if name is None:
@@ -227,6 +245,9 @@ class TransactionUser:
     # -- requests --------------------------------------------------------------------------
 
     def _on_request(self, key: TransactionKey, request: Request, source: Peer, now: float) -> None:
+        if request.method == "BYE" and self.dispatcher is not None:
+            # The end of a call counted against a set member (least-calls).
+            self.dispatcher.active.end_call(request.call_id)
         status, headers, routed = self.check(request)
         if status:
             self._reply(request, status, now, headers=headers)
@@ -293,14 +314,25 @@ class TransactionUser:
             self.calls[id(ctx)] = call
             self.targets[id(ctx)] = {}
             self.record_route[id(ctx)] = decision.record_route
-        outputs = ctx.add_targets([t.uri for t in decision.targets], parallel=decision.parallel,
+        slots, empty = dispatching.expand(self.dispatcher, decision.targets, call.request, self.stats)
+        if not slots:
+            if ctx.branches:
+                self._run(ctx, ctx.finish(), now)
+                return
+            # Only destination sets with nothing to try: no branch at all.
+            self._drop_context(ctx)
+            self._reply(call.request, 503, now, dispatching.NO_MEMBER_UP,
+                        (dispatching.warning(self._advertise(route_of(call.source)), empty),))
+            return
+        chosen = [target for target, _ in slots]
+        outputs = ctx.add_targets([slot for _, slot in slots], parallel=decision.parallel,
                                   timeout=decision.timeout, now=now)
         targets = self.targets[id(ctx)]
-        pending = list(decision.targets)
+        pending = list(chosen)
         for output in outputs:
             if isinstance(output, Forward):
                 targets[output.branch.index] = pending.pop(0) if pending else Target(output.branch.target)
-        for t, branch in zip(decision.targets, ctx.branches[-len(decision.targets):]):
+        for t, branch in zip(chosen, ctx.branches[-len(chosen):]):
             targets.setdefault(branch.index, t)
         self._run(ctx, outputs, now)
 
@@ -321,13 +353,28 @@ class TransactionUser:
                 self._cancel_branch(output.branch, now)
             elif isinstance(output, Exhausted):
                 self._on_exhausted(ctx, output.best, now)
+        if self.dispatcher is not None and ctx.is_invite:
+            self._release_members(ctx)
         deadline = ctx.next_deadline()
         if deadline is not None and not ctx.finished:
             heapq.heappush(self._deadlines, (deadline, next(self._seq), ctx))
         if ctx.finished:
-            self.contexts.pop(ctx.server_key, None)
-            for table in (self.calls, self.targets, self.record_route):
-                table.pop(id(ctx), None)
+            self._drop_context(ctx)
+
+    def _drop_context(self, ctx: ResponseContext) -> None:
+        self.contexts.pop(ctx.server_key, None)
+        for table in (self.calls, self.targets, self.record_route):
+            table.pop(id(ctx), None)
+
+    def _release_members(self, ctx: ResponseContext) -> None:
+        """A set member's branch that ended without a 2xx no longer counts
+        as an active call on it; one answered 2xx counts until the BYE."""
+        assert self.dispatcher is not None
+        for branch in ctx.branches:
+            if branch.state == "done" and branch.extra.pop("active", None) is not None:
+                response = branch.response
+                if response is None or not 200 <= response.status < 300:
+                    self.dispatcher.active.release(ctx.request.call_id, (branch.group or "", branch.label or ""))
 
     def _forward_branch(self, ctx: ResponseContext, branch: Branch, now: float) -> None:
         call = self.calls[id(ctx)]
@@ -362,6 +409,9 @@ class TransactionUser:
         branch.key = client_key
         if client_key is not None:
             self.branches[client_key] = (ctx, branch)
+        if branch.group is not None and ctx.is_invite and self.dispatcher is not None:
+            self.dispatcher.active.begin(request.call_id, (branch.group, branch.label or ""), now)
+            branch.extra["active"] = True
         self._perform(actions, now)
 
     def _dialog_token(self, call: Call, hop_host: str) -> str | None:
@@ -403,6 +453,10 @@ class TransactionUser:
     def _on_response(self, key: TransactionKey, response: Response, now: float) -> None:
         entry = self.branches.get(key)
         if entry is None:
+            probe = self.probes.get(key)
+            if probe is not None and response.status >= 200 and self.dispatcher is not None:
+                del self.probes[key]
+                self.dispatcher.probe_ended(probe[0], probe[1], response.status, now)
             return  # a response to our CANCEL, or to a context that is gone
         ctx, branch = entry
         self._run(ctx, ctx.on_response(branch, response, now), now)
@@ -410,6 +464,9 @@ class TransactionUser:
     def _on_client_failure(self, key: TransactionKey, now: float, *, timer: str) -> None:
         entry = self.branches.get(key)
         if entry is None:
+            probe = self.probes.pop(key, None)
+            if probe is not None and self.dispatcher is not None:
+                self.dispatcher.probe_ended(probe[0], probe[1], None, now)
             return
         ctx, branch = entry
         if timer == "C":
@@ -510,7 +567,10 @@ class TransactionUser:
         came = route_of(source)
         advertise = self._advertise(came)
         copies = []
-        for index, target in enumerate(decision.targets):
+        slots, _ = dispatching.expand(self.dispatcher, decision.targets, cancel, self.stats)
+        # A set's first member in its order: where the INVITE went unless it
+        # failed over (the hash policy gives every shard the same one).
+        for index, (target, _) in enumerate(slots):
             salt = f"{self.salt}{index}"
             try:
                 transport, host, port = self._hop(cancel, target, target.uri, advertise, salt)
@@ -531,6 +591,36 @@ class TransactionUser:
                 continue  # already forwarding this very CANCEL
             self._perform(actions, now)
         return True
+
+    # -- destination set probes --------------------------------------------------------------
+
+    def _probe(self, now: float) -> None:
+        """OPTIONS to the set members due a probe (``Dispatcher.schedule``),
+        each in a client transaction of its own through the edge the worker
+        named (``probe_via``); its end goes to ``Dispatcher.probe_ended``."""
+        dispatcher = self.dispatcher
+        schedule = dispatcher.schedule if dispatcher is not None else None
+        if dispatcher is None or schedule is None:
+            return
+        dispatcher.changes.extend(schedule.expire(now))
+        if dispatcher.probe_via is None:
+            return  # no edge to send through yet: the probes wait
+        edge, sent_by = dispatcher.probe_via
+        for member, probe in schedule.due(now):
+            self.stats["dispatch_probes"] += 1
+            try:
+                uri = parse_uri(member[1])
+                hop = hop_for(uri, resolve=self.resolve)
+            except (ParseError, RoutingError):
+                dispatcher.probe_ended(member, probe, None, now)
+                continue
+            request = dispatching.probe_request(uri, token=dispatcher.probe_token(), sent_by=sent_by,
+                                                shard_param=f"{SHARD_PARAM}={self.shard}")
+            peer = Peer(hop.transport, hop.host, hop.port, EdgeRoute(edge, None, NO_LOCAL, sent_by))
+            key, actions = self.transactions.send_request(request, peer, now)
+            if key is not None:
+                self.probes[key] = (member, probe)
+            self._perform(actions, now)
 
     # -- stateless paths -----------------------------------------------------------------------
 

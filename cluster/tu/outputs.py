@@ -43,3 +43,4 @@ def route_of(peer: Peer) -> EdgeRoute | None:
     """The edge route a peer was seen through, None for a peer built elsewhere."""
     context = peer.context
     return context if type(context) is EdgeRoute else None
+

@@ -136,7 +136,8 @@ class EdgeNode:
     def member(self) -> Member:
         return Member(id=self.node_id, role=EDGE, link=self.inbox.endpoint, http=self.http_url,
                       pid=os.getpid(), host=socket.gethostname(), started=time.time(),
-                      link_version=LINK_READS, curve_key=self.keys.public.decode())
+                      link_version=LINK_READS, curve_key=self.keys.public.decode(),
+                      sip=self.forwarder.advertise.get("UDP", ""))
 
     # -- running -----------------------------------------------------------------
 

@@ -118,7 +118,7 @@ class WorkerNode:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         c = self.config
-        stores = self.stores = WorkerStores(c, self.etcd_metrics, self.tracing)
+        stores = self.stores = WorkerStores(c, self.etcd_metrics, self.tracing, (self.standing, self.links, self.timer.kick))
         self.registrations = stores.registrations(self.stats, self.tracing, self._bug)
         services = await stores.services(self.stats, self.password_guard)
         self._start_tu(services)

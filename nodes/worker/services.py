@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from cluster.app.api import AuthOutcome, Challenge, Target
 from cluster.auth.digest import NonceManager, OutstandingChallenges, challenge, find_credential, verify
 from cluster.auth.users import UserCache
+from cluster.dispatch import Dispatcher
 from cluster.proxy.routing import DialogTokens, LocalAddresses, split_hostport
 from cluster.sip import Request, Response, SipURI, URI, make_response
 
@@ -50,7 +51,8 @@ class Services:
                  digest_sha256_domains: tuple[str, ...] = (),
                  outbound_proxy: str | None = None, events: Counter | None = None,
                  clock: Callable[[], float] = time.time,
-                 guard: PasswordGuard | None = None) -> None:
+                 guard: PasswordGuard | None = None, foreign_set: str | None = None,
+                 dispatcher: Dispatcher | None = None) -> None:
         self.domains = list(domains) or ["localhost"]
         self.local = LocalAddresses(domains=self.domains)
         self.trusted = [ipaddress.ip_network(n) for n in trusted]
@@ -69,6 +71,10 @@ class Services:
         strong = tuple(a for a in self.digest_algorithms if a.upper().startswith("SHA-256")) or ("SHA-256",)
         self._realm_algorithms = {d.lower(): strong for d in digest_sha256_domains}
         self.outbound_proxy = outbound_proxy
+        self.foreign_set = foreign_set
+        self.dispatcher = dispatcher
+        """Destination sets and their health, fed from etcd (``nodes.worker.dispatch``)."""
+        """``dispatcher.foreign_set``: the destination set foreign requests go to."""
         # Wall-clock time: nonces and registration expiry are shared by every
         # shard, so they are not on the worker's monotonic clock.
         self.clock = clock
