@@ -48,16 +48,11 @@ def by_hash(members: Sequence[Member], call_id: str) -> list[Member]:
 
 
 def by_weight(members: Sequence[Member], rng: random.Random) -> list[Member]:
-    """Weighted random order without replacement: each pick takes a member
-    with probability weight / remaining weight; weight-0 members come last."""
-    pool = [m for m in members if m.weight > 0]
-    out: list[Member] = []
-    while pool:
-        total = sum(m.weight for m in pool)
-        point = rng.random() * total
-        for i, m in enumerate(pool):
-            point -= m.weight
-            if point < 0 or i == len(pool) - 1:
-                out.append(pool.pop(i))
-                break
-    return out + [m for m in members if m.weight == 0]
+    """Weighted random order without replacement (Efraimidis-Spirakis: each
+    member draws ``u ** (1 / weight)``, highest first), so the first member
+    is chosen with probability weight / total and so on down the order, in
+    O(n log n) rather than a pass over what is left per pick; weight-0
+    members come last, in the listed order."""
+    keyed = sorted(((rng.random() ** (1.0 / m.weight), i) for i, m in enumerate(members) if m.weight > 0),
+                   reverse=True)
+    return [members[i] for _, i in keyed] + [m for m in members if m.weight == 0]
