@@ -82,3 +82,19 @@ def test_datagrams_from_a_banned_source_are_counted_and_never_reach_ingress():
     # Reported to the (log-budgeted) events once per drain, not per datagram.
     assert events.drops and all(e == ("drop_banned", BANNED) for e in events.drops)
     assert len(events.drops) < COUNT
+
+
+def test_the_receive_buffer_holds_half_a_second_of_a_flood_where_the_kernel_allows():
+    from nodes.edge.udp import RECEIVE_BUFFER, SO_RCVBUFFORCE
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            allowed = RECEIVE_BUFFER  # CAP_NET_ADMIN (root here and in CI)
+        except PermissionError:
+            allowed = min(RECEIVE_BUFFER, int(open("/proc/sys/net/core/rmem_max").read()))
+    listener = UdpListener("127.0.0.1", 0, Forwarder("edge-t", None, max_message=4000, server="test"))
+    try:
+        # Linux reports twice what was set (socket(7)).
+        assert listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * allowed
+    finally:
+        listener.sock.close()
