@@ -30,7 +30,7 @@ from typing import Any, ClassVar, get_type_hints
 from .defence.scanner import DEFAULT_BLOCKED_AGENTS
 
 __all__ = [
-    "CONFIG_ENV", "ClusterConfig", "Config", "ConfigError", "EdgeConfig", "ENV_PREFIX",
+    "CONFIG_ENV", "ClusterConfig", "Config", "ConfigError", "DnsConfig", "EdgeConfig", "ENV_PREFIX",
     "HttpConfig", "Listen", "LogConfig", "NON_FIELD_ENV", "SECURE_TRANSPORTS", "SUPPORTED_TRANSPORTS", "TRANSPORTS", "WorkerConfig",
     "default_node_id", "load_config", "reference_markdown",
 ]
@@ -531,6 +531,45 @@ class WorkerConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig(_Section):
+    """How workers locate SIP servers by name (RFC 3263: NAPTR, SRV, A/AAAA) with dnspython."""
+
+    SECTION: ClassVar[str] = "dns"
+    servers: tuple[str, ...] = _f((), "DNS servers as `address:port` (port 53 when left out); unset = the system's "
+                                      "resolver configuration (`/etc/resolv.conf`, and `/etc/hosts` for addresses).")
+    timeout: float = _f(2.0, "Seconds to wait for one server's answer before asking the next one (or again).", above=0)
+    lifetime: float = _f(4.0, "Seconds one lookup may take in all, every server and retry included; a lookup "
+                              "that runs out is a DNS failure (504, see ops/guide/dns.md). At least `timeout`.",
+                         above=0)
+    cache_entries: int = _f(10000, "Answers (name and type) the worker's cache holds at most; the least recently "
+                                   "used go first.", lo=1)
+    cache_bytes: int = _f(8 * 1024 * 1024, "Approximate bytes the cache's answers take at most.", lo=4096)
+    negative_ttl: float = _f(30.0, "Seconds a name that does not exist (or has no such record) is remembered when "
+                                   "the answer carries no SOA to say (RFC 2308 §5).", lo=0)
+    block_time: float = _f(60.0, "Seconds a destination that did not answer (timeout, transport error) is skipped "
+                                 "by new requests (RFC 3263 §4.3); 0 never blocks.", lo=0)
+
+    def _validate(self) -> None:
+        for i, server in enumerate(self.servers):
+            try:
+                host, _ = _split_hostport(server, min_port=1, port_required=False)
+                ipaddress.ip_address(host)
+            except ValueError as exc:
+                raise ConfigError(f"dns.servers[{i}]", f"{server!r} is not ADDRESS[:PORT] with a numeric "
+                                                       f"address ({exc})") from None
+        if self.lifetime < self.timeout:
+            raise ConfigError("dns.lifetime", f"{self.lifetime!r} is less than dns.timeout ({self.timeout!r})")
+
+    def server_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``servers`` as (address, port)."""
+        out = []
+        for server in self.servers:
+            host, port = _split_hostport(server, min_port=1, port_required=False)
+            out.append((host, port or 53))
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig(_Section):
     """Per-node HTTP endpoint serving /healthz, /readyz, /metrics and /status."""
 
@@ -561,7 +600,7 @@ class LogConfig(_Section):
 
 
 _SECTIONS: dict[str, type[_Section]] = {
-    cls.SECTION: cls for cls in (ClusterConfig, EdgeConfig, WorkerConfig, HttpConfig, LogConfig)
+    cls.SECTION: cls for cls in (ClusterConfig, EdgeConfig, WorkerConfig, DnsConfig, HttpConfig, LogConfig)
 }
 
 
@@ -572,6 +611,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

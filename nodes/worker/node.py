@@ -38,8 +38,9 @@ from cluster.sip.transaction.actions import Send
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
 from cluster.tu import EdgeRoute, TransactionUser, route_of
-from cluster.tu.outputs import NO_LOCAL
+from cluster.tu.outputs import NO_LOCAL, Resolve
 
+from . import resolver as dns_runtime
 from .application import apply_redirect_domains, load_application
 from .overload import LINK_HWM, WorkerAdmission
 from .link import EdgeLinks, Failed, LinkReader
@@ -92,6 +93,8 @@ class WorkerNode:
         self.stores: WorkerStores | None = None
         self.registrations: Registrations | None = None
         self.password_guard = password_guard(config, self.node_id, self.stats)
+        self.resolver = dns_runtime.Resolver(config.dns, self.stats)
+        """RFC 3263 location for the TU's ``Resolve`` outputs (``nodes.worker.resolver``)."""
         # Set once its services exist (``run``, or ``services`` here), before any
         # message or timer is handled: why its uses are marked for the type checker.
         self.tu: TransactionUser | None = None
@@ -139,8 +142,12 @@ class WorkerNode:
     def _start_tu(self, services: Services) -> None:
         # Tracing sees each routing decision through the TU's observer hook.
         observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
+        from cluster.dns import Blocklist
+        stats = self.stats
+        blocklist = Blocklist(self.config.dns.block_time, count=lambda event: stats.update((event,)))
         self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
-                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer)
+                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer,
+                                  blocklist=blocklist)
 
     def _on_view(self, view: MembershipView) -> None:
         self.link_guard.update(view.members.values())
@@ -260,14 +267,28 @@ class WorkerNode:
                 self.links.send(env.edge, env.transport, env.peer, env.local, env.conn, answer, env.ts_ns)
 
     def _execute(self, outputs: list, now: float) -> None:
-        """Carry out the TU's outputs in order: sends, registrations."""
+        """Carry out the TU's outputs in order: sends, DNS locations, registrations."""
         for output in outputs:
             if type(output) is Send:
                 self._send(output, now)
+            elif type(output) is Resolve:
+                assert self._nursery is not None
+                self._nursery.start_soon(dns_runtime.serve, self.resolver, output.ticket, output.target,
+                                         output.seed, self._located)
             else:
                 assert self._nursery is not None
                 # The task inherits this context: the call's span and Call-ID for logs.
                 self._nursery.start_soon(self._register, output.request, output.source, self._origin_ns)
+
+    def _located(self, ticket: int, location) -> None:
+        """The DNS answer to a ``Resolve``: the TU goes on with what waited."""
+        now = trio.current_time()
+        try:
+            with self.links.framed(self._failed(now)):
+                self._execute(self.tu.resolved(ticket, location, now), now)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - a bug costs this call, not the worker
+            self._bug("DNS continuation failed")
+        self.timer.kick()
 
     async def _register(self, request: Request, source: Peer, origin_ns: int = 0) -> None:
         def answer(response: Response) -> None:
