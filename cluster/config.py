@@ -538,9 +538,9 @@ class DnsConfig(_Section):
     servers: tuple[str, ...] = _f((), "DNS servers as `address:port` (port 53 when left out); unset = the system's "
                                       "resolver configuration (`/etc/resolv.conf`, and `/etc/hosts` for addresses).")
     timeout: float = _f(2.0, "Seconds to wait for one server's answer before asking the next one (or again).", above=0)
-    lifetime: float = _f(4.0, "Seconds one lookup may take in all, every server and retry included; a lookup "
-                              "that runs out is a DNS failure (504, see ops/guide/dns.md). At least `timeout`.",
-                         above=0)
+    lifetime: float = _f(4.0, "Seconds locating one target may take in all (its NAPTR, SRV and A/AAAA lookups, "
+                              "every server and retry included); running out is a DNS failure (504, see "
+                              "ops/guide/dns.md). At least `timeout`.", above=0)
     cache_entries: int = _f(10000, "Answers (name and type) the worker's cache holds at most; the least recently "
                                    "used go first.", lo=1)
     cache_bytes: int = _f(8 * 1024 * 1024, "Approximate bytes the cache's answers take at most.", lo=4096)

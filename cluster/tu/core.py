@@ -129,6 +129,7 @@ class TransactionUser:
         self.blocklist = blocklist if blocklist is not None else Blocklist(60.0)
         self._locating: dict[int, Located] = {}  # Resolve ticket -> what waits for it
         self._tickets = itertools.count(1)
+        self._unroutable_log = LogLimit(1.0)
         self.contexts: dict[TransactionKey, ResponseContext] = {}  # server key -> context
         self.branches: dict[TransactionKey, tuple[ResponseContext, Branch]] = {}  # client key -> (ctx, branch)
         self.calls: dict[int, Call] = {}
@@ -404,8 +405,9 @@ class TransactionUser:
         """No way to the branch's next hop: it fails with ``status`` and a
         Warning saying ``why`` (ops/guide/dns.md), logged and counted."""
         self.stats[f"unroutable_{status}"] += 1
-        log.warning("no route to a branch's next hop: answered %d, %s", status, why,
-                    extra={"call_id": ctx.request.call_id})
+        if self._unroutable_log.allow(str(status), now):
+            log.warning("no route to a branch's next hop: answered %d, %s", status, why,
+                        extra={"call_id": ctx.request.call_id})
         call = self.calls.get(id(ctx))
         advertise = self._advertise(route_of(call.source) if call is not None else None)
         branch.request = ctx.request
@@ -734,6 +736,26 @@ class TransactionUser:
                 continue
             return deadline
         return None
+
+
+class LogLimit:
+    """One log line per subject per ``interval`` seconds: a DNS outage fails
+    every call, and a line for each would flood the log; the counters count
+    them all. At most ``size`` subjects are remembered."""
+
+    def __init__(self, interval: float, size: int = 1024) -> None:
+        self.interval = interval
+        self.size = size
+        self._last: dict[str, float] = {}
+
+    def allow(self, subject: str, now: float) -> bool:
+        last = self._last.get(subject)
+        if last is not None and now - last < self.interval:
+            return False
+        if len(self._last) >= self.size:
+            self._last.clear()
+        self._last[subject] = now
+        return True
 
 
 def _may_have_looped(request: Request, local: LocalAddresses) -> bool:

@@ -4,8 +4,8 @@ dnspython's asynchronous resolver, which runs on trio.
 The sans-IO ``locate`` procedure yields the lookups it needs; each is
 answered from the per-node ``DnsCache`` or by one dnspython lookup (several
 locations waiting for the same name share it). Nothing here blocks the event
-loop: every lookup is bounded by ``dns.lifetime`` (and a trio deadline
-beyond it, in case a server keeps the resolver busy), and an answer is
+loop: a location and all its lookups are bounded by ``dns.lifetime`` (and a
+trio deadline just beyond it, in case a server keeps the resolver busy), and an answer is
 reduced to plain records before the procedure sees it, so an oversized or
 malformed answer, a CNAME loop or thousands of records end as a counted
 failure or a truncated record list. ``locate`` always returns.
@@ -85,10 +85,14 @@ class Resolver:
     async def locate(self, target: Target, seed: int) -> Location:
         """RFC 3263 §4 for ``target``, the RFC 2782 order seeded by ``seed``."""
         procedure = locate(target, self.supported, random.Random(seed), self.limits)
+        # dns.lifetime bounds the whole location, not each of its lookups:
+        # behind a silent server the NAPTR, SRV and A/AAAA lookups would
+        # otherwise wait one after the other.
+        deadline = trio.current_time() + self.lifetime
         try:
             query = next(procedure)
             while True:
-                answer = await self.lookup(query)
+                answer = await self.lookup(query, deadline)
                 query = procedure.send(answer)
         except StopIteration as stop:
             location: Location = stop.value
@@ -98,7 +102,9 @@ class Resolver:
                    "dns_failed" if location.failed else "dns_not_found"] += 1
         return location
 
-    async def lookup(self, query: Query) -> Answer:
+    async def lookup(self, query: Query, deadline: float | None = None) -> Answer:
+        """One lookup, from the cache or a server; a server's answer must come
+        by ``deadline`` (default: ``dns.lifetime`` from now)."""
         now = trio.current_time()
         cached = self.cache.get(query, now)
         if cached is not None:
@@ -112,12 +118,16 @@ class Resolver:
             self.stats["dns_lookup_shared"] += 1
             await pending.done.wait()
             return pending.answer
+        remaining = (deadline - now) if deadline is not None else self.lifetime
+        if remaining <= 0.01:
+            self.stats["dns_lookup_not_asked"] += 1
+            return Answer((), 0.0, TIMEOUT)
         if len(self._pending) >= MAX_PENDING:
             self.stats["dns_overloaded"] += 1
             return Answer((), 0.0, OVERLOADED)
         pending = self._pending[query] = _Lookup()
         try:
-            answer = pending.answer = await self._ask(query)
+            answer = pending.answer = await self._ask(query, remaining)
             self.cache.put(query, answer, trio.current_time())
         finally:
             del self._pending[query]
@@ -125,19 +135,19 @@ class Resolver:
         self.stats[f"dns_lookup_{answer.error or 'ok'}".replace(" ", "_")] += 1
         return answer
 
-    async def _ask(self, query: Query) -> Answer:
+    async def _ask(self, query: Query, lifetime: float) -> Answer:
         self.stats["dns_queries"] += 1
         answer = None
-        # dnspython stops at dns.lifetime; the trio deadline beyond it holds
-        # even if a server keeps a TCP fallback open.
-        with trio.move_on_after(self.lifetime + 1.0):
-            answer = await self._resolve(query)
+        # dnspython stops at ``lifetime``; the trio deadline just beyond it
+        # holds even if a server keeps a TCP fallback open.
+        with trio.move_on_after(lifetime + 0.5):
+            answer = await self._resolve(query, lifetime)
         return answer if answer is not None else Answer((), 0.0, TIMEOUT)
 
-    async def _resolve(self, query: Query) -> Answer:
+    async def _resolve(self, query: Query, lifetime: float) -> Answer:
         try:
             result = await self.resolver.resolve(query.name, query.rdtype, raise_on_no_answer=False,
-                                                 search=False)
+                                                 search=False, lifetime=lifetime)
         except dns.resolver.NXDOMAIN as error:
             return Answer((), self._negative_ttl(error.responses().values()), NXDOMAIN)
         except dns.resolver.LifetimeTimeout:

@@ -116,11 +116,15 @@ def test_an_answer_is_reused_within_its_ttl_and_asked_again_after(dnsmasq):
 
 def test_nxdomain_is_480_and_cached_for_the_negative_ttl(dnsmasq):
     resolver = Resolver(config(dnsmasq.server, negative_ttl=30.0))
-    location = locate(resolver, Target("nobody.carrier.test"))
+
+    async def main():
+        location = await resolver.locate(Target("nobody.carrier.test"), 1)
+        asked = resolver.stats["dns_queries"]
+        await resolver.locate(Target("nobody.carrier.test"), 1)
+        return location, asked
+    location, asked = trio.run(main)
     assert location.destinations == () and location.error == "nxdomain" and not location.failed
     assert location_failure(location, "nobody.carrier.test")[0] == UNRESOLVABLE
-    asked = resolver.stats["dns_queries"]
-    locate(resolver, Target("nobody.carrier.test"))
     assert resolver.stats["dns_queries"] == asked, "the negative answer was cached"
 
 
@@ -150,8 +154,9 @@ def test_a_broken_server_ends_in_a_dns_failure_within_the_lifetime(mode, error):
     if error is not None:
         assert location.error == error
     assert location_failure(location, "carrier.test")[0] == DNS_FAILED
-    # NAPTR, SRV for UDP and TCP, A, AAAA: each bounded by the lifetime.
-    assert took < 6 * (0.6 + 1.0)
+    # The whole location (NAPTR, SRV, A, AAAA) is bounded by the lifetime,
+    # plus a margin for a loaded machine.
+    assert took < 0.6 + 1.5
     assert fake.queries >= 1
     assert sum(v for k, v in resolver.stats.items() if k.startswith("dns_lookup_")) >= 1
 
@@ -197,7 +202,7 @@ def test_the_event_loop_keeps_ticking_while_the_server_is_silent():
     finally:
         fake.close()
     assert len(late) > 50
-    # Generous for a loaded 2-core machine; ops/bench/dns.py measures it closely.
+    # Generous for a loaded 2-core machine; ops/bench/rfc3263.py measures it closely.
     assert sorted(late)[len(late) // 2] < 0.05
 
 

@@ -7,7 +7,9 @@ No sockets, no DNS: locations are handed in."""
 
 from __future__ import annotations
 
+from cluster.app.api import Application, Target
 from cluster.dns.rfc3263 import Destination, Location
+from cluster.sip import parse_uri
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
 from cluster.tu.outputs import Resolve
@@ -172,3 +174,64 @@ def test_an_ack_for_a_2xx_through_a_named_route_is_sent_once_located():
     assert resolve.target.host == "proxy.carrier.test"
     out = tu.resolved(resolve.ticket, BOTH, 0.1)
     assert [p.host for p in destinations(out, "ACK")] == ["192.0.2.31"]
+
+
+# -- names everywhere: outbound proxy, Route, Path ---------------------------------
+
+TRUSTED = Peer("UDP", "127.0.0.1", 5060, EDGE)
+
+
+def relay_tu(outbound: str | None):
+    from cluster.app.default import application
+    from cluster.sip.transaction import TransactionLayer
+    from cluster.tu import TransactionUser
+    from nodes.worker.services import Services
+
+    from .support import US, WALL
+    services = Services(domains=["example.com"], trusted=["127.0.0.0/8"], nonce_secret=b"k" * 32,
+                        nonce_ttl=300, locations=None, users=None, clock=lambda: WALL,
+                        outbound_proxy=outbound)
+    services.learn_advertise(US)
+    return TransactionUser(application, TransactionLayer(TimerConfig()), services, shard="w1", salt="t/")
+
+
+def foreign(method: str = "INVITE", **kw):
+    message = request(method, uri=CARRIER, **kw)
+    message.set("From", "<sip:caller@caller.test>;tag=a1")
+    return message
+
+
+def test_a_named_outbound_proxy_is_located_and_stays_the_route():
+    tu = relay_tu("sip:sbc.example.net:5070")
+    (resolve,) = resolves(tu.receive(foreign(), TRUSTED, 0.0))
+    assert (resolve.target.host, resolve.target.port) == ("sbc.example.net", 5070)
+    out = tu.resolved(resolve.ticket, Location((Destination("UDP", "192.0.2.50", 5070),)), 0.1)
+    (invite,) = requests(out, "INVITE")
+    assert str(invite.uri) == CARRIER
+    assert "sbc.example.net:5070" in (invite.get("route") or "")
+    assert [(p.host, p.port) for p in destinations(out, "INVITE")] == [("192.0.2.50", 5070)]
+
+
+def test_an_in_dialog_request_follows_a_named_route():
+    tu = relay_tu(None)
+    bye = foreign("BYE", to_tag="callee", extra=("Route: <sip:edge.carrier.test;lr>",))
+    bye.uri = parse_uri("sip:carol@192.0.2.60:5090")
+    (resolve,) = resolves(tu.receive(bye, TRUSTED, 0.0))
+    assert resolve.target.host == "edge.carrier.test"
+    out = tu.resolved(resolve.ticket, BOTH, 0.1)
+    assert [p.host for p in destinations(out, "BYE")] == ["192.0.2.31"]
+
+
+def test_a_named_path_is_located():
+    app = Application("path")
+
+    @app.request("INVITE")
+    def route(call):
+        return call.proxy([Target(parse_uri("sip:bob@192.0.2.70:5060"), path=("<sip:pcscf.example.net;lr>",))])
+    tu = make_tu(app)
+    (resolve,) = resolves(tu.receive(request(), CALLER, 0.0))
+    assert resolve.target.host == "pcscf.example.net"
+    out = tu.resolved(resolve.ticket, BOTH, 0.1)
+    (invite,) = requests(out, "INVITE")
+    assert str(invite.uri) == "sip:bob@192.0.2.70:5060" and "pcscf.example.net" in (invite.get("route") or "")
+    assert destinations(out, "INVITE")[0].host == "192.0.2.31"
