@@ -48,3 +48,13 @@ def test_the_worker_takes_its_block_time_and_cache_bounds_from_the_section():
 def _app():
     from cluster.app.api import Application
     return Application("empty")
+
+
+def test_the_chart_renders_the_dns_section_for_the_worker(tmp_path):
+    from tests.helm.test_chart import load_pod_config, render_values
+    rendered = render_values({"config": {"dns": {"servers": ["10.96.0.10:53"], "block_time": 30}}})
+    worker = load_pod_config(rendered, "worker", tmp_path)
+    assert worker.dns.server_addresses() == (("10.96.0.10", 53),)
+    assert worker.dns.block_time == 30.0
+    default = load_pod_config(render_values({}), "worker", tmp_path / "default")
+    assert default.dns.servers == (), "the pod's resolv.conf unless set"

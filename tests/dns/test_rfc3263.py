@@ -161,3 +161,17 @@ def test_websocket_naptr_maps_to_ws_transports(service):
                        "A ws.example.com": ["192.0.2.8"]})
     location, _ = asked(Target("example.com"), table, supported=("WS", "WSS"))
     assert location.destinations[0].transport == ("WS" if service == "SIP+D2W" else "WSS")
+
+
+def test_naptr_and_srv_pointing_back_at_themselves_end():
+    """A NAPTR whose replacement is the domain itself and SRV records whose
+    target is their own name: no lookup is followed twice, and the location
+    ends negative within the budget."""
+    table = answers(**{
+        "NAPTR loop.test": [Naptr(1, 1, "s", "SIP+D2U", "loop.test")],
+        "SRV loop.test": [Srv(0, 1, 5060, "loop.test"), Srv(0, 1, 5060, "_sip._udp.loop.test")],
+    })
+    location, queries = asked(Target("loop.test"), table)
+    assert len(queries) <= Limits().max_queries
+    assert location.destinations == () and not location.failed
+    assert queries.count(Query("loop.test", "NAPTR")) == 1

@@ -8,11 +8,12 @@ that does not exist is answered 480 with a Warning, not a bare 404."""
 from __future__ import annotations
 
 import csv
+import time
 
 import pytest
 
 from tests.e2e.harness import SipAgent, Sipp, UpCluster, bound, free_port_pair, wait_for
-from tests.support.dns import Dnsmasq
+from tests.support.dns import Dnsmasq, FakeDns
 
 CALLS = 400
 RATE = 40
@@ -23,7 +24,12 @@ def carrier():
     ports = free_port_pair(), free_port_pair()
     while ports[1] == ports[0]:
         ports = ports[0], free_port_pair()
+    # Zones dnsmasq forwards to broken servers: one never answers, one
+    # answers SERVFAIL.
+    silent, servfail = FakeDns("silent").start(), FakeDns("servfail").start()
     server = Dnsmasq([
+        f"server=/silent.test/127.0.0.1#{silent.port}",
+        f"server=/broken.test/127.0.0.1#{servfail.port}",
         "local-ttl=300",
         f"srv-host=_sip._udp.carrier.test,uas1.carrier.test,{ports[0]},0,50",
         f"srv-host=_sip._udp.carrier.test,uas2.carrier.test,{ports[1]},0,50",
@@ -32,6 +38,8 @@ def carrier():
     ]).start()
     yield server, ports
     server.close()
+    silent.close()
+    servfail.close()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +104,26 @@ def test_a_name_that_does_not_exist_is_480_with_a_warning(cluster):
     assert response is not None and response.status == 480, response
     warning = response.get("warning") or ""
     assert warning.startswith("399 ") and "cannot resolve nobody.carrier.test" in warning, warning
+
+
+@pytest.mark.parametrize("host, reason", [("x.silent.test", "timeout"), ("x.broken.test", "servfail")])
+def test_a_dns_server_that_fails_is_504_with_a_warning_within_the_lifetime(cluster, host, reason):
+    started = time.monotonic()
+    with SipAgent() as agent:
+        invite = agent.request("INVITE", f"sip:carol@{host}", call_id=f"dns-{reason}-1", cseq=1,
+                               from_="sip:caller@caller.test", to=f"sip:carol@{host}",
+                               headers=[("Contact", f"<{agent.contact}>")])
+        response = agent.transact(invite, cluster.port, timeout=30)
+    took = time.monotonic() - started
+    assert response is not None and response.status == 504, response
+    warning = response.get("warning") or ""
+    assert f"DNS lookup for {host} failed" in warning, warning
+    if reason == "servfail":
+        assert "servfail" in warning, warning
+    # dns.lifetime is 2 s here: one location, all its lookups, then the answer.
+    assert took < 2 + 8, took
+    metrics = "".join(_metrics(cluster))
+    assert 'sipcluster_unroutable_total{code="504"}' in metrics
 
 
 def _metrics(cluster: UpCluster) -> list[str]:
