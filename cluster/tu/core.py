@@ -60,6 +60,7 @@ from cluster.sip.transaction.layer import TransactionLayer
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.stateless import forward_response_statelessly
 
+from .locating import Located, Locating, LogLimit
 from .outputs import NO_LOCAL, EdgeRoute, Resolve, StartRegistration, route_of
 
 log = logging.getLogger("sipcluster.worker")
@@ -72,7 +73,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRA
 _STAT_NAMES: dict[type, str] = {}
 
 Output = Send | StartRegistration | Resolve
-Located = Callable[[Location, float], None]
 Resolver = Callable[[str], str | None]
 Headers = tuple[tuple[str, str], ...]
 
@@ -127,8 +127,7 @@ class TransactionUser:
         self.resolve = resolve
         self.observer = observer
         self.blocklist = blocklist if blocklist is not None else Blocklist(60.0)
-        self._locating: dict[int, Located] = {}  # Resolve ticket -> what waits for it
-        self._tickets = itertools.count(1)
+        self.locating = Locating(self.blocklist, self.stats)
         self._unroutable_log = LogLimit(1.0)
         self.contexts: dict[TransactionKey, ResponseContext] = {}  # server key -> context
         self.branches: dict[TransactionKey, tuple[ResponseContext, Branch]] = {}  # client key -> (ctx, branch)
@@ -172,9 +171,7 @@ class TransactionUser:
         ACK or CANCEL that waited goes on (or fails, with a Warning)."""
         out: list[Output] = []
         self._out = out
-        then = self._locating.pop(ticket, None)
-        if then is not None:
-            then(location, now)
+        self.locating.answer(ticket, location, now)
         return out
 
     def handle_timer(self, now: float) -> list[Output]:
@@ -212,7 +209,7 @@ class TransactionUser:
 
     def in_flight(self) -> int:
         """Proxied requests and transactions still owing a final response."""
-        return len(self.contexts) + self.transactions.pending() + len(self._locating)
+        return len(self.contexts) + self.transactions.pending() + len(self.locating)
 
     # -- transaction layer events --------------------------------------------------------
 
@@ -378,10 +375,7 @@ class TransactionUser:
         self._locate(hop, seed, lambda location, at: self._branch_located(ctx, branch, hop, location, at))
 
     def _locate(self, target: LocateTarget, seed: int, then: Located) -> None:
-        ticket = next(self._tickets)
-        self._locating[ticket] = then
-        self.stats["dns_locate"] += 1
-        self._out.append(Resolve(ticket, target, seed))
+        self._out.append(self.locating.ask(target, seed, then))
 
     def _branch_located(self, ctx: ResponseContext, branch: Branch, target: LocateTarget,
                         location: Location, now: float) -> None:
@@ -650,19 +644,8 @@ class TransactionUser:
             else:
                 # The INVITE's seed, so the same first destination (§16.11).
                 self._locate(hop, seed_for(cancel.call_id, cancel.cseq.seq, hop.host),
-                             self._first_destination(send, "cancel_unroutable"))
+                             self.locating.first_destination(send, "cancel_unroutable"))
         return True
-
-    def _first_destination(self, send: Callable[[Destination, float], None], failure: str) -> Located:
-        """What a stateless send (ACK, CANCEL without context) does with its
-        location: the first destination not blocked, else count ``failure``."""
-        def then(location: Location, now: float) -> None:
-            for destination in location.destinations:
-                if not self.blocklist.blocked(destination.key, now):
-                    send(destination, now)
-                    return
-            self.stats[failure] += 1
-        return then
 
     # -- stateless paths -----------------------------------------------------------------------
 
@@ -695,7 +678,7 @@ class TransactionUser:
             self._out.append(Send(out, Peer(destination.transport, destination.host, destination.port, route)))
         if isinstance(hop, LocateTarget):
             self._locate(hop, seed_for(request.call_id, request.cseq.seq, hop.host),
-                         self._first_destination(send, "ack_unroutable"))
+                         self.locating.first_destination(send, "ack_unroutable"))
         else:
             send(Destination(hop.transport, hop.host, hop.port), 0.0)
 
@@ -736,26 +719,6 @@ class TransactionUser:
                 continue
             return deadline
         return None
-
-
-class LogLimit:
-    """One log line per subject per ``interval`` seconds: a DNS outage fails
-    every call, and a line for each would flood the log; the counters count
-    them all. At most ``size`` subjects are remembered."""
-
-    def __init__(self, interval: float, size: int = 1024) -> None:
-        self.interval = interval
-        self.size = size
-        self._last: dict[str, float] = {}
-
-    def allow(self, subject: str, now: float) -> bool:
-        last = self._last.get(subject)
-        if last is not None and now - last < self.interval:
-            return False
-        if len(self._last) >= self.size:
-            self._last.clear()
-        self._last[subject] = now
-        return True
 
 
 def _may_have_looped(request: Request, local: LocalAddresses) -> bool:

@@ -235,3 +235,23 @@ def test_a_named_path_is_located():
     (invite,) = requests(out, "INVITE")
     assert str(invite.uri) == "sip:bob@192.0.2.70:5060" and "pcscf.example.net" in (invite.get("route") or "")
     assert destinations(out, "INVITE")[0].host == "192.0.2.31"
+
+
+def test_a_cancel_on_a_shard_without_the_invite_goes_where_the_invite_went():
+    """§16.10/§16.11 after a failover: the shard that now owns the Call-ID
+    never saw the INVITE; it locates the same name with the same seed and
+    sends the CANCEL to the INVITE's destination with the INVITE's branch."""
+    first = make_tu(forwarding(CARRIER), shard="w1")
+    resolve = start(first)
+    out = first.resolved(resolve.ticket, BOTH, 0.1)
+    (invite,) = requests(out, "INVITE")
+    (invite_peer,) = destinations(out, "INVITE")
+    second = make_tu(forwarding(CARRIER), shard="w2")
+    cancel = request("CANCEL", uri=CARRIER, branch="z9hG4bK-call-1")
+    out = second.receive(cancel, CALLER, 1.0)
+    assert 200 in statuses(out)
+    (resolve,) = resolves(out)
+    out = second.resolved(resolve.ticket, BOTH, 1.1)
+    (forwarded,) = requests(out, "CANCEL")
+    assert forwarded.via.branch == invite.via.branch
+    assert destinations(out, "CANCEL")[0].host == invite_peer.host
