@@ -188,9 +188,11 @@ class TransactionUser:
         return out
 
     def proxy_timers(self, now: float) -> list[Output]:
-        """Per-branch timeouts and Timer C of the response contexts due at ``now`` (§16.8)."""
+        """DNS answers delivered (``Locating.deliver``), then per-branch
+        timeouts and Timer C of the response contexts due at ``now`` (§16.8)."""
         out: list[Output] = []
         self._out = out
+        self.locating.answer_delivered(now)
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, ctx = heapq.heappop(deadlines)
@@ -200,7 +202,10 @@ class TransactionUser:
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must next run (the transaction layer's or a
-        response context's, whichever is first); None when nothing waits."""
+        response context's, whichever is first; at once when DNS answers were
+        delivered); None when nothing waits."""
+        if self.locating.delivered:
+            return float("-inf")
         ours = self._proxy_deadline()
         layer = self.transactions.next_deadline()
         if ours is None:

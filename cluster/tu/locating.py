@@ -6,7 +6,7 @@ outage would otherwise write for every call."""
 from __future__ import annotations
 
 import itertools
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from cluster.dns.blocklist import Blocklist
@@ -21,13 +21,18 @@ Send = Callable[[Destination, float], None]
 
 class Locating:
     """``ask`` makes a ``Resolve`` and remembers ``then``; ``answer`` runs it
-    once with the location (a late or repeated answer finds nothing)."""
+    once with the location (a late or repeated answer finds nothing).
+
+    A runtime may also ``deliver`` a location from wherever its lookup ran;
+    it is answered at the TU's next timer run (``TransactionUser.next_deadline``
+    is then due at once), whose sends the runtime already batches."""
 
     def __init__(self, blocklist: Blocklist, stats: Counter[str]) -> None:
         self.blocklist = blocklist
         self.stats = stats
         self._waiting: dict[int, Located] = {}
         self._tickets = itertools.count(1)
+        self._delivered: deque[tuple[int, Location]] = deque()
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -42,6 +47,18 @@ class Locating:
         then = self._waiting.pop(ticket, None)
         if then is not None:
             then(location, now)
+
+    def deliver(self, ticket: int, location: Location) -> None:
+        self._delivered.append((ticket, location))
+
+    @property
+    def delivered(self) -> bool:
+        return bool(self._delivered)
+
+    def answer_delivered(self, now: float) -> None:
+        delivered = self._delivered
+        while delivered:
+            self.answer(*delivered.popleft(), now)
 
     def first_destination(self, send: Send, failure: str) -> Located:
         """For a stateless send (ACK, CANCEL without context): the first

@@ -111,7 +111,7 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
                      "(480 no SIP server or all blocked, 504 DNS failure, 416 not a SIP URI).",
                      lambda: [(v, {"code": k[11:]}) for k, v in list(stats.items()) if k.startswith("unroutable_")])
     endpoint.gauge("sipcluster_dns_cache_entries", "Answers in the worker's DNS cache.",
-                   lambda: one(len(node.resolver.cache)))
+                   lambda: one(len(node.dns.resolver.cache)))
     endpoint.gauge("sipcluster_dns_blocked_destinations", "Destinations blocked after not answering.",
                    lambda: one(len(node.tu.blocklist) if node.tu is not None else 0))
 

@@ -1,15 +1,13 @@
 """The worker shard's runtime: the I/O adapter of its transaction user.
 
-One trio process per core (DESIGN §5). The SIP decisions live in the sans-IO
-``cluster.tu.TransactionUser``; this module feeds it envelopes and time and
-carries out what it returns: sends through the edges (``link``) and
-registrations (an etcd task, ``registrations``). Inbound envelopes are parsed
-once, at the one parse-error boundary: a request that fails is answered 400
-with the reason (RFC 3261 §8.2.6); a broken response is dropped and counted.
-Start-up wiring is ``wiring``; membership and readiness, ``standing``; the
-deadline task, ``timer``; counting for metrics and ``/status``, ``metrics``.
-An outbound envelope copies the ``ts_ns`` of the inbound one being processed,
-so the edge measures edge → worker → edge on its own clock.
+One trio process per core (DESIGN §5). The SIP decisions live in the sans-IO ``cluster.tu.TransactionUser``;
+this module feeds it envelopes and time and carries out what it returns: sends through the edges (``link``),
+registrations (an etcd task, ``registrations``) and DNS locations (tasks, ``resolver``). Inbound envelopes
+are parsed once, at the one parse-error boundary: a request that fails is answered 400 with the reason
+(RFC 3261 §8.2.6); a broken response is dropped and counted. Start-up wiring is ``wiring``; membership and
+readiness, ``standing``; the deadline task, ``timer``; counting for metrics and ``/status``, ``metrics``.
+An outbound envelope copies the ``ts_ns`` of the inbound one being processed, so the edge measures edge →
+worker → edge on its own clock.
 """
 
 from __future__ import annotations
@@ -40,12 +38,12 @@ from cluster.sip.transaction.timers import TimerConfig
 from cluster.tu import EdgeRoute, TransactionUser, route_of
 from cluster.tu.outputs import NO_LOCAL, Resolve
 
-from . import resolver as dns_runtime
 from .application import apply_redirect_domains, load_application
 from .overload import LINK_HWM, WorkerAdmission
 from .link import EdgeLinks, Failed, LinkReader
 from .metrics import SipCounts, worker_status
 from .registrations import Registrations
+from .resolver import WorkerDns
 from .services import Services
 from .standing import ShardStanding
 from .timer import TimerTask
@@ -93,8 +91,7 @@ class WorkerNode:
         self.stores: WorkerStores | None = None
         self.registrations: Registrations | None = None
         self.password_guard = password_guard(config, self.node_id, self.stats)
-        self.resolver = dns_runtime.Resolver(config.dns, self.stats)
-        """RFC 3263 location for the TU's ``Resolve`` outputs (``nodes.worker.resolver``)."""
+        self.dns = WorkerDns(config.dns, self.stats, kick=self.timer.kick)
         # Set once its services exist (``run``, or ``services`` here), before any
         # message or timer is handled: why its uses are marked for the type checker.
         self.tu: TransactionUser | None = None
@@ -142,12 +139,8 @@ class WorkerNode:
     def _start_tu(self, services: Services) -> None:
         # Tracing sees each routing decision through the TU's observer hook.
         observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
-        from cluster.dns import Blocklist
-        stats = self.stats
-        blocklist = Blocklist(self.config.dns.block_time, count=lambda event: stats.update((event,)))
         self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
-                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer,
-                                  blocklist=blocklist)
+                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer, blocklist=self.dns.blocklist)
 
     def _on_view(self, view: MembershipView) -> None:
         self.link_guard.update(view.members.values())
@@ -271,24 +264,10 @@ class WorkerNode:
         for output in outputs:
             if type(output) is Send:
                 self._send(output, now)
-            elif type(output) is Resolve:
-                assert self._nursery is not None
-                self._nursery.start_soon(dns_runtime.serve, self.resolver, output.ticket, output.target,
-                                         output.seed, self._located)
-            else:
-                assert self._nursery is not None
-                # The task inherits this context: the call's span and Call-ID for logs.
-                self._nursery.start_soon(self._register, output.request, output.source, self._origin_ns)
-
-    def _located(self, ticket: int, location) -> None:
-        """The DNS answer to a ``Resolve``: the TU goes on with what waited."""
-        now = trio.current_time()
-        try:
-            with self.links.framed(self._failed(now)):
-                self._execute(self.tu.resolved(ticket, location, now), now)  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - a bug costs this call, not the worker
-            self._bug("DNS continuation failed")
-        self.timer.kick()
+            elif type(output) is Resolve:  # a task; its location comes back through the timer task
+                self.dns.start(self._nursery, output, self.tu)
+            else:  # a task that inherits this context: the call's span and Call-ID for logs
+                self._nursery.start_soon(self._register, output.request, output.source, self._origin_ns)  # type: ignore[union-attr]
 
     async def _register(self, request: Request, source: Peer, origin_ns: int = 0) -> None:
         def answer(response: Response) -> None:

@@ -34,12 +34,15 @@ import dns.resolver
 import trio
 
 from cluster.config import DnsConfig
+from cluster.dns.blocklist import Blocklist
 from cluster.dns.cache import CacheLimits, DnsCache
 from cluster.dns.records import (
     LOOP, MALFORMED, NODATA, NXDOMAIN, OVERLOADED, REFUSED, SERVFAIL, TIMEOUT, Answer, Naptr, Query,
     Record, Srv,
 )
 from cluster.dns.rfc3263 import Limits, Location, Target, locate
+from cluster.tu import TransactionUser
+from cluster.tu.outputs import Resolve
 
 log = logging.getLogger("sipcluster.worker.dns")
 
@@ -263,6 +266,29 @@ def read_hosts(path: Path) -> dict[tuple[str, str], tuple[str, ...]]:
 
 
 Deliver = Callable[[int, Location], None]
+
+
+class WorkerDns:
+    """The worker's side of the TU's ``Resolve`` outputs: each becomes a task
+    on the worker's nursery; its location is delivered to the TU
+    (``Locating.deliver``) and the timer task woken (``kick``), whose run
+    carries the call on in the TU's ``proxy_timers`` — sends batched per
+    edge and a bug costing that run, as for any timer. ``blocklist`` is the
+    TU's (destinations that did not answer, counted in ``stats``)."""
+
+    def __init__(self, config: DnsConfig, stats: Counter[str], kick: Callable[[], None]) -> None:
+        self.resolver = Resolver(config, stats)
+        self.blocklist = Blocklist(config.block_time, count=lambda event: stats.update((event,)))
+        self._kick = kick
+
+    def start(self, nursery: trio.Nursery | None, resolve: Resolve, tu: TransactionUser | None) -> None:
+        assert nursery is not None and tu is not None  # both exist before any message is handled
+        locating = tu.locating
+
+        def deliver(ticket: int, location: Location) -> None:
+            locating.deliver(ticket, location)
+            self._kick()
+        nursery.start_soon(serve, self.resolver, resolve.ticket, resolve.target, resolve.seed, deliver)
 
 
 async def serve(resolver: Resolver, ticket: int, target: Target, seed: int, deliver: Deliver) -> None:

@@ -39,8 +39,8 @@ def test_the_worker_takes_its_block_time_and_cache_bounds_from_the_section():
     node = WorkerNode(config, services=make_tu(_app()).services)
     try:
         assert node.tu is not None and node.tu.blocklist.block_time == 7.0
-        assert node.resolver.cache.limits.entries == 5
-        assert [(n.address, n.port) for n in node.resolver.resolver.nameservers] == [("127.0.0.1", 5353)]
+        assert node.dns.resolver.cache.limits.entries == 5
+        assert [(n.address, n.port) for n in node.dns.resolver.resolver.nameservers] == [("127.0.0.1", 5353)]
     finally:
         node.inbox.close()
 

@@ -255,3 +255,16 @@ def test_a_cancel_on_a_shard_without_the_invite_goes_where_the_invite_went():
     (forwarded,) = requests(out, "CANCEL")
     assert forwarded.via.branch == invite.via.branch
     assert destinations(out, "CANCEL")[0].host == invite_peer.host
+
+
+def test_a_delivered_location_is_answered_at_the_next_timer_run():
+    """The worker delivers a location from its lookup task and wakes its
+    timer task: the TU is then due at once and carries the branch on there."""
+    tu = make_tu(forwarding(CARRIER))
+    resolve = start(tu)
+    assert tu.next_deadline() != float("-inf")
+    tu.locating.deliver(resolve.ticket, BOTH)
+    assert tu.next_deadline() == float("-inf")
+    out = tu.handle_timer(0.2)
+    assert [p.host for p in destinations(out, "INVITE")] == ["192.0.2.31"]
+    assert tu.next_deadline() != float("-inf")
