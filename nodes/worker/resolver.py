@@ -33,7 +33,7 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
-from cluster.config import DnsConfig
+from cluster.config import SUPPORTED_TRANSPORTS, DnsConfig
 from cluster.dns.blocklist import Blocklist
 from cluster.dns.cache import CacheLimits, DnsCache
 from cluster.dns.records import (
@@ -52,7 +52,7 @@ or broken zone, counted as truncated)."""
 MAX_PENDING = 1024
 """Lookups in flight at once; beyond it a location fails at once (counted)
 rather than queueing without bound behind a silent server."""
-SUPPORTED = ("UDP", "TCP")
+SUPPORTED = tuple(t.upper() for t in SUPPORTED_TRANSPORTS)
 """Transports the edges reach peers over (``cluster.config.SUPPORTED_TRANSPORTS``)."""
 
 
