@@ -242,8 +242,14 @@ class ClusterConfig(_Section):
     link_secret_dir: str | None = _f(None, "Directory with this node's CurveZMQ link key pair, `link.key` and `link.key_secret` "
                                          "(`sipcluster keys generate --dir DIR`); unset = a pair made in memory at start. "
                                          "Links are CURVE either way and admit only current members' published keys.")
+    record_route: str | None = _f(None, "`host` or `host:port` naming the whole cluster in Record-Route (a DNS name "
+                                        "whose SRV/A records list every edge, or an address the edges share), so "
+                                        "in-dialog requests reach a surviving edge when the one that set up the dialog "
+                                        "is lost; unset = the receiving edge's own advertised address. The same on every worker.")
 
     def _validate(self) -> None:
+        if self.record_route is not None:
+            _check_public_hostport("cluster.record_route", self.record_route)
         if not _PREFIX.match(self.prefix):
             raise ConfigError("cluster.prefix", f"{self.prefix!r} must look like '/sipcluster' (segments of letters, digits, '.', '_', '-')")
         if not self.etcd:
@@ -369,12 +375,7 @@ class EdgeConfig(_Section):
                 raise ConfigError("edge.advertise", f"must be set: edge.listen[0] '{first}' binds an unspecified "
                                                     "address, which peers cannot send to")
         else:
-            try:
-                host, _ = _split_hostport(self.advertise, min_port=1, port_required=False)
-            except ValueError as exc:
-                raise ConfigError("edge.advertise", f"{self.advertise!r} {exc}") from None
-            if _is_unspecified(host):
-                raise ConfigError("edge.advertise", f"{self.advertise!r} is an unspecified address")
+            _check_public_hostport("edge.advertise", self.advertise)
         _check_link("edge.link", self.link)
         self._validate_tls()
         for i, network in enumerate(self.rate_exempt):
@@ -437,6 +438,16 @@ def _check_pem(name: str, files: tuple[str, ...], load: Any) -> None:
         # ssl.SSLError is an OSError; FileNotFoundError and PermissionError too.
         reason = exc.strerror if exc.strerror and not isinstance(exc, ssl.SSLError) else str(exc)
         raise ConfigError(name, f"cannot load: {reason}" + (f" ({exc.filename})" if exc.filename else "")) from None
+
+
+def _check_public_hostport(name: str, text: str) -> None:
+    """``host[:port]`` that peers send to (Via, Record-Route): never 0.0.0.0 or ::."""
+    try:
+        host, _ = _split_hostport(text, min_port=1, port_required=False)
+    except ValueError as exc:
+        raise ConfigError(name, f"{text!r} {exc}") from None
+    if _is_unspecified(host):
+        raise ConfigError(name, f"{text!r} is an unspecified address")
 
 
 def _is_unspecified(host: str) -> bool:

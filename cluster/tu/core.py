@@ -112,13 +112,20 @@ class TransactionUser:
     of different clusters apart; ``stats`` counts events (the worker's node
     events); ``resolve`` maps a host name to an address without DNS
     (``localhost``), other names are located by the runtime (``Resolve``);
-    ``blocklist`` holds the destinations that did not answer (RFC 3263 §4.3)."""
+    ``blocklist`` holds the destinations that did not answer (RFC 3263 §4.3);
+    ``record_route`` names the whole cluster in Record-Route instead of the
+    receiving edge (``cluster.record_route``)."""
 
     def __init__(self, application: Application, transactions: TransactionLayer,
                  services: TUServices, *, shard: str, salt: str = "",
                  stats: Counter[str] | None = None, resolve: Resolver = resolve_localhost,
-                 observer: TUObserver | None = None, blocklist: Blocklist | None = None) -> None:
+                 observer: TUObserver | None = None, blocklist: Blocklist | None = None,
+                 record_route: str | None = None) -> None:
         self.application = application
+        self.cluster_route = record_route
+        if record_route:
+            # A Route naming the cluster is ours (§16.4), whichever edge it reaches.
+            services.learn_advertise(record_route)
         self.transactions = transactions
         self.services = services
         self.shard = shard
@@ -432,7 +439,9 @@ class TransactionUser:
         if attempts.sent > 1:
             branch.state = "trying"
         via = proxy_via(ctx.request, transport, advertise, salt, shard=self.shard)
-        rr = record_route_set(advertise, call.source.transport, transport,
+        # §16.6 step 4: the cluster's name when configured, so the dialog's
+        # route set survives the loss of the edge that set it up (DESIGN §5).
+        rr = record_route_set(self.cluster_route or advertise, call.source.transport, transport,
                               self._dialog_token(call, peer_host)) \
             if self.record_route[id(ctx)] else None
         request = forward_copy(ctx.request, branch.target, via=via, record_route=rr, path=target.path)

@@ -47,7 +47,7 @@ from .resolver import WorkerDns
 from .services import Services
 from .standing import ShardStanding
 from .timer import TimerTask
-from .wiring import WorkerStores, password_guard, sweep_challenges
+from .wiring import WorkerStores, cluster_route, password_guard, sweep_challenges
 
 log = logging.getLogger("sipcluster.worker")
 
@@ -137,10 +137,10 @@ class WorkerNode:
             task_status.started()
 
     def _start_tu(self, services: Services) -> None:
-        # Tracing sees each routing decision through the TU's observer hook.
-        observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
+        observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)  # decisions as spans
         self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
-                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer, blocklist=self.dns.blocklist)
+                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer,
+                                  blocklist=self.dns.blocklist, record_route=cluster_route(self.config))
 
     def _on_view(self, view: MembershipView) -> None:
         self.link_guard.update(view.members.values())
@@ -209,7 +209,7 @@ class WorkerNode:
             self.link_latency.observe_ns(received - env.ts_ns)
         self._origin_ns = env.ts_ns
         try:
-            if not self.admission.admit(env, now):
+            if not (self.standing.admits(env, self.stats) and self.admission.admit(env, now)):
                 return
             try:
                 # The one parse-error boundary (§8.2.6, §21.4.1): a request failing
