@@ -30,7 +30,7 @@ from typing import Any, ClassVar, get_type_hints
 from .defence.scanner import DEFAULT_BLOCKED_AGENTS
 
 __all__ = [
-    "CONFIG_ENV", "ClusterConfig", "Config", "ConfigError", "EdgeConfig", "ENV_PREFIX",
+    "CONFIG_ENV", "ClusterConfig", "Config", "ConfigError", "DnsConfig", "EdgeConfig", "ENV_PREFIX",
     "HttpConfig", "Listen", "LogConfig", "NON_FIELD_ENV", "SECURE_TRANSPORTS", "SUPPORTED_TRANSPORTS", "TRANSPORTS", "WorkerConfig",
     "default_node_id", "load_config", "reference_markdown",
 ]
@@ -242,8 +242,14 @@ class ClusterConfig(_Section):
     link_secret_dir: str | None = _f(None, "Directory with this node's CurveZMQ link key pair, `link.key` and `link.key_secret` "
                                          "(`sipcluster keys generate --dir DIR`); unset = a pair made in memory at start. "
                                          "Links are CURVE either way and admit only current members' published keys.")
+    record_route: str | None = _f(None, "`host` or `host:port` naming the whole cluster in Record-Route (a DNS name "
+                                        "whose SRV/A records list every edge, or an address the edges share), so "
+                                        "in-dialog requests reach a surviving edge when the one that set up the dialog "
+                                        "is lost; unset = the receiving edge's own advertised address. The same on every worker.")
 
     def _validate(self) -> None:
+        if self.record_route is not None:
+            _check_public_hostport("cluster.record_route", self.record_route)
         if not _PREFIX.match(self.prefix):
             raise ConfigError("cluster.prefix", f"{self.prefix!r} must look like '/sipcluster' (segments of letters, digits, '.', '_', '-')")
         if not self.etcd:
@@ -369,12 +375,7 @@ class EdgeConfig(_Section):
                 raise ConfigError("edge.advertise", f"must be set: edge.listen[0] '{first}' binds an unspecified "
                                                     "address, which peers cannot send to")
         else:
-            try:
-                host, _ = _split_hostport(self.advertise, min_port=1, port_required=False)
-            except ValueError as exc:
-                raise ConfigError("edge.advertise", f"{self.advertise!r} {exc}") from None
-            if _is_unspecified(host):
-                raise ConfigError("edge.advertise", f"{self.advertise!r} is an unspecified address")
+            _check_public_hostport("edge.advertise", self.advertise)
         _check_link("edge.link", self.link)
         self._validate_tls()
         for i, network in enumerate(self.rate_exempt):
@@ -437,6 +438,16 @@ def _check_pem(name: str, files: tuple[str, ...], load: Any) -> None:
         # ssl.SSLError is an OSError; FileNotFoundError and PermissionError too.
         reason = exc.strerror if exc.strerror and not isinstance(exc, ssl.SSLError) else str(exc)
         raise ConfigError(name, f"cannot load: {reason}" + (f" ({exc.filename})" if exc.filename else "")) from None
+
+
+def _check_public_hostport(name: str, text: str) -> None:
+    """``host[:port]`` that peers send to (Via, Record-Route): never 0.0.0.0 or ::."""
+    try:
+        host, _ = _split_hostport(text, min_port=1, port_required=False)
+    except ValueError as exc:
+        raise ConfigError(name, f"{text!r} {exc}") from None
+    if _is_unspecified(host):
+        raise ConfigError(name, f"{text!r} is an unspecified address")
 
 
 def _is_unspecified(host: str) -> bool:
@@ -562,6 +573,45 @@ class DispatcherConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig(_Section):
+    """How workers locate SIP servers by name (RFC 3263: NAPTR, SRV, A/AAAA) with dnspython."""
+
+    SECTION: ClassVar[str] = "dns"
+    servers: tuple[str, ...] = _f((), "DNS servers as `address:port` (port 53 when left out); unset = the system's "
+                                      "resolver configuration (`/etc/resolv.conf`, and `/etc/hosts` for addresses).")
+    timeout: float = _f(2.0, "Seconds to wait for one server's answer before asking the next one (or again).", above=0)
+    lifetime: float = _f(4.0, "Seconds locating one target may take in all (its NAPTR, SRV and A/AAAA lookups, "
+                              "every server and retry included); running out is a DNS failure (504, see "
+                              "ops/guide/dns.md). At least `timeout`.", above=0)
+    cache_entries: int = _f(10000, "Answers (name and type) the worker's cache holds at most; the least recently "
+                                   "used go first.", lo=1)
+    cache_bytes: int = _f(8 * 1024 * 1024, "Approximate bytes the cache's answers take at most.", lo=4096)
+    negative_ttl: float = _f(30.0, "Seconds a name that does not exist (or has no such record) is remembered when "
+                                   "the answer carries no SOA to say (RFC 2308 §5).", lo=0)
+    block_time: float = _f(60.0, "Seconds a destination that did not answer (timeout, transport error) is skipped "
+                                 "by new requests (RFC 3263 §4.3); 0 never blocks.", lo=0)
+
+    def _validate(self) -> None:
+        for i, server in enumerate(self.servers):
+            try:
+                host, _ = _split_hostport(server, min_port=1, port_required=False)
+                ipaddress.ip_address(host)
+            except ValueError as exc:
+                raise ConfigError(f"dns.servers[{i}]", f"{server!r} is not ADDRESS[:PORT] with a numeric "
+                                                       f"address ({exc})") from None
+        if self.lifetime < self.timeout:
+            raise ConfigError("dns.lifetime", f"{self.lifetime!r} is less than dns.timeout ({self.timeout!r})")
+
+    def server_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``servers`` as (address, port)."""
+        out = []
+        for server in self.servers:
+            host, port = _split_hostport(server, min_port=1, port_required=False)
+            out.append((host, port or 53))
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig(_Section):
     """Per-node HTTP endpoint serving /healthz, /readyz, /metrics and /status."""
 
@@ -592,7 +642,8 @@ class LogConfig(_Section):
 
 
 _SECTIONS: dict[str, type[_Section]] = {
-    cls.SECTION: cls for cls in (ClusterConfig, EdgeConfig, WorkerConfig, DispatcherConfig, HttpConfig, LogConfig)
+    cls.SECTION: cls for cls in (ClusterConfig, EdgeConfig, WorkerConfig, DnsConfig, DispatcherConfig, HttpConfig,
+                                 LogConfig)
 }
 
 
@@ -603,6 +654,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)

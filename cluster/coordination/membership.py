@@ -42,7 +42,9 @@ only, so their rings route identically meanwhile.
 from __future__ import annotations
 
 import logging
+import math
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -119,6 +121,16 @@ class EtcdMembership:
         # Keeper state. The lock makes leave() wait out an in-flight
         # grant/put/refresh instead of racing it.
         self._lease_lock = trio.Lock()
+        #: Wall-clock time (Unix seconds) of the last lease keep-alive etcd
+        #: confirmed (or of the registration); None before the first.
+        self.last_heartbeat: float | None = None
+        #: Wall-clock time (Unix seconds) the current lease was asked for: a
+        #: message older than it waited through a lease loss (cluster.sharding.fence).
+        self.lease_granted = 0.0
+        # trio time at which the last confirmed keep-alive (or grant) was
+        # sent: etcd received it later, so the lease lives at least until
+        # this + ttl.
+        self._confirmed = -math.inf
         self._keeper: trio.CancelScope | None = None
         self._lease_id: int | None = None
         self._written = False
@@ -151,6 +163,15 @@ class EtcdMembership:
         watch outage, and after ``leave()``.
         """
         return self._ready
+
+    def lease_alive(self, now: float, *, margin: float = 0.0) -> bool:
+        """Whether our lease surely still lives at trio time ``now`` (and
+        ``margin`` seconds more): etcd confirmed a keep-alive sent less than
+        ``ttl - margin`` seconds before. Past ``ttl``, etcd may have expired
+        it and given our Call-IDs to another shard (DESIGN §4: a worker
+        whose lease is gone takes no new transactions). Observers hold no
+        lease: always False."""
+        return self.member is not None and not self._left and now < self._confirmed + self.ttl - margin
 
     @property
     def registered(self) -> bool:
@@ -300,6 +321,7 @@ class EtcdMembership:
                     async with self._lease_lock:
                         if self._left:
                             return
+                        sent = trio.current_time()
                         await self._register()
                 except CoordinationError as error:
                     self._registered = False
@@ -307,6 +329,8 @@ class EtcdMembership:
                     await trio.sleep(backoff.delay())
                     continue
                 backoff.reset()
+                self._confirmed = sent
+                self.last_heartbeat = time.time()
                 self._registered = True
                 self._update_ready()
                 task_status.started()
@@ -322,7 +346,9 @@ class EtcdMembership:
             self._update_ready()
         if self._lease_id is None:
             self._written = False
+            granted = time.time()
             self._lease_id = (await store.grant_lease(self.ttl)).id
+            self.lease_granted = granted
         elif self._written and self._key_vanished():
             log.warning("%s was deleted while its lease lives; writing it again", self.key)
             self._written = False

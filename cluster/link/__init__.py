@@ -6,8 +6,8 @@ from .envelope import (
 )
 from .guard import LinkGuard
 from .keys import LinkKeys, node_keys
-from .zmq_trio import Inbox, LinkAuthenticator, Outbox, node_context
+from .zmq_trio import Inbox, LinkAuthenticator, LinkWatch, Outbox, node_context
 
 __all__ = ["READS", "Envelope", "FrameQueue", "Inbox", "LinkAuthenticator", "LinkError", "LinkGuard",
-           "LinkKeys", "Outbox", "node_context", "node_keys", "pack", "pack_array", "pack_frame", "pack_v2", "unpack",
+           "LinkKeys", "LinkWatch", "Outbox", "node_context", "node_keys", "pack", "pack_array", "pack_frame", "pack_v2", "unpack",
            "unpack_frame"]

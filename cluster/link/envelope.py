@@ -15,8 +15,10 @@ Two encodings, both read by every node of this version:
 - version 1, a msgpack map with named fields (``pack``);
 - version 2, a msgpack array in a fixed field order, ``[2, kind, edge,
   transport, peer host, peer port, local host, local port, data, conn,
-  ts_ns, trace, advertise, sender]``; a later version may append fields,
-  which a version-2 reader ignores. Decoding it costs half of a map's
+  ts_ns, trace, advertise, sender, epoch, current]``; a later version may
+  append fields, which a version-2 reader ignores (``epoch`` and
+  ``current`` were appended so: a frame without them reads as epoch 0 and
+  current true). Decoding it costs half of a map's
   (no keys to hash and look up), and it was a fifth of the edge's CPU.
   A version-2 frame may also carry several envelopes: an array of such
   arrays (``pack_frame``), written by a worker for everything one link batch
@@ -72,13 +74,20 @@ class Envelope(NamedTuple):
     """``in``: the edge's public host:port for this transport (Via/Record-Route)."""
     sender: str | None = None
     """Id of the node that sent the envelope."""
+    epoch: int = 0
+    """``in``: the epoch (etcd revision) of the ring the edge routed with; 0 unknown."""
+    current: bool = True
+    """``in``: whether the edge's etcd view is current (registered and
+    following). False while etcd is out of its reach or it holds a ring
+    etcd emptied: the worker then knows no other shard can have been
+    given the Call-ID by this edge's view (DESIGN §4 split brain)."""
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
 def pack(env: Envelope) -> bytes:
-    kind, edge, transport, peer, local, data, conn, ts_ns, trace, advertise, sender = env
+    kind, edge, transport, peer, local, data, conn, ts_ns, trace, advertise, sender, epoch, current = env
     fields = {
         "v": VERSION,
         "kind": kind,
@@ -98,14 +107,18 @@ def pack(env: Envelope) -> bytes:
         fields["adv"] = advertise
     if sender:
         fields["from"] = sender
+    if epoch:
+        fields["ep"] = epoch
+    if not current:
+        fields["cur"] = False
     return _packb(fields)
 
 
 def pack_array(env: Envelope) -> list:
     """Version 2: the envelope as a positional array (see the module doc)."""
-    kind, edge, transport, peer, local, data, conn, ts_ns, trace, advertise, sender = env
+    kind, edge, transport, peer, local, data, conn, ts_ns, trace, advertise, sender, epoch, current = env
     return [ARRAY_VERSION, kind, edge, transport, peer[0], peer[1], local[0], local[1], data,
-            conn, ts_ns, trace, advertise, sender]
+            conn, ts_ns, trace, advertise, sender, epoch, current]
 
 
 def pack_v2(env: Envelope) -> bytes:
@@ -197,12 +210,16 @@ def _from_array(fields: list) -> Envelope:
         raise LinkError("envelope addresses are not host and port")
     if conn is not None and type(conn) is not int:
         raise LinkError("envelope field 'conn' is not an integer")
+    epoch = fields[_ARRAY_FIELDS] if len(fields) > _ARRAY_FIELDS else 0
+    current = fields[_ARRAY_FIELDS + 1] if len(fields) > _ARRAY_FIELDS + 1 else True
     return Envelope(
         kind, edge, transport, (peer_host, peer_port), (local_host, local_port), data, conn,
         ts_ns if type(ts_ns) is int else 0,
         trace if type(trace) is str else None,
         advertise if type(advertise) is str else None,
         sender if type(sender) is str else None,
+        epoch if type(epoch) is int else 0,
+        current is not False,
     )
 
 
@@ -226,6 +243,7 @@ def _from_map(fields: object) -> Envelope:
     trace = fields.get("trace")
     advertise = fields.get("adv")
     sender = fields.get("from")
+    epoch = fields.get("ep", 0)
     return Envelope(
         kind, edge, transport,
         _address(fields.get("src" if kind == "in" else "dst"), "src/dst"),
@@ -235,4 +253,6 @@ def _from_map(fields: object) -> Envelope:
         trace if type(trace) is str else None,
         advertise if type(advertise) is str else None,
         sender if type(sender) is str else None,
+        epoch if type(epoch) is int else 0,
+        fields.get("cur") is not False,
     )

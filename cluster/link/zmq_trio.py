@@ -54,6 +54,12 @@ def node_context() -> zmq.Context:
     return context
 
 DEFAULT_HWM = 10000
+HEARTBEAT_IVL_MS = 250
+"""ZMTP 3.1 PING interval on outgoing links."""
+HEARTBEAT_TIMEOUT_MS = 1000
+"""A link whose peer sent nothing (not even a PONG) this long is closed: a
+stalled peer process (SIGSTOP, a frozen VM) is noticed within a second, as
+a killed one is at once by its connections' reset (DESIGN §4)."""
 # Plain ints: the enum members make every ``&`` build a new flag object.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
@@ -116,10 +122,12 @@ class Outbox:
     """PUSH sockets to peers, one per peer endpoint."""
 
     def __init__(self, context: zmq.Context, *, hwm: int = DEFAULT_HWM,
-                 keys: LinkKeys | None = None) -> None:
+                 keys: LinkKeys | None = None, watch: LinkWatch | None = None) -> None:
+        """``watch`` is told of each socket, to follow its link's state."""
         self.context = context
         self.hwm = hwm
         self.keys = keys
+        self.watch = watch
         self._sockets: dict[str, zmq.Socket] = {}
         self._server_keys: dict[str, bytes | None] = {}
         self.sent = 0
@@ -146,6 +154,10 @@ class Outbox:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            if self.watch is not None:
+                self.watch.add(endpoint, sock)
             sock.connect(endpoint)
             self._sockets[endpoint] = sock
             self._server_keys[endpoint] = server_key
@@ -155,6 +167,8 @@ class Outbox:
         self._server_keys.pop(endpoint, None)
         sock = self._sockets.pop(endpoint, None)
         if sock is not None:
+            if self.watch is not None:
+                self.watch.remove(endpoint)
             sock.close(0)
 
     def endpoints(self) -> list[str]:
@@ -183,6 +197,67 @@ class Outbox:
             sock.close(0)
         self._sockets.clear()
         self._server_keys.clear()
+
+
+_LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+class LinkWatch:
+    """Follows the outgoing links of an ``Outbox`` through ZeroMQ socket
+    monitors: ``run(on_event)`` calls ``on_event(endpoint, up)`` when a
+    link completes its handshake (up) or loses its connection (down: the
+    peer died, closed, or missed its heartbeats)."""
+
+    def __init__(self) -> None:
+        self._new: tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel] = \
+            trio.open_memory_channel(math.inf)
+        self._scopes: dict[str, trio.CancelScope] = {}
+
+    def add(self, endpoint: str, sock: zmq.Socket) -> None:
+        self.remove(endpoint)
+        monitor = sock.get_monitor_socket(_LINK_EVENTS)
+        monitor.setsockopt(zmq.LINGER, 0)
+        scope = self._scopes[endpoint] = trio.CancelScope()
+        self._new[0].send_nowait((endpoint, monitor, scope))
+
+    def remove(self, endpoint: str) -> None:
+        scope = self._scopes.pop(endpoint, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def run(self, on_event, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for endpoint, monitor, scope in self._new[1]:
+                nursery.start_soon(self._follow, endpoint, monitor, scope, on_event)
+
+    @staticmethod
+    async def _follow(endpoint: str, monitor: zmq.Socket, scope: trio.CancelScope, on_event) -> None:
+        def handle(event: dict) -> None:
+            kind = int(event["event"])
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                on_event(endpoint, True)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                on_event(endpoint, False)
+
+        try:
+            with scope:
+                await _follow_monitor(monitor, handle)
+        finally:
+            monitor.close(0)
+
+
+async def _follow_monitor(monitor: zmq.Socket, handle) -> None:
+    """Hand each event ``monitor`` reports to ``handle``, forever."""
+    while True:
+        await _wait_readable(monitor)
+        while True:
+            try:
+                message = monitor.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                break
+            handle(parse_monitor_message(message))
+        await trio.lowlevel.checkpoint()
 
 
 async def _wait_readable(sock: zmq.Socket) -> None:
@@ -272,17 +347,12 @@ class LinkAuthenticator:
 
     async def _follow(self, monitor: zmq.Socket) -> None:
         guard = self.guard
-        while True:
-            await _wait_readable(monitor)
-            while True:
-                try:
-                    message = monitor.recv_multipart(_NOBLOCK)
-                except zmq.Again:
-                    break
-                event = parse_monitor_message(message)
-                guard.monitor_event(int(event["event"]), int(event["value"]),
-                                    event["endpoint"].decode("utf-8", "replace"), trio.current_time())
-            await trio.lowlevel.checkpoint()
+
+        def handle(event: dict) -> None:
+            guard.monitor_event(int(event["event"]), int(event["value"]),
+                                event["endpoint"].decode("utf-8", "replace"), trio.current_time())
+
+        await _follow_monitor(monitor, handle)
 
     def close(self) -> None:
         for sock in (self.zap, *self._monitors):

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cluster.sip import Request, Response, URI, make_response
+from cluster.proxy.failover import Attempts
 from cluster.sip.transaction.actions import TransactionKey
 from cluster.sip.transaction.timers import TIMER_C
 
@@ -31,6 +32,9 @@ class Branch:
     cancel_sent: bool = False
     deadline: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    attempts: Attempts | None = None
+    """The next hop's destinations and how far the branch got through them
+    (RFC 3263 §4.3, ``cluster.proxy.failover``); None until located."""
     failover: tuple[URI, ...] = ()
     """Where this branch's slot goes next when it fails (``Alternatives``)."""
     group: str | None = None
@@ -220,13 +224,15 @@ class ResponseContext:
         """The client transaction timed out or failed: §16.7 treats it as 408."""
         return self.on_failure(branch, 408, now)
 
-    def on_failure(self, branch: Branch, status: int, now: float) -> list[Output]:
+    def on_failure(self, branch: Branch, status: int, now: float,
+                   headers: tuple[tuple[str, str], ...] = ()) -> list[Output]:
         """The branch failed without a response from downstream (no route to
         the target, timeout, transport error): it counts as a response with
-        ``status`` made here (§16.7 step 6, §16.8)."""
+        ``status`` made here (§16.7 step 6, §16.8), with ``headers`` (a
+        Warning saying why)."""
         if branch.state == "done":
             return []
-        return self._final(branch, make_response(self.request, status), now, local=True)
+        return self._final(branch, make_response(self.request, status, headers=headers), now, local=True)
 
     def on_deadline(self, now: float) -> list[Output]:
         """Per-branch timeout or Timer C fired (§16.8): CANCEL what rings,

@@ -24,6 +24,7 @@ from cluster.defence import EdgeGuard
 from cluster.defence.admission import ADMIT, DROP, Admission, classify
 from cluster.link import Envelope, FrameQueue, Outbox, pack, pack_v2
 from cluster.observability.tracing import Tracing, traceparent
+from cluster.sharding.failover import Router
 from cluster.sharding.ring import EmptyRing, Ring
 from cluster.sip import ParseError, extract_call_id, reject_malformed
 
@@ -60,7 +61,8 @@ def response_shard(data: bytes) -> str | None:
 class Forwarder:
     def __init__(self, node_id: str, outbox: Outbox, *, max_message: int, server: str,
                  tracing: Tracing | None = None, guard: EdgeGuard | None = None,
-                 stats: Counter[str] | None = None, admission: Admission | None = None) -> None:
+                 stats: Counter[str] | None = None, admission: Admission | None = None,
+                 router: Router | None = None) -> None:
         self.node_id = node_id
         self.admission = admission
         """Overload control (``cluster.defence.admission``): while its level is
@@ -71,8 +73,17 @@ class Forwarder:
         self.outbox = outbox
         self.max_message = max_message
         self.server = server
-        self.ring: Ring | None = None
+        self.router = router if router is not None else Router()
+        """Etcd's ring with the workers whose link is down left out (``cluster.sharding.failover``)."""
         self.worker_links: dict[str, str] = {}
+        self.link_workers: dict[str, str] = {}
+        self._server_keys: dict[str, bytes] = {}
+        """Endpoint -> worker id (the inverse of ``worker_links``)."""
+        self.links_up: set[str] = set()
+        """Endpoints whose link completed its handshake and has not dropped
+        since (``link_up``/``link_down``, from the socket monitors)."""
+        self.current = True
+        """Whether this edge's etcd view is current (told to workers in each envelope)."""
         self.array_links: set[str] = set()
         """Worker endpoints that read version-2 envelopes (cluster.link)."""
         self.advertise: dict[str, str] = {}
@@ -86,18 +97,79 @@ class Forwarder:
         self.admitted = 0
         """Messages past the guard since the last ``drained``."""
 
+    @property
+    def ring(self) -> Ring | None:
+        """The ring messages are routed with (suspect workers left out)."""
+        return self.router.effective
+
     def update(self, ring: Ring, worker_links: dict[str, str], array_links: set[str] | None = None,
-               server_keys: dict[str, bytes] | None = None) -> None:
+               server_keys: dict[str, bytes] | None = None, present: set[str] | None = None) -> None:
         """Route with ``ring`` to ``worker_links`` (id -> endpoint);
-        ``server_keys`` holds each endpoint's published CURVE key."""
-        self.array_links = set(array_links or ())
-        keys = server_keys or {}
+        ``server_keys`` holds each endpoint's published CURVE key;
+        ``present``, every worker in the view (draining ones too)."""
+        router = self.router
+        router.update(ring, worker_links.keys() if present is None else present, time.monotonic())
+        # A worker that left within the pin time keeps its link (and its
+        # endpoint's version and key): etcd may lose every lease in a few
+        # revisions after a stall, and the ring is then held with these
+        # links; responses for its client transactions still reach it.
+        previous = self.worker_links
+        kept = {w: previous[w] for w in (*router.held, *router.departed) if w in previous}
+        worker_links = {**kept, **worker_links}
+        self.array_links = set(array_links or ()) | {e for e in kept.values() if e in self.array_links}
+        keys = {**self._server_keys, **(server_keys or {})}
         for endpoint in worker_links.values():
             self.outbox.connect(endpoint, keys.get(endpoint))
         for endpoint in set(self.outbox.endpoints()) - set(worker_links.values()):
             self.outbox.disconnect(endpoint)
-        self.ring = ring
+        self._server_keys = {e: k for e, k in keys.items() if e in worker_links.values()}
         self.worker_links = worker_links
+        self.link_workers = {endpoint: worker for worker, endpoint in worker_links.items()}
+
+    def link_down(self, endpoint: str) -> None:
+        """The link to ``endpoint`` is down: route around its worker."""
+        self.links_up.discard(endpoint)
+        worker = self.link_workers.get(endpoint)
+        if worker is not None and self.router.suspect(worker, time.monotonic()):
+            self.stats["link_suspect"] += 1
+            log.warning("worker link down; routing around it", extra={"worker": worker, "link": endpoint})
+
+    def link_up(self, endpoint: str) -> None:
+        """The link to ``endpoint`` is up (again)."""
+        self.links_up.add(endpoint)
+        worker = self.link_workers.get(endpoint)
+        if worker is not None and self.router.restore(worker, time.monotonic()):
+            self.stats["link_restored"] += 1
+            log.info("worker link up again", extra={"worker": worker, "link": endpoint})
+
+    def _owner(self, call_id: bytes) -> str | None:
+        try:
+            return self.router.owner(call_id, time.monotonic())
+        except EmptyRing:
+            return None
+
+    def _send_around(self, endpoint: str | None, envelope: bytes, env: Envelope, call_id: bytes) -> bool:
+        """Send to ``endpoint``; when its link refuses, suspect its worker and
+        send to the next owner on the ring (DESIGN §4: no request answered
+        503 because a worker died). False when no worker could take it."""
+        outbox = self.outbox
+        for _ in range(8):  # a few workers at most die at once
+            if endpoint is not None:
+                if outbox.send(endpoint, envelope):
+                    return True
+                if endpoint in self.links_up:
+                    # Connected, so its queue is full (overload control's
+                    # business, ``refused``): the worker is alive.
+                    return False
+                self.link_down(endpoint)
+            worker = self._owner(call_id)
+            following = self.worker_links.get(worker) if worker is not None else None
+            if following is None or following == endpoint:
+                return False
+            endpoint = following
+            self.stats["rerouted_link_down"] += 1
+            envelope = pack_v2(env) if endpoint in self.array_links else pack(env)
+        return False
 
     def ingress(
         self, data: bytes, transport: str, source: Address, local: Address, conn: int | None,
@@ -142,15 +214,11 @@ class Forwarder:
             # A response goes to the worker holding its client transaction
             # while that worker is a member (even draining): DESIGN §4.
             worker = response_shard(data)
-            if worker is not None:
+            if worker is not None and worker not in self.router.suspects:
                 endpoint = self.worker_links.get(worker)
         if endpoint is None:
-            ring = self.ring
-            try:
-                if ring is None:
-                    raise EmptyRing("no ring yet")
-                worker = ring.owner(call_id)
-            except EmptyRing:
+            worker = self._owner(call_id)
+            if worker is None:
                 stats["unroutable_no_worker"] += 1
                 return self._unavailable(data, "no worker in the ring")
             endpoint = self.worker_links.get(worker)
@@ -161,17 +229,18 @@ class Forwarder:
                 < tracing.bound and worker is not None:  # (a worker was found above)
             span = tracing.edge_receive(call_id, data, transport, source, worker)
             if span is not None:
-                return self._forward_traced(span, data, transport, source, local, conn, endpoint)
+                return self._forward_traced(span, data, transport, source, local, conn, endpoint,
+                                            call_id)
         env = Envelope("in", self.node_id, transport, source, local, data, conn, time.time_ns(),
-                       None, self.advertise.get(transport), self.node_id)
+                       None, self.advertise.get(transport), self.node_id, self._epoch(), self.current)
         if endpoint in self.array_links:
             if frames is not None:
-                frames.add(endpoint, env, (data, source))
+                frames.add(endpoint, env, (data, source, env, call_id))
                 return None
             envelope = pack_v2(env)
         else:
             envelope = pack(env)
-        if endpoint is not None and self.outbox.send(endpoint, envelope):
+        if self._send_around(endpoint, envelope, env, call_id):
             stats["forwarded"] += 1
             return None
         stats["unroutable_link_down"] += 1
@@ -215,23 +284,36 @@ class Forwarder:
                 stats["forwarded"] += len(queued)
                 stats["forwarded_frames"] += 1
                 continue
-            stats["unroutable_link_down"] += len(queued)
-            self.refused()
-            for data, source in queued:
+            # A live link refused: its queue is full (answered 503, overload
+            # control's business). A dead one: each message goes one by one
+            # to the next owner (the frame's worker is suspect now).
+            live = endpoint in self.links_up
+            if not live:
+                self.link_down(endpoint)
+            for data, source, env, call_id in queued:
+                if not live and self._send_around(None, b"", env, call_id):
+                    stats["forwarded"] += 1
+                    continue
+                stats["unroutable_link_down"] += 1
+                self.refused()
                 answer = self._unavailable(data, "worker link unavailable")
                 if answer is not None:
                     answers.append((answer, source))
         return answers
 
+    def _epoch(self) -> int:
+        ring = self.router.effective
+        return ring.epoch if ring is not None else 0
+
     def _forward_traced(self, span, data: bytes, transport: str, source: Address, local: Address,
-                        conn: int | None, endpoint: str | None) -> bytes | None:
+                        conn: int | None, endpoint: str | None, call_id: bytes) -> bytes | None:
         """``ingress`` for a sampled call: the envelope carries the span's traceparent."""
-        envelope = (pack_v2 if endpoint in self.array_links else pack)(Envelope(
-            "in", self.node_id, transport, source, local, data, conn, time.time_ns(),
-            traceparent(span), self.advertise.get(transport), self.node_id,
-        ))
+        env = Envelope("in", self.node_id, transport, source, local, data, conn, time.time_ns(),
+                       traceparent(span), self.advertise.get(transport), self.node_id, self._epoch(),
+                       self.current)
+        envelope = (pack_v2 if endpoint in self.array_links else pack)(env)
         try:
-            if endpoint is not None and self.outbox.send(endpoint, envelope):
+            if self._send_around(endpoint, envelope, env, call_id):
                 self.stats["forwarded"] += 1
                 return None
             self.stats["unroutable_link_down"] += 1

@@ -58,6 +58,27 @@ def edge_metrics(node: EdgeNode) -> MetricsEndpoint:
     endpoint.counter("sipcluster_edge_keepalives_total", "CRLF keep-alives answered or absorbed (RFC 5626 §3.5.1), by transport.",
                      lambda: [(stats["udp_keepalive"], {"transport": "udp"}),
                               (stats["tcp_keepalive"], {"transport": "tcp"})])
+    router = forwarder.router
+    # Failover (DESIGN §4, ops/guide/operations.md "Failover").
+    endpoint.gauge("sipcluster_edge_suspect_workers",
+                   "Workers in etcd's ring whose link is down: routed around until the link returns or the lease expires.",
+                   lambda: one(len(router.suspects)))
+    endpoint.gauge("sipcluster_edge_held_workers",
+                   "Workers routed to although etcd's view lost every worker at once (an etcd stall): links up, leases gone.",
+                   lambda: one(len(router.held)))
+    endpoint.gauge("sipcluster_edge_pinned_call_ids",
+                   "Call-IDs kept on the shard that took them over while their owner was away.",
+                   lambda: one(router.pinned))
+    endpoint.counter("sipcluster_edge_rerouted_total",
+                     "Messages routed away from a worker whose link is down or that left the ring within the pin time.",
+                     lambda: one(router.rerouted))
+    endpoint.counter("sipcluster_edge_link_events_total",
+                     "Worker links seen going down (disconnect, missed heartbeats, refused send) or coming back up.",
+                     lambda: [(stats["link_suspect"], {"event": "down"}),
+                              (stats["link_restored"], {"event": "up"})])
+    endpoint.counter("sipcluster_ring_changes_total",
+                     "Membership views from etcd whose set of ring workers differs from the previous one.",
+                     lambda: one(node.ring_changes))
     endpoint.gauge("sipcluster_edge_tcp_connections", "Open TCP connections.",
                    lambda: one(len(node.tcp.connections)))
     endpoint.gauge("sipcluster_edge_connections", "Open stream connections, by transport (tcp, tls, ws, wss).",

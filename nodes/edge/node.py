@@ -21,8 +21,8 @@ from cluster.defence.admission import Admission
 from cluster.defence.store import BanPublisher
 from cluster.link import READS as LINK_READS
 from cluster.link import (
-    Envelope, Inbox, LinkAuthenticator, LinkError, LinkGuard, Outbox, node_context, node_keys,
-    unpack_frame,
+    Envelope, Inbox, LinkAuthenticator, LinkError, LinkGuard, LinkWatch, Outbox, node_context,
+    node_keys, unpack_frame,
 )
 from cluster.observability.etcd import EtcdMetrics
 from cluster.observability.node_metrics import hop_latency
@@ -42,6 +42,8 @@ YIELD_EVERY = 512
 """Messages written out before the link loop lets other tasks run."""
 
 SERVER = "sipcluster-edge"
+SWEEP = 0.25
+"""Seconds between looks at etcd's health and expired Call-ID pins."""
 
 
 class EdgeNode:
@@ -61,7 +63,10 @@ class EdgeNode:
         self.authenticator = LinkAuthenticator(self.context, self.link_guard)
         self.inbox = Inbox(self.context, config.edge.link, hwm=config.edge.queue, keys=self.keys)
         self.authenticator.watch(self.inbox)
-        self.outbox = Outbox(self.context, hwm=config.edge.queue, keys=self.keys)
+        # Worker links followed by their sockets' events: a dead worker is
+        # routed around within a second, before its lease expires (DESIGN §4).
+        self.link_watch = LinkWatch()
+        self.outbox = Outbox(self.context, hwm=config.edge.queue, keys=self.keys, watch=self.link_watch)
         self.stats: Counter[str] = Counter()
         self.ban_publisher = BanPublisher(config.cluster.prefix, self.stats)
         self.defence_events = EdgeDefenceEvents(self.node_id, self.stats, config.edge.rate_limit,
@@ -91,6 +96,11 @@ class EdgeNode:
         self.turnaround = self.hops.series(hop="edge_worker_edge")
         """Edge receive → the answer or forwarded copy written by an edge (one clock)."""
         self.etcd_metrics = EtcdMetrics()
+        self._ring_ready = trio.Event()
+        self.sip_open = False
+        """The SIP sockets are read (once the ring had a worker)."""
+        self.ring_changes = 0
+        """Rings received from etcd whose workers differ from the previous one."""
 
     def _build_secure_transports(self, config: Config) -> None:
         """TLS (always, for outgoing ``sips:``), WS and WSS (with a listener)."""
@@ -145,6 +155,18 @@ class EdgeNode:
         config = self.config
         async with trio.open_nursery() as nursery:
             await nursery.start(self.authenticator.run)
+            await nursery.start(self.link_watch.run, self._link_event)
+            self.membership = EtcdMembership.from_config(
+                config, self.member(), observer=self.etcd_metrics.client("membership"))
+            await nursery.start(self.membership.run)
+            await self._start_bans(nursery)
+            nursery.start_soon(self._follow_membership)
+            nursery.start_soon(self._link_loop)
+            nursery.start_soon(self._sweep)
+            # SIP is read only once a worker can take it: a request that
+            # arrives earlier waits in the socket buffer instead of being
+            # answered 503 "no worker in the ring" (a restarted edge did).
+            await self._ring_ready.wait()
             for listener in self.udp.values():
                 await nursery.start(listener.run)
             for name, stream in self.streams.items():
@@ -156,12 +178,7 @@ class EdgeNode:
                 await nursery.start(self.tls.run_outgoing)
             await nursery.start(self.tls_contexts.run)
             self.forwarder.advertise = self._advertise()
-            self.membership = EtcdMembership.from_config(
-                config, self.member(), observer=self.etcd_metrics.client("membership"))
-            await nursery.start(self.membership.run)
-            await self._start_bans(nursery)
-            nursery.start_soon(self._follow_membership)
-            nursery.start_soon(self._link_loop)
+            self.sip_open = True
             log.info("edge ready", extra={"node": self.node_id, "listeners": self.listeners(),
                                           "link": self.inbox.endpoint})
             task_status.started()
@@ -189,8 +206,47 @@ class EdgeNode:
             # links: not linked to (its calls are answered 503) until upgraded.
             workers = [m for m in view.workers() if m.curve_key]
             links = {m.id: m.link for m in workers}
+            previous = self.forwarder.router.ring
             self.forwarder.update(ring, links, {m.link for m in workers if m.link_version >= 2},
-                                  {m.link: m.curve_key.encode() for m in workers})
+                                  {m.link: m.curve_key.encode() for m in workers},
+                                  present={m.id for m in view.workers()})
+            if previous is None or previous.members != ring.members:
+                self.ring_changes += 1
+                router = self.forwarder.router
+                log.info("ring changed", extra={"epoch": ring.epoch, "workers": list(ring.members),
+                                                "held": list(router.held),
+                                                "suspects": sorted(router.suspects)})
+                if router.held:
+                    log.warning("etcd's view lost every worker at once; routing to the ones whose "
+                                "links are up until they register again", extra={"held": list(router.held)})
+            self._refresh_current()
+
+    def _link_event(self, endpoint: str, up: bool) -> None:
+        if up:
+            self.forwarder.link_up(endpoint)
+            # A worker in the ring whose link is up: SIP can be read (a send
+            # on a link still connecting would be refused).
+            if self.forwarder.link_workers.get(endpoint) in (self.forwarder.ring or ()):
+                self._ring_ready.set()
+        else:
+            self.forwarder.link_down(endpoint)
+
+    def _refresh_current(self) -> None:
+        # Current: etcd confirmed our own lease within half a TTL and the
+        # ring is etcd's. A stalled etcd makes the edges non-current (at
+        # most TTL/2) before any worker's lease can be in doubt (at least
+        # 2/3 TTL: keep-alives go every TTL/3), so no worker fences itself
+        # against edges that lost etcd too (cluster.sharding.fence).
+        membership = self.membership
+        self.forwarder.current = membership is not None and membership.ready \
+            and membership.lease_alive(trio.current_time(), margin=membership.ttl / 2) \
+            and not self.forwarder.router.held
+
+    async def _sweep(self) -> None:
+        while True:
+            await trio.sleep(SWEEP)
+            self._refresh_current()
+            self.forwarder.router.expire(time.monotonic())
 
     async def _link_loop(self) -> None:
         stats = self.stats
@@ -266,7 +322,12 @@ class EdgeNode:
             "ready": ready, "ready_reason": why,
             "http": self.http_url, "metrics": f"{self.http_url}/metrics" if self.http_url else None,
             "ring_epoch": self.forwarder.ring.epoch if self.forwarder.ring else None,
+            "last_heartbeat": self.membership.last_heartbeat if self.membership else None,
             "workers": sorted(self.forwarder.worker_links),
+            "suspect_workers": sorted(self.forwarder.router.suspects),
+            "held_workers": list(self.forwarder.router.held),
+            "pinned_call_ids": self.forwarder.router.pinned,
+            "sip_open": self.sip_open,
             "udp": [f"{h}:{p}" for h, p in self.udp], "tcp": [f"{h}:{p}" for h, p in self.tcp.locals],
             "tcp_connections": len(self.tcp.connections),
             "listeners": self.listeners(),

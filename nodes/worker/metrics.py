@@ -9,6 +9,7 @@ come from ``cluster.observability.node_metrics``.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,16 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
     counted = node.transaction_counts
     stats = node.stats
     counts = node.sip_counts
+
+    def fenced():
+        # By the wall clock of the last confirmation: readable from any thread.
+        membership = node.standing.membership
+        if membership is None or membership.last_heartbeat is None:
+            return []
+        return one(1.0 if time.time() - membership.last_heartbeat > membership.ttl else 0.0)
+    endpoint.gauge("sipcluster_worker_fenced",
+                   "1 while etcd has not confirmed this worker's lease for a lease TTL: it may be gone, so the "
+                   "worker takes no new request from edges that follow etcd (split brain, DESIGN §4).", fenced)
 
     def by_method(counter, direction):
         return [(v, {"direction": direction, "method": m}) for m, v in list(counter.items())]
@@ -102,6 +113,19 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
     endpoint.counter("sipcluster_drops_total", "Messages dropped without an answer, by reason.",
                      lambda: drops(stats, [("malformed", stats["parse_error"] - stats["answered_malformed"])]))
 
+    endpoint.counter("sipcluster_dns_events_total",
+                     "RFC 3263 location: lookups by outcome, cache hits and misses, failovers, destinations "
+                     "blocked, records truncated, late answers (ops/guide/dns.md).",
+                     lambda: [(v, {"event": k[4:]}) for k, v in list(stats.items()) if k.startswith("dns_")])
+    endpoint.counter("sipcluster_unroutable_total",
+                     "Branches answered here because their next hop has no destination, by status "
+                     "(480 no SIP server or all blocked, 504 DNS failure, 416 not a SIP URI).",
+                     lambda: [(v, {"code": k[11:]}) for k, v in list(stats.items()) if k.startswith("unroutable_")])
+    endpoint.gauge("sipcluster_dns_cache_entries", "Answers in the worker's DNS cache.",
+                   lambda: one(len(node.dns.resolver.cache)))
+    endpoint.gauge("sipcluster_dns_blocked_destinations", "Destinations blocked after not answering.",
+                   lambda: one(len(node.tu.blocklist) if node.tu is not None else 0))
+
     def queues():
         out = [(node.reader.batch, {"queue": "link_batch"})]
         if node.stores is not None:
@@ -121,9 +145,13 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
 def worker_status(node: WorkerNode) -> dict:
     """The worker's ``/status``."""
     ready, why = node.readiness()
+    ring = node.standing.ring()
+    membership = node.standing.membership
     return {
         "id": node.node_id, "role": WORKER, "pid": os.getpid(),
         "ready": ready, "ready_reason": why,
+        "ring_epoch": ring.epoch if ring is not None else None,
+        "last_heartbeat": membership.last_heartbeat if membership is not None else None,
         "http": node.http_url, "metrics": f"{node.http_url}/metrics" if node.http_url else None,
         "draining": node.standing.draining,
         "transactions": len(node.transactions),

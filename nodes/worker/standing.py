@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable
 
 import trio
 
 from cluster.coordination import EtcdMembership
+from cluster.link import Envelope
+from cluster.sharding.fence import ADMIT, admission
 from cluster.sharding.membership import MembershipView
 from cluster.sharding.ring import Ring
+from cluster.sip import ParseError, extract_call_id
 
 log = logging.getLogger("sipcluster.worker")
 
@@ -66,6 +71,34 @@ class ShardStanding:
         if self._ring[0] is not view:
             self._ring = (view, view.ring())
         return self._ring[1]
+
+    def admits(self, env: Envelope, stats: Counter[str]) -> bool:
+        """Whether to act on ``env`` (``cluster.sharding.fence``): not when it
+        queued through a stall longer than the lease and its Call-ID may be
+        another shard's now, nor a request while our lease may be gone
+        (split brain). What it refuses is dropped and counted
+        (``drop_stale``, ``drop_fenced``): the caller's retransmission
+        reaches the shard that owns the Call-ID now."""
+        membership = self.membership
+        if membership is None or membership.member is None:
+            return True
+        wall = time.time()
+        age = wall - env.ts_ns / 1e9 if env.ts_ns else 0.0
+        alive = membership.lease_alive(trio.current_time())
+        if alive and age <= membership.ttl:
+            return True
+        try:
+            call_id = extract_call_id(env.data)
+        except ParseError:
+            return True  # the parse boundary answers it
+        verdict = admission(shard=self.node_id, call_id=call_id, request=env.data[:8] != b"SIP/2.0 ",
+                            age=age, max_age=membership.ttl, lease_alive=alive,
+                            edge_current=env.current, ring=self.ring(),
+                            lease_newer=membership.lease_granted > wall - age)
+        if verdict == ADMIT:
+            return True
+        stats[f"drop_{verdict}"] += 1
+        return False
 
     def ring_share(self) -> float | None:
         """This shard's share of the Call-ID hash space in the current view."""

@@ -124,3 +124,9 @@ async def sweep_challenges(services: Services, bug: Callable[[str], None]) -> No
             services.unanswered_challenges(time.time())
         except Exception:  # noqa: BLE001 - a bug costs this sweep, not the worker
             bug("challenge sweep failed")
+
+
+def cluster_route(config: Config) -> str | None:
+    """The cluster's name for Record-Route (``cluster.record_route``); None:
+    each edge's own advertised address."""
+    return config.cluster.record_route

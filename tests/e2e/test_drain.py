@@ -37,7 +37,7 @@ def test_sigterm_drain_finishes_in_flight_call(etcd_server, tmp_path):
              "-m", "1", "-nostdin", "-timeout", "60s",
              "-timeout_error"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         uac = subprocess.Popen(
-            ["sipp", f"127.0.0.1:{cluster.port}", "-sf", str(SCENARIOS / "uac.xml"), "-s", "callee",
+            ["sipp", f"127.0.0.1:{cluster.port}", "-sf", str(SCENARIOS / "uac.xml"), "-s", "callee", "-d", "200",
              "-m", "1", "-i", "127.0.0.1", "-p", str(uac_port), "-cid_str", "drain-test-%u@%s",
              "-key", "domain", f"127.0.0.1:{uas_port}", "-key", "caller", "caller",
              "-key", "caller_domain", "bench.invalid", "-nostdin", "-timeout", "60s",

@@ -94,7 +94,7 @@ def test_one_call_is_one_trace_across_edge_and_worker(cluster, sink, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         uac = subprocess.run(
-            ["sipp", f"127.0.0.1:{cluster.port}", "-sf", str(SCENARIOS / "uac.xml"), "-s", "callee",
+            ["sipp", f"127.0.0.1:{cluster.port}", "-sf", str(SCENARIOS / "uac.xml"), "-s", "callee", "-d", "200",
              "-m", "1", "-i", "127.0.0.1", "-p", str(uac_port), "-cid_str", call_id,
              "-key", "domain", f"127.0.0.1:{uas_port}", "-key", "caller", "caller",
              "-key", "caller_domain", "bench.invalid", "-nostdin", "-timeout", "30s", "-timeout_error"],

@@ -129,3 +129,69 @@ def test_a_refused_frame_answers_each_request_in_it():
     assert [(a[:12], peer) for a, peer in answers] == [(b"SIP/2.0 503 ", src)]  # a response is not answered
     assert fwd.stats["unroutable_link_down"] == 2
     assert fwd.stats["drop_unroutable"] == 1
+
+
+def _owned_by(ring: Ring, worker: str) -> bytes:
+    i = 0
+    while ring.owner(f"reroute-{i}".encode()) != worker:
+        i += 1
+    return OPTIONS.replace(b"Call-ID: ", b"Call-ID: reroute-%d" % i + b"\r\nX-Old-Call-ID: ", 1)
+
+
+def test_a_request_for_a_worker_whose_link_is_down_goes_to_the_next_owner():
+    """Issue 18.1: not 503 "worker link unavailable" until the lease expires."""
+    ctx, inboxes, outbox, fwd = _setup()
+    src, local = ("192.0.2.1", 5060), ("127.0.0.1", 5060)
+    ring = Ring(["w1", "w2"])
+    fwd.update(ring, {"w1": inboxes["w1"].endpoint, "w2": inboxes["w2"].endpoint})
+    request = _owned_by(ring, "w1")
+    inboxes["w1"].close()
+    deadline = time.monotonic() + 30
+    # The link is refused once the peer's connection is gone (IMMEDIATE).
+    while outbox.send(inboxes["w1"].endpoint, b"probe"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert fwd.ingress(request, "UDP", src, local, None) is None
+    assert inboxes["w2"].socket.poll(5000)
+    env = unpack(inboxes["w2"].socket.recv())
+    assert env.data == request and env.epoch == ring.epoch and env.current
+    assert fwd.stats["link_suspect"] == 1 and fwd.stats["rerouted_link_down"] == 1
+    assert fwd.router.suspects.keys() == {"w1"}
+    # The next one goes straight to w2, pinned there even once w1 is back.
+    assert fwd.ingress(request, "UDP", src, local, None) is None
+    assert inboxes["w2"].socket.poll(5000)
+    fwd.link_up(inboxes["w1"].endpoint)
+    assert fwd.router.suspects == {} and fwd.stats["link_restored"] == 1
+    assert fwd.router.owner(request.split(b"Call-ID: ")[1].split(b"\r\n")[0], time.monotonic()) == "w2"
+    inboxes["w2"].close()
+    outbox.close()
+    ctx.term()
+
+
+def test_a_full_queue_on_a_live_link_is_answered_not_rerouted():
+    """A link that is up (its monitor saw the handshake) and refuses a
+    message has a full queue: the worker is alive and busy, so the request
+    is answered 503 rather than moved to another shard (the worker keeps
+    its Call-IDs); a link that is not up is routed around."""
+    ring = Ring(["w1", "w2"])
+    links = {"w1": "ipc:///w1", "w2": "ipc:///w2"}
+    request = _owned_by(ring, "w1")
+    src, local = ("192.0.2.1", 5060), ("127.0.0.1", 5060)
+    for framed in (False, True):
+        fwd = Forwarder("edge-t", RefusingOutbox(), max_message=4000, server="test")
+        fwd.update(ring, links, set(links.values()))
+        fwd.link_up("ipc:///w1")
+        fwd.link_up("ipc:///w2")
+        if framed:
+            frames = FrameQueue()
+            assert fwd.ingress(request, "UDP", src, local, None, frames) is None
+            (answer, _), = fwd.flush(frames)
+        else:
+            answer = fwd.ingress(request, "UDP", src, local, None)
+        assert answer.startswith(b"SIP/2.0 503 "), answer
+        assert fwd.router.suspects == {} and fwd.stats["rerouted_link_down"] == 0
+        # Down: suspect, and its Call-IDs go to the next owner (whose
+        # queue is full here too).
+        fwd.link_down("ipc:///w1")
+        assert fwd.ingress(request, "UDP", src, local, None).startswith(b"SIP/2.0 503 ")
+        assert "w1" in fwd.router.suspects and fwd.router.rerouted == 1

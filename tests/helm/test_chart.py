@@ -65,6 +65,8 @@ VALUE_SETS: dict[str, dict] = {
                  "service": {"loadBalancerSourceRanges": ["198.51.100.0/24"]}},
         "networkPolicy": {"enabled": True,
                           "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
+        # Record-Route names the load balancer, not the edge pod (issue 18.2).
+        "config": {"cluster": {"record_route": "sip.example.net"}},
     },
     "deployment-tls": {
         "edge": {"mode": "deployment", "service": {"loadBalancerIP": "203.0.113.10"},
@@ -295,6 +297,7 @@ def test_rendered_configuration_loads_for_both_roles(name, tmp_path):
         assert loaded.http.address() == ("10.1.2.3", 8080)
         expected = values_of(name)["config"]
         assert loaded.cluster.prefix == expected["cluster"]["prefix"]
+        assert loaded.cluster.record_route == expected["cluster"].get("record_route")
         assert loaded.worker.drain_timeout == expected["worker"]["drain_timeout"]
         assert loaded.log.format == "json", role
     # Link endpoints are published in etcd: they must be the pod address.

@@ -38,10 +38,21 @@ def test_fields_a_later_version_appends_are_ignored():
     assert unpack(msgpack.packb(later, use_bin_type=True)) == BARE
 
 
+def test_ring_epoch_and_view_currency_travel_and_default_for_older_senders():
+    routed = FULL._replace(epoch=4711, current=False)
+    for packed in (pack(routed), pack_v2(routed)):
+        env = unpack(packed)
+        assert (env.epoch, env.current) == (4711, False)
+    # A version-2 array of the previous release has 14 fields: epoch
+    # unknown, view taken as current (a fenced worker refuses it).
+    older = unpack(msgpack.packb(pack_array(routed)[:14], use_bin_type=True))
+    assert (older.epoch, older.current) == (0, True)
+
+
 def _array(**changes) -> bytes:
     fields = pack_array(BARE)
     names = ["v", "kind", "edge", "transport", "peer_host", "peer_port", "local_host", "local_port",
-             "data", "conn", "ts_ns", "trace", "advertise", "sender"]
+             "data", "conn", "ts_ns", "trace", "advertise", "sender", "epoch", "current"]
     for name, value in changes.items():
         fields[names.index(name)] = value
     return msgpack.packb(fields, use_bin_type=True)

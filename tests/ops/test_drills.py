@@ -62,3 +62,16 @@ def test_worker_host_cut_off_loses_no_established_call(tmp_path):
     assert outcome["established_at_fault"] >= 80 and outcome["established_lost"] == 0, outcome
     assert outcome["new_failed_late"] == 0, outcome
     _check_clean(tmp_path)
+
+
+def test_worker_kill_loses_no_established_call(tmp_path):
+    # kill -9 of a worker (issue 18 part 1): the edges notice the dead link
+    # within a second and route its Call-IDs to their next owner, so no BYE
+    # or re-INVITE of an established call is answered 503 while the dead
+    # worker's lease runs out, and new calls fail only in the first second.
+    result, outcome = run_drill("worker-kill", tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "| 0 established calls lost | PASS |" in result.stdout
+    assert outcome["established_at_fault"] >= 80 and outcome["established_lost"] == 0, outcome
+    assert outcome["new_failed_late"] == 0, outcome
+    _check_clean(tmp_path)

@@ -7,8 +7,10 @@ from __future__ import annotations
 from cluster.app.api import Application
 from cluster.sip import Response
 from cluster.sip.transaction.actions import Send
+from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TIMER_C, TimerConfig
 from cluster.tu import EdgeRoute, StartRegistration, TUObserver
+from cluster.tu.outputs import Resolve
 
 from .support import (
     CALLER, EDGE, US, answer, destinations, forwarding, make_tu, request, requests, sent, statuses,
@@ -161,11 +163,13 @@ def test_call_forwarding_on_busy_tries_the_forward_target():
     assert statuses(answer(tu, forwarded, 200, 2.0, tag="fwd")) == [200]
 
 
-def test_an_unresolvable_target_fails_its_branch_with_404():
+def test_a_target_named_by_a_host_name_waits_for_dns():
     tu = make_tu(forwarding("sip:bob@nowhere.invalid"))
     out = tu.receive(request(), CALLER, 0.0)
     assert requests(out, "INVITE") == []
-    assert statuses(out) == [100, 404], "a routing failure, answered with its own status"
+    assert statuses(out) == [100], "the answer waits for the runtime's DNS (tests/tu/test_locating.py)"
+    (resolve,) = [o for o in out if isinstance(o, Resolve)]
+    assert resolve.target.host == "nowhere.invalid"
 
 
 def test_a_register_decision_is_an_output_and_its_answer_goes_back():
@@ -218,3 +222,28 @@ def test_an_observer_given_at_construction_sees_each_routing_decision():
     tu = make_tu(forwarding(BOB), observer=Recording())
     assert requests(tu.receive(request(), CALLER, 0.0), "INVITE"), "the wrapped handler still decides"
     assert seen == [("INVITE", "INVITE", "Proxy")]
+
+
+def test_record_route_names_the_cluster_and_any_shard_through_any_edge_routes_the_dialog():
+    """Issue 18.2: with cluster.record_route the route set names the cluster,
+    not the edge that set the dialog up, so in-dialog requests reach any
+    edge (the peer resolves the name) and any shard forwards them."""
+    cluster = "sip.example.net"
+    tu = make_tu(forwarding(BOB), record_route=cluster)
+    (invite,) = requests(tu.receive(request(), CALLER, 0.0), "INVITE")
+    (rr,) = invite.get_all("record-route")
+    assert rr.startswith(f"<sip:{cluster};sct=") and rr.endswith(";lr>"), rr
+    # Our Via still names the edge: responses come back where the request left.
+    assert invite.via.host == "192.0.2.1"
+    # A BYE from the caller through another edge, to another shard.
+    other_edge = EdgeRoute("edge-2", None, ("192.0.2.2", 5060), "192.0.2.2:5060")
+    other = make_tu(forwarding(BOB, methods=("BYE",)), shard="w2", record_route=cluster)
+    bye = request("BYE", uri=BOB, branch="z9hG4bK-caller-bye", seq=2, to_tag="callee",
+                  extra=(f"Route: {rr}",))
+    out = other.receive(bye, Peer(CALLER.transport, CALLER.host, CALLER.port, other_edge), 5.0)
+    (forwarded,) = requests(out, "BYE")
+    assert str(forwarded.uri) == BOB and not forwarded.get_all("route"), "our Route was removed (§16.4)"
+    assert forwarded.via.host == "192.0.2.2"
+    # Without the setting the edge's own address is written, as before.
+    (plain,) = requests(make_tu(forwarding(BOB)).receive(request(), CALLER, 0.0), "INVITE")
+    assert plain.get_all("record-route")[0].startswith(f"<sip:{US};")
