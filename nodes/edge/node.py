@@ -178,6 +178,9 @@ class EdgeNode:
                 await nursery.start(self.tls.run_outgoing)
             await nursery.start(self.tls_contexts.run)
             self.forwarder.advertise = self._advertise()
+            # Workers read our UDP address from the record (Member.sip): it
+            # names where a worker's own requests (set probes) get answered.
+            await self.membership.update(self.member())
             self.sip_open = True
             log.info("edge ready", extra={"node": self.node_id, "listeners": self.listeners(),
                                           "link": self.inbox.endpoint})
