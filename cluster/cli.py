@@ -11,6 +11,8 @@
     sipcluster keys generate --dir DIR [--force]
     sipcluster bans list [--json]
     sipcluster bans del ADDRESS|USER
+    sipcluster dispatcher add SET URI [--priority N] [--weight N] [--policy P]
+    sipcluster dispatcher remove SET [URI] | list [--json]
 
 Every command that talks to a cluster finds it the same way
 (:func:`cluster.discovery.find_cluster`): ``--etcd`` if given, else the node
@@ -232,6 +234,54 @@ def _bans_action(directory, args: argparse.Namespace) -> int:
     return 0
 
 
+def _dispatcher(args: argparse.Namespace) -> int:
+    """Destination sets: ``add`` a member (making the set), ``remove`` a
+    member or a set, ``list`` every set with each member's health."""
+    from .dispatch.directory import DispatcherDirectory
+    return _on_cluster(f"dispatcher {args.action}", args, DispatcherDirectory,
+                       lambda directory: _dispatcher_action(directory, args))
+
+
+def _dispatcher_action(directory, args: argparse.Namespace) -> int:
+    from .dispatch import InvalidSet
+    try:
+        if args.action == "add":
+            dset = directory.add(args.set, args.uri, priority=args.priority, weight=args.weight,
+                                 policy=args.policy)
+            print(f"set {dset.name} ({dset.policy}): {len(dset.members)} member(s)")
+        elif args.action == "remove":
+            if not directory.remove(args.set, args.uri):
+                what = f"member {args.uri} in set {args.set}" if args.uri else f"set {args.set}"
+                print(f"sipcluster dispatcher remove: no {what}", file=sys.stderr)
+                return 1
+            print(f"removed {args.uri + ' from ' if args.uri else ''}set {args.set}")
+        else:
+            _dispatcher_list(directory.list(), args.json)
+    except InvalidSet as error:
+        print(f"sipcluster dispatcher {args.action}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dispatcher_list(sets, as_json: bool) -> None:
+    def health(record) -> str:
+        # Never probed yet: it counts as up for routing until a probe says otherwise.
+        return "unknown" if record is None else ("up" if record.up else "down")
+    if as_json:
+        print(json.dumps([{"set": d.name, "policy": d.policy, "members": [
+            {"uri": m.uri, "priority": m.priority, "weight": m.weight, "health": health(h.get(m.uri)),
+             "last_status": h[m.uri].status if m.uri in h else None,
+             "probed_by": h[m.uri].by if m.uri in h else None} for m in d.members]}
+            for d, h in sets], indent=2))
+        return
+    for d, h in sets:
+        print(f"{d.name}  policy={d.policy}")
+        for m in d.members:
+            record = h.get(m.uri)
+            status = "" if record is None else f"  last={record.status if record.status is not None else 'timeout'}"
+            print(f"  {m.uri}  priority={m.priority}  weight={m.weight}  {health(record)}{status}")
+
+
 def _up(args: argparse.Namespace) -> int:
     from .local import LocalCluster, UpOptions
     try:
@@ -315,7 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
     bans_del = bans_sub.add_parser("del", help="lift the ban of an address or a user (user@realm)")
     bans_del.add_argument("subject", metavar="ADDRESS|USER")
     bans.set_defaults(func=_bans)
-    for p in (add, delete, listing, setting, status, bans_list, bans_del):
+
+    from .dispatch import POLICIES
+    dispatcher = sub.add_parser("dispatcher", help="destination sets: named SIP targets with health probes")
+    dispatcher_sub = dispatcher.add_subparsers(dest="action", required=True)
+    ds_add = dispatcher_sub.add_parser("add", help="add a member to a set (making the set), or change it")
+    ds_add.add_argument("set")
+    ds_add.add_argument("uri", help="sip: or sips: URI, e.g. sip:gw1.example.net:5060")
+    ds_add.add_argument("--priority", type=int, default=0, help="lower is tried first (default 0)")
+    ds_add.add_argument("--weight", type=int, default=1, help="share under the weighted policy (default 1)")
+    ds_add.add_argument("--policy", choices=POLICIES, default=None,
+                        help="the set's policy (default priority for a new set; unchanged otherwise)")
+    ds_remove = dispatcher_sub.add_parser("remove", help="remove a member, or the whole set")
+    ds_remove.add_argument("set")
+    ds_remove.add_argument("uri", nargs="?", default=None)
+    ds_list = dispatcher_sub.add_parser("list", help="every set, with each member's health")
+    ds_list.add_argument("--json", action="store_true", help="machine-readable output")
+    dispatcher.set_defaults(func=_dispatcher)
+    for p in (add, delete, listing, setting, status, bans_list, bans_del, ds_add, ds_remove, ds_list):
         add_cluster_arguments(p)
     return parser
 

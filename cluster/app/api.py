@@ -70,8 +70,19 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class SetTarget:
+    """A destination set by name (``sipcluster dispatcher add``): the worker
+    orders the members that are up by the set's policy; the first gets the
+    branch and the next take over, in the same call, on a 503, a timeout or
+    a transport error. A set with no member up (or no such set) adds no
+    branch; with nothing else to try the request is answered 503."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Proxy:
-    targets: tuple[Target, ...]
+    targets: tuple[Target | SetTarget, ...]
     parallel: bool = True
     timeout: float | None = None
     record_route: bool = True
@@ -140,14 +151,20 @@ class Call:
               timeout: float | None = None, record_route: bool = True) -> Proxy:
         resolved = tuple(_target(t) for t in targets)
         if not parallel:
-            resolved = tuple(sorted(resolved, key=lambda t: -(t.q if t.q is not None else 1.0)))
+            resolved = tuple(sorted(resolved, key=_priority))
         return Proxy(resolved, parallel, timeout, record_route)
+
+    def destination_set(self, name: str) -> SetTarget:
+        """A destination set as a proxy target: ``call.proxy([call.destination_set("carriers")])``."""
+        return SetTarget(name)
 
     def redirect(self, contacts: Iterable[object], status: int = 302) -> Reply:
         """3xx with the contacts (RFC 3261 §8.3, §21.3)."""
         values = []
         for contact in contacts:
             target = _target(contact)
+            if isinstance(target, SetTarget):
+                raise TypeError("a destination set cannot be a redirect contact")
             q = f";q={target.q}" if target.q is not None else ""
             values.append(("Contact", f"<{target.uri}>{q}"))
         return Reply(status, None, tuple(values))
@@ -212,8 +229,13 @@ class Call:
         return self.services.domains[0]
 
 
-def _target(value: object) -> Target:
-    if isinstance(value, Target):
+def _priority(target: Target | SetTarget) -> float:
+    q = target.q if isinstance(target, Target) else None
+    return -(q if q is not None else 1.0)
+
+
+def _target(value: object) -> Target | SetTarget:
+    if isinstance(value, (Target, SetTarget)):
         return value
     if isinstance(value, str):
         return Target(parse_uri(value))

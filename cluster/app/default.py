@@ -23,7 +23,11 @@ Written with the same public API an operator uses (``cluster.app.api``):
 - Domains listed in ``redirect_domains`` answer 302 with the contacts instead.
 - Requests for other domains, or with a Route set beyond the cluster, are
   relayed — only from trusted networks (default loopback); anything else
-  gets 403, so the cluster is never an open relay.
+  gets 403, so the cluster is never an open relay. Without a Route set they
+  go to the destination set ``dispatcher.foreign_set`` when one is
+  configured (members in the set's policy order, failover on 503 and
+  timeouts), else through ``worker.outbound_proxy``, else to the
+  Request-URI's host.
 - OPTIONS addressed to the cluster itself is answered here, naming the shard.
 """
 
@@ -160,6 +164,9 @@ def relay(call: Call):
         detail = (f"route set {routes[0]} ... ({len(routes)} entries)" if routes
                   else f"foreign target {call.request.uri}")
         return call.refuse(403, "Relaying Denied", event="relay_refused", detail=detail)
+    foreign_set = getattr(call.services, "foreign_set", None)
+    if foreign_set and not call.request.routes:
+        return call.proxy([call.destination_set(foreign_set)])
     outbound = getattr(call.services, "outbound_proxy", None)
     if outbound:
         # The outbound proxy becomes the first Route (loose routing, §16.6

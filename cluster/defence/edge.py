@@ -83,6 +83,14 @@ class EdgeGuard:
             self.events.dropped(reason, source, data, now)
         return reason
 
+    def dropped_banned(self, source: str, data: bytes, now: float) -> None:
+        """A listener dropped messages from banned sources itself, by a
+        lookup in ``bans.until`` (its fast path while a banned flood goes
+        on) and counted them; the last one is reported to ``events`` (whose
+        log lines are budgeted) as ``admit`` reports each of its drops."""
+        if self.events is not None:
+            self.events.dropped(DROP_BANNED, source, data, now)
+
     def is_exempt(self, source: str) -> bool:
         if not self.exempt:
             return False

@@ -15,12 +15,11 @@ import builtins
 import logging
 import math
 import time
-from typing import Any
 from collections.abc import Callable
 
 import trio
 
-from cluster.coordination.connection import EtcdAccess, EtcdConnection
+from cluster.coordination.directory import EtcdDirectory
 from cluster.coordination.errors import CoordinationError
 from cluster.coordination.feed import follow_prefix
 from cluster.sharding import Delete, Put
@@ -142,20 +141,11 @@ class BanPublisher:
         await store.put(ban_key(self.prefix, ban.kind, ban.subject), encode_ban(ban), lease=lease.id)
 
 
-class BanDirectory:
+class BanDirectory(EtcdDirectory):
     """The bans in etcd, read and removed synchronously (``sipcluster bans``)."""
 
-    __slots__ = ("_connection", "prefix")
-
-    def __init__(self, etcd: EtcdConnection | EtcdAccess, prefix: str) -> None:
-        self._connection = etcd if isinstance(etcd, EtcdConnection) else EtcdConnection(etcd)
-        self.prefix = prefix
-
-    def close(self) -> None:
-        self._connection.close()
-
-    def _call(self, op: str, method: str, *args: Any) -> Any:
-        return self._connection.call(f"bans {op}", method, *args)
+    __slots__ = ()
+    NAME = "bans"
 
     def list(self, now: float | None = None) -> builtins.list[Ban]:
         """Every ban in force, by kind then subject (unreadable keys skipped)."""

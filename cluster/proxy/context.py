@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cluster.sip import Request, Response, URI, make_response
+from cluster.proxy.failover import Attempts
 from cluster.sip.transaction.actions import TransactionKey
 from cluster.sip.transaction.timers import TIMER_C
 
@@ -31,6 +32,15 @@ class Branch:
     cancel_sent: bool = False
     deadline: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    attempts: Attempts | None = None
+    """The next hop's destinations and how far the branch got through them
+    (RFC 3263 §4.3, ``cluster.proxy.failover``); None until located."""
+    failover: tuple[URI, ...] = ()
+    """Where this branch's slot goes next when it fails (``Alternatives``)."""
+    group: str | None = None
+    """The destination set the target came from, if any."""
+    label: str | None = None
+    """Which member of ``group`` the target is."""
 
     @property
     def pending(self) -> bool:
@@ -72,6 +82,26 @@ class Exhausted:
 Output = Forward | Upstream | Cancel | Exhausted
 
 
+@dataclass(frozen=True, slots=True)
+class Alternatives:
+    """Targets tried in turn in one branch slot: the first is forwarded; a
+    503, or a failure made here (timeout with no response, transport error,
+    no route), moves to the next as a new branch — a new client transaction
+    with a new Via branch (RFC 3263 §4.3). Any other final response ends the
+    slot, as a 486 from a gateway means the callee is busy whichever gateway
+    is asked. ``group`` names where the targets came from (a destination set)
+and ``labels`` which member each target is."""
+
+    targets: tuple[URI, ...]
+    group: str | None = None
+    labels: tuple[str, ...] = ()
+
+
+def fails_over(status: int, local: bool) -> bool:
+    """Whether a final response moves an ``Alternatives`` slot to its next target."""
+    return local or status == 503
+
+
 class ResponseContext:
     def __init__(self, server_key: TransactionKey, request: Request, *, timer_c: float | None = TIMER_C) -> None:
         self.server_key = server_key
@@ -79,7 +109,7 @@ class ResponseContext:
         self.is_invite = request.method == "INVITE"
         self.timer_c = timer_c
         self.branches: list[Branch] = []
-        self.serial: list[tuple[URI, float | None]] = []
+        self.serial: list[tuple[URI | Alternatives, float | None]] = []
         self.final_sent = False
         self.cancelled = False
         self.best: Response | None = None
@@ -87,9 +117,9 @@ class ResponseContext:
 
     # -- starting branches -----------------------------------------------------
 
-    def add_targets(self, targets: Iterable[URI], *, parallel: bool = True,
+    def add_targets(self, targets: Iterable[URI | Alternatives], *, parallel: bool = True,
                     timeout: float | None = None, now: float) -> list[Output]:
-        targets = list(targets)
+        targets = [t for t in targets if not isinstance(t, Alternatives) or t.targets]
         if not targets:
             return []
         if parallel:
@@ -97,8 +127,15 @@ class ResponseContext:
         self.serial.extend((t, timeout) for t in targets[1:])
         return self._start(targets[0], timeout, now)
 
-    def _start(self, target: URI, timeout: float | None, now: float) -> list[Output]:
-        branch = Branch(len(self.branches), target, timeout)
+    def _start(self, target: URI | Alternatives, timeout: float | None, now: float) -> list[Output]:
+        if isinstance(target, Alternatives):
+            first, *rest = target.targets
+            labels = target.labels
+            branch = Branch(len(self.branches), first, timeout, failover=tuple(rest), group=target.group,
+                            label=labels[0] if labels else None)
+            branch.extra["labels"] = labels[1:]
+        else:
+            branch = Branch(len(self.branches), target, timeout)
         branch.state = "trying"
         self._arm(branch, now)
         self.branches.append(branch)
@@ -163,6 +200,14 @@ class ResponseContext:
             # §16.7 step 10 / §16.8: a 6xx ends the search.
             out.extend(self._cancel_pending())
             self.serial.clear()
+        elif branch.failover and fails_over(response.status, local) \
+                and not self.cancelled and not self.final_sent:
+            # The slot's next target; this branch's response still competes
+            # for best if every target fails (§16.7 step 6).
+            labels = branch.extra.get("labels")
+            rest = Alternatives(branch.failover, branch.group,
+                                labels if isinstance(labels, tuple) else ())
+            return out + self._start(rest, branch.timeout, now)
         if self.serial and not self.cancelled and not self.final_sent:
             target, timeout = self.serial.pop(0)
             return out + self._start(target, timeout, now)
@@ -179,13 +224,15 @@ class ResponseContext:
         """The client transaction timed out or failed: §16.7 treats it as 408."""
         return self.on_failure(branch, 408, now)
 
-    def on_failure(self, branch: Branch, status: int, now: float) -> list[Output]:
+    def on_failure(self, branch: Branch, status: int, now: float,
+                   headers: tuple[tuple[str, str], ...] = ()) -> list[Output]:
         """The branch failed without a response from downstream (no route to
         the target, timeout, transport error): it counts as a response with
-        ``status`` made here (§16.7 step 6, §16.8)."""
+        ``status`` made here (§16.7 step 6, §16.8), with ``headers`` (a
+        Warning saying why)."""
         if branch.state == "done":
             return []
-        return self._final(branch, make_response(self.request, status), now, local=True)
+        return self._final(branch, make_response(self.request, status, headers=headers), now, local=True)
 
     def on_deadline(self, now: float) -> list[Output]:
         """Per-branch timeout or Timer C fired (§16.8): CANCEL what rings,

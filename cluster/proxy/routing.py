@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeGuard
 
+from cluster.dns.rfc3263 import Target as LocateTarget
 from cluster.sip import NameAddress, Request, SipURI, URI, Via
 from cluster.sip.grammar import Params
 from cluster.sip.memo import bounded_cache
@@ -160,6 +161,25 @@ def hop_for(uri: URI, *, default_transport: str = "UDP",
         bare = resolved
     port = uri.port or DEFAULT_PORTS.get(transport, 5060)
     return Hop(transport, bare, port)
+
+
+def next_hop(uri: URI, *, resolve: Callable[[str], str | None] | None = None) -> Hop | LocateTarget:
+    """The next hop for ``uri``: an address when its host is numeric (or
+    ``resolve`` knows the name), else what RFC 3263 must locate — the
+    runtime's DNS does that (``cluster.dns``); RoutingError for a URI that
+    is not SIP."""
+    if not isinstance(uri, SipURI):
+        raise RoutingError(f"cannot route to a {uri.scheme}: URI", 416)
+    host = uri.maddr or uri.host
+    bare = host[1:-1] if host.startswith("[") else host
+    if _is_numeric_host(bare) or (resolve is not None and resolve(bare) is not None):
+        return hop_for(uri, resolve=resolve)
+    secure = uri.scheme == "sips"
+    transport = (uri.transport or "").upper() or None
+    if secure and transport in ("TCP", "WS"):
+        # RFC 3261 §26.2.2: sips: with transport=tcp still means TLS over TCP.
+        transport = "TLS" if transport == "TCP" else "WSS"
+    return LocateTarget(bare, uri.port, transport, secure)
 
 
 def next_hop_uri(request: Request) -> URI:

@@ -153,6 +153,11 @@ class Member:
     that leaves over that transport (RFC 5658 double Record-Route when a
     call crosses transports)."""
 
+    def sip_address(self, transport: str) -> str:
+        """The advertised ``host:port`` for ``transport`` (UDP, TCP, ...);
+        empty when the edge publishes none for it."""
+        return dict(self.sip).get(transport.upper(), "")
+
     def __post_init__(self) -> None:
         _check_id(self.id)
         _check_role(self.role)

@@ -9,9 +9,14 @@ outputs each call returns, in order:
     out = tu.respond(response, now)          # the registrar's answer
     out = tu.transport_error(key, now)       # a Send for ``key`` failed
     out = tu.handle_timer(now)               # at tu.next_deadline()
+    out = tu.resolved(ticket, location, now) # the DNS answer to a Resolve
 
 Outputs are the transaction layer's ``Send`` (its destination's context is an
-``EdgeRoute``) and ``StartRegistration``. The TU checks requests (§16.3),
+``EdgeRoute``), ``StartRegistration`` and ``Resolve``: a next hop named by a
+host name is located by the runtime's DNS (RFC 3263), and the branch, ACK or
+CANCEL waiting for it goes on when ``resolved`` brings the answer; a branch
+fails over to the next destination on a 503, a transport error or a timeout
+(§4.3, ``cluster.proxy.failover``). The TU checks requests (§16.3),
 asks the application for a decision and carries it out: replies, digest
 challenges (§22), registrations, stateful proxying with forking, CANCEL and
 the application's failure hook (§16.5–§16.10, the response contexts of
@@ -33,16 +38,24 @@ from typing import Protocol
 from cluster.app.api import (
     Application, Call, Challenge, Decision, Handler, Proxy, Register, Reply, Target,
 )
+from cluster.dispatch import Dispatcher
+from cluster.dns.blocklist import Blocklist
+from cluster.dns.rfc3263 import Destination, Location
+from cluster.dns.rfc3263 import Target as LocateTarget
 from cluster.proxy import identity
+from cluster.proxy.failover import (
+    FAILOVER_STATUSES, Attempts, blocked_failure, location_failure, seed_for, warning,
+)
 from cluster.proxy.flows import Flow, FlowTokens, ForgedFlowToken, dialog_flow, route_flow
 from cluster.proxy.context import (
     Branch, Cancel, Exhausted, Forward, Output as ContextOutput, ResponseContext, Upstream,
 )
 from cluster.proxy.routing import (
     DEFAULT_PORTS, DialogTokens, LocalAddresses, RoutingError, forward_copy, hop_for,
-    loop_detected, next_hop_uri, preprocess_routes, proxy_via, record_route_set, resolve_localhost,
+    SHARD_PARAM, loop_detected, next_hop, next_hop_uri, preprocess_routes, proxy_via, record_route_set,
+    resolve_localhost,
 )
-from cluster.sip import URI, Request, Response, SipURI, TelURI, make_response
+from cluster.sip import URI, ParseError, Request, Response, SipURI, TelURI, make_response, parse_uri
 from cluster.sip.transaction.actions import (
     AckReceived, Action, CancelReceived, RequestReceived, ResponseReceived, Send, StrayResponse,
     TransactionKey, TransactionTerminated, TransactionTimeout, TransportError,
@@ -51,8 +64,10 @@ from cluster.sip.transaction.layer import TransactionLayer
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.stateless import forward_response_statelessly
 
+from . import dispatching
 from .flowroutes import arrival_flow, flow_peer, forged_flow
-from .outputs import NO_LOCAL, EdgeRoute, StartRegistration, route_of
+from .locating import Located, Locating, LogLimit
+from .outputs import NO_LOCAL, EdgeRoute, Resolve, StartRegistration, route_of
 
 log = logging.getLogger("sipcluster.worker")
 
@@ -63,7 +78,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRA
 # The counter name of each action type, built once rather than per action.
 _STAT_NAMES: dict[type, str] = {}
 
-Output = Send | StartRegistration
+Output = Send | StartRegistration | Resolve
 Resolver = Callable[[str], str | None]
 Headers = tuple[tuple[str, str], ...]
 
@@ -80,6 +95,9 @@ class TUServices(Protocol):
 
     @property
     def flows(self) -> FlowTokens: ...
+
+    @property
+    def dispatcher(self) -> Dispatcher | None: ...
 
     def is_trusted(self, host: str) -> bool: ...
 
@@ -108,14 +126,17 @@ class TransactionUser:
     layer; ``services`` answers the application's questions from memory;
     ``shard`` names this worker (our Via's ``wk``), ``salt`` keeps branches
     of different clusters apart; ``stats`` counts events (the worker's node
-    events); ``resolve`` maps a host name to an address (DNS stays outside);
+    events); ``resolve`` maps a host name to an address without DNS
+    (``localhost``), other names are located by the runtime (``Resolve``);
+    ``blocklist`` holds the destinations that did not answer (RFC 3263 §4.3);
     ``record_route`` names the whole cluster in Record-Route instead of the
     receiving edge (``cluster.record_route``)."""
 
     def __init__(self, application: Application, transactions: TransactionLayer,
                  services: TUServices, *, shard: str, salt: str = "",
                  stats: Counter[str] | None = None, resolve: Resolver = resolve_localhost,
-                 observer: TUObserver | None = None, record_route: str | None = None) -> None:
+                 observer: TUObserver | None = None, blocklist: Blocklist | None = None,
+                 record_route: str | None = None) -> None:
         self.application = application
         self.cluster_route = record_route
         if record_route:
@@ -128,6 +149,12 @@ class TransactionUser:
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.resolve = resolve
         self.observer = observer
+        self.dispatcher = services.dispatcher
+        """Destination sets (``SetTarget``) and their probes, when the worker follows them."""
+        self.probes: dict[TransactionKey, tuple[tuple[str, str], int]] = {}  # client key -> (member, probe)
+        self.blocklist = blocklist if blocklist is not None else Blocklist(60.0)
+        self.locating = Locating(self.blocklist, self.stats)
+        self._unroutable_log = LogLimit(1.0)
         self.contexts: dict[TransactionKey, ResponseContext] = {}  # server key -> context
         self.branches: dict[TransactionKey, tuple[ResponseContext, Branch]] = {}  # client key -> (ctx, branch)
         self.calls: dict[int, Call] = {}
@@ -171,6 +198,14 @@ class TransactionUser:
         self._perform(self.transactions.transport_error(key, now), now)
         return out
 
+    def resolved(self, ticket: int, location: Location, now: float) -> list[Output]:
+        """The runtime located the target of ``Resolve(ticket)``: the branch,
+        ACK or CANCEL that waited goes on (or fails, with a Warning)."""
+        out: list[Output] = []
+        self._out = out
+        self.locating.answer(ticket, location, now)
+        return out
+
     def handle_timer(self, now: float) -> list[Output]:
         """Both kinds of timer due at ``now``."""
         out = self.transaction_timers(now)
@@ -185,9 +220,14 @@ class TransactionUser:
         return out
 
     def proxy_timers(self, now: float) -> list[Output]:
-        """Per-branch timeouts and Timer C of the response contexts due at ``now`` (§16.8)."""
+        """DNS answers delivered (``Locating.deliver``), then per-branch
+        timeouts and Timer C of the response contexts due at ``now`` (§16.8)."""
         out: list[Output] = []
         self._out = out
+        if self.dispatcher is not None:
+            self.dispatcher.active.sweep(now)
+            self._probe(now)
+        self.locating.answer_delivered(now)
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, ctx = heapq.heappop(deadlines)
@@ -197,8 +237,16 @@ class TransactionUser:
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must next run (the transaction layer's or a
-        response context's, whichever is first); None when nothing waits."""
+        response context's, whichever is first; at once when DNS answers were
+        delivered); None when nothing waits."""
+        if self.locating.delivered:
+            return float("-inf")
         ours = self._proxy_deadline()
+        dispatcher = self.dispatcher
+        if dispatcher is not None and dispatcher.schedule is not None and dispatcher.probe_via is not None:
+            probes = dispatcher.schedule.next_deadline()
+            if probes is not None and (ours is None or probes < ours):
+                ours = probes
         layer = self.transactions.next_deadline()
         if ours is None:
             return layer
@@ -206,7 +254,7 @@ class TransactionUser:
 
     def in_flight(self) -> int:
         """Proxied requests and transactions still owing a final response."""
-        return len(self.contexts) + self.transactions.pending()
+        return len(self.contexts) + self.transactions.pending() + len(self.locating)
 
     # -- transaction layer events --------------------------------------------------------
 
@@ -233,6 +281,7 @@ class TransactionUser:
                 self._on_client_failure(action.key, now, timer="transport")
             elif type(action) is TransactionTerminated:
                 self.branches.pop(action.key, None)
+                self.probes.pop(action.key, None)
             kind = type(action)
             name = _STAT_NAMES.get(kind)
             if name is None:
@@ -249,6 +298,9 @@ class TransactionUser:
     # -- requests --------------------------------------------------------------------------
 
     def _on_request(self, key: TransactionKey, request: Request, source: Peer, now: float) -> None:
+        if request.method == "BYE" and self.dispatcher is not None:
+            # The end of a call counted against a set member (least-calls).
+            self.dispatcher.active.end_call(request.call_id)
         status, headers, routed = self.check(request)
         if status:
             self._reply(request, status, now, headers=headers)
@@ -319,14 +371,25 @@ class TransactionUser:
             self.calls[id(ctx)] = call
             self.targets[id(ctx)] = {}
             self.record_route[id(ctx)] = decision.record_route
-        outputs = ctx.add_targets([t.uri for t in decision.targets], parallel=decision.parallel,
+        slots, empty = dispatching.expand(self.dispatcher, decision.targets, call.request, self.stats)
+        if not slots:
+            if ctx.branches:
+                self._run(ctx, ctx.finish(), now)
+                return
+            # Only destination sets with nothing to try: no branch at all.
+            self._drop_context(ctx)
+            self._reply(call.request, 503, now, dispatching.NO_MEMBER_UP,
+                        (dispatching.warning(self._advertise(route_of(call.source)), empty),))
+            return
+        chosen = [target for target, _ in slots]
+        outputs = ctx.add_targets([slot for _, slot in slots], parallel=decision.parallel,
                                   timeout=decision.timeout, now=now)
         targets = self.targets[id(ctx)]
-        pending = list(decision.targets)
+        pending = list(chosen)
         for output in outputs:
             if isinstance(output, Forward):
                 targets[output.branch.index] = pending.pop(0) if pending else Target(output.branch.target)
-        for t, branch in zip(decision.targets, ctx.branches[-len(decision.targets):]):
+        for t, branch in zip(chosen, ctx.branches[-len(chosen):]):
             targets.setdefault(branch.index, t)
         self._run(ctx, outputs, now)
 
@@ -347,38 +410,124 @@ class TransactionUser:
                 self._cancel_branch(output.branch, now)
             elif isinstance(output, Exhausted):
                 self._on_exhausted(ctx, output.best, now)
+        if self.dispatcher is not None and ctx.is_invite:
+            self._release_members(ctx)
         deadline = ctx.next_deadline()
         if deadline is not None and not ctx.finished:
             heapq.heappush(self._deadlines, (deadline, next(self._seq), ctx))
         if ctx.finished:
-            self.contexts.pop(ctx.server_key, None)
-            for table in (self.calls, self.targets, self.record_route):
-                table.pop(id(ctx), None)
+            self._drop_context(ctx)
+
+    def _drop_context(self, ctx: ResponseContext) -> None:
+        self.contexts.pop(ctx.server_key, None)
+        for table in (self.calls, self.targets, self.record_route):
+            table.pop(id(ctx), None)
+
+    def _release_members(self, ctx: ResponseContext) -> None:
+        """A set member's branch that ended without a 2xx no longer counts
+        as an active call on it; one answered 2xx counts until the BYE."""
+        assert self.dispatcher is not None
+        for branch in ctx.branches:
+            if branch.state == "done" and branch.extra.pop("active", None) is not None:
+                response = branch.response
+                if response is None or not 200 <= response.status < 300:
+                    self.dispatcher.active.release(ctx.request.call_id, (branch.group or "", branch.label or ""))
 
     def _forward_branch(self, ctx: ResponseContext, branch: Branch, now: float) -> None:
         call = self.calls[id(ctx)]
         target: Target = self.targets[id(ctx)].get(branch.index) or Target(branch.target)
-        came = route_of(call.source)
-        advertise = self._advertise(came)
+        advertise = self._advertise(route_of(call.source))
         salt = f"{self.salt}{branch.index}"
         flow = target.flow or self._routed_flow(call.routed, call.source)
         try:
             if flow is not None:
+                # RFC 5626 §5.3: a flow is the one way to its UA, so no DNS
+                # and no failover; a flow that is gone is _flow_failed's.
                 peer = self._flow_peer(flow, branch.target, advertise)
             else:
-                transport, peer_host, peer_port = self._hop(ctx.request, target, branch.target, advertise, salt)
-                peer = Peer(transport, peer_host, peer_port,
-                            EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL,
-                                      advertise))
+                hop = self._hop(ctx.request, target, branch.target, advertise, salt)
         except RoutingError as error:
-            # No way to the target (unresolvable host, unusable URI): the
-            # branch fails with the error's status (§16.7 step 6).
-            branch.request = ctx.request
-            self._run(ctx, ctx.on_failure(branch, error.status, now), now)
+            # No way to the target (unusable URI): the branch fails with the
+            # error's status (§16.7 step 6).
+            self._branch_unroutable(ctx, branch, error.status, error.reason, now)
             return
+        if flow is not None:
+            if flow.strict:
+                branch.extra["flow"] = True
+            self._send_branch(ctx, branch, peer, salt, flow, now)
+            return
+        if isinstance(hop, Destination):
+            branch.attempts = Attempts((hop,))
+            self._next_attempt(ctx, branch, now)
+            return
+        request = ctx.request
+        seed = seed_for(request.call_id, request.cseq.seq, hop.host)
+        self._locate(hop, seed, lambda location, at: self._branch_located(ctx, branch, hop, location, at))
+
+    def _locate(self, target: LocateTarget, seed: int, then: Located) -> None:
+        self._out.append(self.locating.ask(target, seed, then))
+
+    def _branch_located(self, ctx: ResponseContext, branch: Branch, target: LocateTarget,
+                        location: Location, now: float) -> None:
+        if branch.state == "done" or ctx.finished:
+            # Timer C, the branch timeout or another branch's 2xx ended it meanwhile.
+            self.stats["dns_answer_late"] += 1
+            return
+        if ctx.cancelled:
+            branch.request = ctx.request
+            self._run(ctx, ctx.on_failure(branch, 487, now), now)
+            return
+        if not location.destinations:
+            self._branch_unroutable(ctx, branch, *location_failure(location, target.host), now)
+            return
+        attempts = branch.attempts = Attempts(location.destinations)
+        if not self._next_attempt(ctx, branch, now):
+            self._branch_unroutable(ctx, branch, *blocked_failure(target.host, attempts.skipped), now)
+
+    def _branch_unroutable(self, ctx: ResponseContext, branch: Branch, status: int, why: str,
+                           now: float) -> None:
+        """No way to the branch's next hop: it fails with ``status`` and a
+        Warning saying ``why`` (ops/guide/dns.md), logged and counted."""
+        self.stats[f"unroutable_{status}"] += 1
+        if self._unroutable_log.allow(str(status), now):
+            log.warning("no route to a branch's next hop: answered %d, %s", status, why,
+                        extra={"call_id": ctx.request.call_id})
+        call = self.calls.get(id(ctx))
+        advertise = self._advertise(route_of(call.source) if call is not None else None)
+        branch.request = ctx.request
+        self._run(ctx, ctx.on_failure(branch, status, now, (warning(advertise, why),)), now)
+
+    def _next_attempt(self, ctx: ResponseContext, branch: Branch, now: float) -> bool:
+        """Send ``branch`` to its next destination that is not blocked;
+        False when none is left."""
+        attempts = branch.attempts
+        blocklist = self.blocklist
+        destination = None if attempts is None else \
+            attempts.take(lambda d: blocklist.blocked(d.key, now))
+        if attempts is None or destination is None:
+            return False
+        call = self.calls[id(ctx)]
+        target: Target = self.targets[id(ctx)].get(branch.index) or Target(branch.target)
+        came = route_of(call.source)
+        advertise = self._advertise(came)
+        # The first attempt has the branch's own Via branch (§16.11: a shard
+        # taking over derives the same one); each failover a new one (§4.3).
+        salt = f"{self.salt}{branch.index}" + (f".{attempts.sent}" if attempts.sent > 1 else "")
+        if attempts.sent > 1:
+            branch.state = "trying"
+        peer = Peer(destination.transport, destination.host, destination.port,
+                    EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL, advertise))
+        self._send_branch(ctx, branch, peer, salt, None, now)
+        return True
+
+    def _send_branch(self, ctx: ResponseContext, branch: Branch, peer: Peer, salt: str,
+                     flow: Flow | None, now: float) -> None:
+        """Send ``branch``'s request to ``peer`` in a client transaction of
+        its own; ``flow`` when it goes over the callee's RFC 5626 flow."""
+        call = self.calls[id(ctx)]
+        target: Target = self.targets[id(ctx)].get(branch.index) or Target(branch.target)
+        advertise = self._advertise(route_of(call.source))
         transport, peer_host = peer.transport, peer.host
-        if flow is not None and flow.strict:
-            branch.extra["flow"] = True
         # The address our edge has for the transport the request leaves
         # over: the callee answers there and finds us there in-dialog.
         onward = self._onward(peer, advertise)
@@ -401,7 +550,29 @@ class TransactionUser:
         branch.key = client_key
         if client_key is not None:
             self.branches[client_key] = (ctx, branch)
+        if branch.group is not None and ctx.is_invite and self.dispatcher is not None:
+            self.dispatcher.active.begin(request.call_id, (branch.group, branch.label or ""), now)
+            branch.extra["active"] = True
         self._perform(actions, now)
+
+    def _fail_over(self, ctx: ResponseContext, branch: Branch, key: TransactionKey, now: float, *,
+                   unreachable: bool) -> bool:
+        """RFC 3263 §4.3: the branch's destination failed (a 503, or
+        ``unreachable``: a transport error or Timer B/F); move to the next
+        one. False when the branch ends here instead."""
+        attempts = branch.attempts
+        if attempts is None:
+            return False
+        if unreachable and attempts.current is not None:
+            self.blocklist.block(attempts.current.key, now)
+        if not attempts.left or branch.state == "done" or branch.cancel_wanted \
+                or ctx.cancelled or ctx.final_sent:
+            return False
+        if not self._next_attempt(ctx, branch, now):
+            return False
+        self.branches.pop(key, None)
+        self.stats["dns_failover"] += 1
+        return True
 
     def _onward(self, peer: Peer, advertise: str) -> str:
         """Our address for the transport ``peer`` is reached over, on the
@@ -481,11 +652,17 @@ class TransactionUser:
     def _on_response(self, key: TransactionKey, response: Response, now: float) -> None:
         entry = self.branches.get(key)
         if entry is None:
+            probe = self.probes.get(key)
+            if probe is not None and response.status >= 200 and self.dispatcher is not None:
+                del self.probes[key]
+                self.dispatcher.probe_ended(probe[0], probe[1], response.status, now)
             return  # a response to our CANCEL, or to a context that is gone
         ctx, branch = entry
         if response.status == 430:
             # RFC 5626 §5.3, §11.5: the edge found the flow gone.
             self._flow_failed(ctx, branch, now)
+            return
+        if response.status in FAILOVER_STATUSES and self._fail_over(ctx, branch, key, now, unreachable=False):
             return
         self._run(ctx, ctx.on_response(branch, response, now), now)
 
@@ -514,12 +691,17 @@ class TransactionUser:
     def _on_client_failure(self, key: TransactionKey, now: float, *, timer: str) -> None:
         entry = self.branches.get(key)
         if entry is None:
+            probe = self.probes.pop(key, None)
+            if probe is not None and self.dispatcher is not None:
+                self.dispatcher.probe_ended(probe[0], probe[1], None, now)
             return
         ctx, branch = entry
         if timer == "C":
             self._run(ctx, ctx.on_deadline(float("inf")), now)
         elif timer == "transport" and self._over_flow(ctx, branch):
             self._flow_failed(ctx, branch, now)
+        elif timer in ("B", "F", "transport") and self._fail_over(ctx, branch, key, now, unreachable=True):
+            return
         else:
             self._run(ctx, ctx.on_timeout(branch, now), now)
 
@@ -561,10 +743,10 @@ class TransactionUser:
                 self._respond(make_response(request, 487), now)
 
     def _hop(self, request: Request, target: Target, uri: URI | None, advertise: str,
-             salt: str) -> tuple[str, str, int]:
-        """Transport, host and port of the next hop towards ``target``
-        (§16.6 steps 6-7, RFC 3327 Path, RFC 5626 flows); RoutingError when
-        there is no way there."""
+             salt: str) -> Destination | LocateTarget:
+        """The next hop towards ``target`` (§16.6 steps 6-7, RFC 3327 Path,
+        RFC 5626 flows): its address, or the host name DNS must locate
+        (RFC 3263); RoutingError when there is no way there."""
         if target.edge and target.received and not target.path:
             transport = (target.transport or "UDP").upper()
             peer_host, peer_port = target.received
@@ -576,19 +758,19 @@ class TransactionUser:
                 # connection's ephemeral source port.
                 peer_host, peer_port = _contact_address(
                     target, transport, self.resolve) or (peer_host, peer_port)
-            return transport, peer_host, peer_port
+            return Destination(transport, peer_host, peer_port)
         if target.path:
             # RFC 3327 §5.3: the Path goes first in the route set; the
             # request as it will leave says where that is.
             probe = forward_copy(request, uri, via=proxy_via(request, "UDP", advertise, salt),
                                  record_route=None, path=target.path)
-            next_hop = next_hop_uri(probe)
+            hop_uri = next_hop_uri(probe)
         else:
             # Without building the request: the top Route, else the target.
             routes = request.routes
-            next_hop = routes[0].uri if routes else (uri if uri is not None else request.uri)
-        hop = hop_for(next_hop, resolve=self.resolve)
-        return hop.transport, hop.host, hop.port
+            hop_uri = routes[0].uri if routes else (uri if uri is not None else request.uri)
+        hop = next_hop(hop_uri, resolve=self.resolve)
+        return hop if isinstance(hop, LocateTarget) else Destination(hop.transport, hop.host, hop.port)
 
     def _cancel_without_context(self, cancel: Request, source: Peer, now: float) -> bool:
         """§16.10: a CANCEL with no response context here — its INVITE was
@@ -615,28 +797,69 @@ class TransactionUser:
             return False
         came = route_of(source)
         advertise = self._advertise(came)
-        copies = []
-        for index, target in enumerate(decision.targets):
-            salt = f"{self.salt}{index}"
+        slots, _ = dispatching.expand(self.dispatcher, decision.targets, cancel, self.stats)
+        # A set's first member in its order: where the INVITE went unless it
+        # failed over (the hash policy gives every shard the same one).
+        hops: list[tuple[int, Target, Destination | LocateTarget]] = []
+        for index, (target, _) in enumerate(slots):
             try:
-                transport, host, port = self._hop(cancel, target, target.uri, advertise, salt)
+                hops.append((index, target, self._hop(cancel, target, target.uri, advertise,
+                                                      f"{self.salt}{index}")))
             except RoutingError:
                 continue  # an unroutable target: the INVITE never went there either
-            via = proxy_via(cancel, transport, advertise, salt, shard=self.shard)
-            out = forward_copy(cancel, target.uri, via=via, record_route=None, path=target.path)
-            route = EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL, advertise)
-            copies.append((out, Peer(transport, host, port, route)))
-        if not copies:
+        if not hops:
             return False
         self._respond(make_response(cancel, 200), now)
-        for out, peer in copies:
-            self.stats["cancel_without_context_forwarded"] += 1
-            try:
-                _, actions = self.transactions.send_request(out, peer, now)
-            except ValueError:
-                continue  # already forwarding this very CANCEL
-            self._perform(actions, now)
+        for index, target, hop in hops:
+            def send(destination: Destination, at: float, index: int = index, target: Target = target) -> None:
+                salt = f"{self.salt}{index}"
+                via = proxy_via(cancel, destination.transport, advertise, salt, shard=self.shard)
+                out = forward_copy(cancel, target.uri, via=via, record_route=None, path=target.path)
+                route = EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL, advertise)
+                self.stats["cancel_without_context_forwarded"] += 1
+                try:
+                    _, actions = self.transactions.send_request(
+                        out, Peer(destination.transport, destination.host, destination.port, route), at)
+                except ValueError:
+                    return  # already forwarding this very CANCEL
+                self._perform(actions, at)
+            if isinstance(hop, Destination):
+                send(hop, now)
+            else:
+                # The INVITE's seed, so the same first destination (§16.11).
+                self._locate(hop, seed_for(cancel.call_id, cancel.cseq.seq, hop.host),
+                             self.locating.first_destination(send, "cancel_unroutable"))
         return True
+
+    # -- destination set probes --------------------------------------------------------------
+
+    def _probe(self, now: float) -> None:
+        """OPTIONS to the set members due a probe (``Dispatcher.schedule``),
+        each in a client transaction of its own through the edge the worker
+        named (``probe_via``); its end goes to ``Dispatcher.probe_ended``."""
+        dispatcher = self.dispatcher
+        schedule = dispatcher.schedule if dispatcher is not None else None
+        if dispatcher is None or schedule is None:
+            return
+        dispatcher.changes.extend(schedule.expire(now))
+        if dispatcher.probe_via is None:
+            return  # no edge to send through yet: the probes wait
+        edge, sent_by = dispatcher.probe_via
+        for member, probe in schedule.due(now):
+            self.stats["dispatch_probes"] += 1
+            try:
+                uri = parse_uri(member[1])
+                hop = hop_for(uri, resolve=self.resolve)
+            except (ParseError, RoutingError):
+                dispatcher.probe_ended(member, probe, None, now)
+                continue
+            request = dispatching.probe_request(uri, token=dispatcher.probe_token(), sent_by=sent_by,
+                                                shard_param=f"{SHARD_PARAM}={self.shard}")
+            peer = Peer(hop.transport, hop.host, hop.port, EdgeRoute(edge, None, NO_LOCAL, sent_by))
+            key, actions = self.transactions.send_request(request, peer, now)
+            if key is not None:
+                self.probes[key] = (member, probe)
+            self._perform(actions, now)
 
     # -- stateless paths -----------------------------------------------------------------------
 
@@ -661,19 +884,29 @@ class TransactionUser:
         except ForgedFlowToken:
             services.note("dialog_refused", request, source.host, "ACK with a forged flow token")
             return
+
+        def send_to(peer: Peer) -> None:
+            via = proxy_via(request, peer.transport, advertise, self.salt + "ack")
+            out = forward_copy(request, None, via=via, record_route=None, in_place=True)
+            self._out.append(Send(out, peer))
         if flow is not None:
-            peer = self._flow_peer(flow, request.uri, advertise)
+            # RFC 5626 §5.3: over the callee's flow, never located.
+            send_to(self._flow_peer(flow, request.uri, advertise))
+            return
+        try:
+            hop = next_hop(next_hop_uri(request), resolve=self.resolve)
+        except RoutingError:
+            self.stats["ack_unroutable"] += 1
+            return
+        route = EdgeRoute(came.edge if came else None, None, NO_LOCAL, advertise)
+
+        def send(destination: Destination, now: float) -> None:
+            send_to(Peer(destination.transport, destination.host, destination.port, route))
+        if isinstance(hop, LocateTarget):
+            self._locate(hop, seed_for(request.call_id, request.cseq.seq, hop.host),
+                         self.locating.first_destination(send, "ack_unroutable"))
         else:
-            try:
-                hop = hop_for(next_hop_uri(request), resolve=self.resolve)
-            except RoutingError:
-                self.stats["ack_unroutable"] += 1
-                return
-            peer = Peer(hop.transport, hop.host, hop.port,
-                        EdgeRoute(came.edge if came else None, None, NO_LOCAL, advertise))
-        via = proxy_via(request, peer.transport, advertise, self.salt + "ack")
-        out = forward_copy(request, None, via=via, record_route=None, in_place=True)
-        self._out.append(Send(out, peer))
+            send(Destination(hop.transport, hop.host, hop.port), 0.0)
 
     def _forward_stray(self, response: Response, source: Peer) -> None:
         """§16.11: a response with no transaction (the owner changed or the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cluster.dns.rfc3263 import Target as LocateTarget
 from cluster.sip import Request
 from cluster.sip.transaction.peer import Peer
 
@@ -42,7 +43,21 @@ class StartRegistration:
     source: Peer
 
 
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """Locate ``target`` by DNS (RFC 3263 §4) and give the ``Location`` to
+    ``TransactionUser.resolved(ticket, ...)``; ``seed`` seeds the RFC 2782
+    weighted order (``cluster.proxy.failover.seed_for``). The TU holds the
+    branch, ACK or CANCEL meanwhile; the runtime always answers, a failure
+    included, within its DNS time limit."""
+
+    ticket: int
+    target: LocateTarget
+    seed: int
+
+
 def route_of(peer: Peer) -> EdgeRoute | None:
     """The edge route a peer was seen through, None for a peer built elsewhere."""
     context = peer.context
     return context if type(context) is EdgeRoute else None
+

@@ -179,7 +179,8 @@ class EdgeNode:
                 await nursery.start(self.tls.run_outgoing)
             await nursery.start(self.tls_contexts.run)
             self.forwarder.advertise = self._advertise()
-            # Workers read our address per transport from the record (Member.sip).
+            # Workers read our address per transport from the record (Member.sip):
+            # their Vias and Record-Routes, and where set probes get answered.
             await self.membership.update(self.member())
             self.sip_open = True
             log.info("edge ready", extra={"node": self.node_id, "listeners": self.listeners(),
@@ -318,8 +319,10 @@ class EdgeNode:
         return None
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, why): registered in etcd, following the membership, and a
-        ring with at least one worker to forward to."""
+        """(ready, why): registered in etcd, following the membership, a
+        ring with at least one worker to forward to, and the SIP sockets
+        read (they open once a worker link is live): a load balancer or a
+        Kubernetes Service sends traffic only to an edge that serves it."""
         membership = self.membership
         if membership is None:
             return False, "starting"
@@ -328,6 +331,8 @@ class EdgeNode:
         ring = self.forwarder.ring
         if ring is None or not len(ring):
             return False, "no worker in the ring"
+        if not self.sip_open:
+            return False, "SIP sockets not open yet (no live worker link)"
         return True, "ready"
 
     def status(self) -> dict:

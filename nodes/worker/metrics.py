@@ -113,6 +113,19 @@ def worker_metrics(node: WorkerNode) -> MetricsEndpoint:
     endpoint.counter("sipcluster_drops_total", "Messages dropped without an answer, by reason.",
                      lambda: drops(stats, [("malformed", stats["parse_error"] - stats["answered_malformed"])]))
 
+    endpoint.counter("sipcluster_dns_events_total",
+                     "RFC 3263 location: lookups by outcome, cache hits and misses, failovers, destinations "
+                     "blocked, records truncated, late answers (ops/guide/dns.md).",
+                     lambda: [(v, {"event": k[4:]}) for k, v in list(stats.items()) if k.startswith("dns_")])
+    endpoint.counter("sipcluster_unroutable_total",
+                     "Branches answered here because their next hop has no destination, by status "
+                     "(480 no SIP server or all blocked, 504 DNS failure, 416 not a SIP URI).",
+                     lambda: [(v, {"code": k[11:]}) for k, v in list(stats.items()) if k.startswith("unroutable_")])
+    endpoint.gauge("sipcluster_dns_cache_entries", "Answers in the worker's DNS cache.",
+                   lambda: one(len(node.dns.resolver.cache)))
+    endpoint.gauge("sipcluster_dns_blocked_destinations", "Destinations blocked after not answering.",
+                   lambda: one(len(node.tu.blocklist) if node.tu is not None else 0))
+
     def queues():
         out = [(node.reader.batch, {"queue": "link_batch"})]
         if node.stores is not None:

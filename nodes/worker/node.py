@@ -1,15 +1,13 @@
 """The worker shard's runtime: the I/O adapter of its transaction user.
 
-One trio process per core (DESIGN §5). The SIP decisions live in the sans-IO
-``cluster.tu.TransactionUser``; this module feeds it envelopes and time and
-carries out what it returns: sends through the edges (``link``) and
-registrations (an etcd task, ``registrations``). Inbound envelopes are parsed
-once, at the one parse-error boundary: a request that fails is answered 400
-with the reason (RFC 3261 §8.2.6); a broken response is dropped and counted.
-Start-up wiring is ``wiring``; membership and readiness, ``standing``; the
-deadline task, ``timer``; counting for metrics and ``/status``, ``metrics``.
-An outbound envelope copies the ``ts_ns`` of the inbound one being processed,
-so the edge measures edge → worker → edge on its own clock.
+One trio process per core (DESIGN §5). The SIP decisions live in the sans-IO ``cluster.tu.TransactionUser``;
+this module feeds it envelopes and time and carries out what it returns: sends through the edges (``link``),
+registrations (an etcd task, ``registrations``) and DNS locations (tasks, ``resolver``). Inbound envelopes
+are parsed once, at the one parse-error boundary: a request that fails is answered 400 with the reason
+(RFC 3261 §8.2.6); a broken response is dropped and counted. Start-up wiring is ``wiring``; membership and
+readiness, ``standing``; the deadline task, ``timer``; counting for metrics and ``/status``, ``metrics``.
+An outbound envelope copies the ``ts_ns`` of the inbound one being processed, so the edge measures edge →
+worker → edge on its own clock.
 """
 
 from __future__ import annotations
@@ -38,13 +36,14 @@ from cluster.sip.transaction.actions import Send
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TimerConfig
 from cluster.tu import EdgeRoute, TransactionUser, route_of
-from cluster.tu.outputs import NO_LOCAL
+from cluster.tu.outputs import NO_LOCAL, Resolve
 
 from .application import apply_redirect_domains, load_application
 from .overload import LINK_HWM, WorkerAdmission
 from .link import EdgeLinks, Failed, LinkReader
 from .metrics import SipCounts, worker_status
 from .registrations import Registrations
+from .resolver import WorkerDns
 from .services import Services
 from .standing import ShardStanding
 from .timer import TimerTask
@@ -92,6 +91,7 @@ class WorkerNode:
         self.stores: WorkerStores | None = None
         self.registrations: Registrations | None = None
         self.password_guard = password_guard(config, self.node_id, self.stats)
+        self.dns = WorkerDns(config.dns, self.stats, kick=self.timer.kick)
         # Set once its services exist (``run``, or ``services`` here), before any
         # message or timer is handled: why its uses are marked for the type checker.
         self.tu: TransactionUser | None = None
@@ -118,7 +118,7 @@ class WorkerNode:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         c = self.config
-        stores = self.stores = WorkerStores(c, self.etcd_metrics, self.tracing)
+        stores = self.stores = WorkerStores(c, self.etcd_metrics, self.tracing, (self.standing, self.links, self.timer.kick))
         services = await stores.services(self.stats, self.password_guard)
         self.registrations = stores.registrations(self.stats, self.tracing, self._bug, services.flows)
         self._start_tu(services)
@@ -137,10 +137,10 @@ class WorkerNode:
             task_status.started()
 
     def _start_tu(self, services: Services) -> None:
-        # Tracing sees each routing decision through the TU's observer hook.
-        observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)
-        self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id, stats=self.stats,
-                                  salt=self.config.cluster.prefix, observer=observer, record_route=cluster_route(self.config))
+        observer = None if self.tracing is None else RouteSpans(self.tracing, self.application.name)  # decisions as spans
+        self.tu = TransactionUser(self.application, self.transactions, services, shard=self.node_id,
+                                  salt=self.config.cluster.prefix, stats=self.stats, observer=observer,
+                                  blocklist=self.dns.blocklist, record_route=cluster_route(self.config))
 
     def _on_view(self, view: MembershipView) -> None:
         self.link_guard.update(view.members.values())
@@ -260,14 +260,14 @@ class WorkerNode:
                 self.links.send(env.edge, env.transport, env.peer, env.local, env.conn, answer, env.ts_ns)
 
     def _execute(self, outputs: list, now: float) -> None:
-        """Carry out the TU's outputs in order: sends, registrations."""
+        """Carry out the TU's outputs in order: sends, DNS locations, registrations."""
         for output in outputs:
             if type(output) is Send:
                 self._send(output, now)
-            else:
-                assert self._nursery is not None
-                # The task inherits this context: the call's span and Call-ID for logs.
-                self._nursery.start_soon(self._register, output.request, output.source, self._origin_ns)
+            elif type(output) is Resolve:  # a task; its location comes back through the timer task
+                self.dns.start(self._nursery, output, self.tu)
+            else:  # a task that inherits this context: the call's span and Call-ID for logs
+                self._nursery.start_soon(self._register, output.request, output.source, self._origin_ns)  # type: ignore[union-attr]
 
     async def _register(self, request: Request, source: Peer, origin_ns: int = 0) -> None:
         def answer(response: Response) -> None:

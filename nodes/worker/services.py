@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from cluster.app.api import AuthOutcome, Challenge, Target
 from cluster.auth.digest import NonceManager, OutstandingChallenges, challenge, find_credential, verify
 from cluster.auth.users import UserCache
+from cluster.dispatch import Dispatcher
 from cluster.proxy.flows import FLOW_PARAM, FlowTokens, ForgedFlowToken
 from cluster.proxy.routing import DialogTokens, LocalAddresses, split_hostport
 from cluster.sip import Request, Response, SipURI, URI, make_response
@@ -52,7 +53,8 @@ class Services:
                  digest_sha256_domains: tuple[str, ...] = (),
                  outbound_proxy: str | None = None, events: Counter | None = None,
                  clock: Callable[[], float] = time.time,
-                 guard: PasswordGuard | None = None, flow_secret: bytes | None = None) -> None:
+                 guard: PasswordGuard | None = None, foreign_set: str | None = None,
+                 dispatcher: Dispatcher | None = None, flow_secret: bytes | None = None) -> None:
         """``flow_secret``: the cluster's flow-token key (RFC 5626 flows,
         ``cluster.proxy.flows``); the nonce secret stands in when None."""
         self.domains = list(domains) or ["localhost"]
@@ -74,6 +76,10 @@ class Services:
         strong = tuple(a for a in self.digest_algorithms if a.upper().startswith("SHA-256")) or ("SHA-256",)
         self._realm_algorithms = {d.lower(): strong for d in digest_sha256_domains}
         self.outbound_proxy = outbound_proxy
+        self.foreign_set = foreign_set
+        self.dispatcher = dispatcher
+        """Destination sets and their health, fed from etcd (``nodes.worker.dispatch``)."""
+        """``dispatcher.foreign_set``: the destination set foreign requests go to."""
         # Wall-clock time: nonces and registration expiry are shared by every
         # shard, so they are not on the worker's monotonic clock.
         self.clock = clock

@@ -29,6 +29,7 @@ from cluster.registrar.rules import RegistrarPolicy
 from cluster.registrar.store import LocationStore
 
 from .defence import PasswordGuard
+from .dispatch import Destinations, Probing
 from .feeds import UserFeed
 from .registrations import Registrations
 from .services import Locations, Services
@@ -40,9 +41,12 @@ USER_BANS = 65536
 
 
 class WorkerStores:
-    def __init__(self, config: Config, etcd: EtcdMetrics, tracing: Tracing | None) -> None:
+    def __init__(self, config: Config, etcd: EtcdMetrics, tracing: Tracing | None,
+                 probing: Probing | None = None) -> None:
+        """``probing``: what the worker's destination-set prober needs of the node."""
         prefix = config.cluster.prefix
         self.config = config
+        self.destinations = Destinations(config, probing)
         self.kv = EtcdStore.from_config(config.cluster, observer=etcd.client("users"))
         self.registrar = EtcdLocationStore(self.kv.access, prefix=prefix, observer=etcd.client("registrar"))
         """The registrar's bindings in etcd (its queues are a metric)."""
@@ -72,6 +76,7 @@ class WorkerStores:
                         nonce_ttl=w.nonce_ttl, locations=self.locations, users=self.users.cache,
                         digest_algorithms=w.digest_algorithms, digest_sha256_domains=w.digest_sha256_domains,
                         outbound_proxy=w.outbound_proxy, events=stats, guard=guard,
+                        foreign_set=self.config.dispatcher.foreign_set, dispatcher=self.destinations.dispatcher,
                         flow_secret=await self._flow_secret())
 
     async def _nonce_secret(self) -> bytes:
@@ -91,11 +96,13 @@ class WorkerStores:
         return await wait_for_secret(self.kv, self.config.cluster.prefix, "flow")
 
     async def start(self, nursery: trio.Nursery, guard: PasswordGuard | None, stats: Counter[str]) -> None:
-        """Run the registrar's store, the location and user watches and,
-        with password guessing guarded, the ban publisher and feed."""
+        """Run the registrar's store, the location, user and destination-set
+        watches (and set probing) and, with password guessing guarded, the ban
+        publisher and feed."""
         await nursery.start(self.registrar.run)
         nursery.start_soon(self.cache.run)
         await nursery.start(self.users.run)
+        await self.destinations.start(nursery, self.kv, stats)
         if guard is None:
             return
         # Publish password-guessing bans; hold the user bans etcd reports.

@@ -63,6 +63,14 @@ class UpCluster:
         self.extra = extra or []
         # SIPCLUSTER_* settings for every node (the inherited ones are dropped).
         self.extra_env = dict(env or {})
+        # Tests send nothing off this machine, DNS queries included: unless a
+        # test names its DNS server (a dnsmasq of its own), workers ask a
+        # loopback port nobody answers on, so a host name is answered 504
+        # after a second (ops/guide/dns.md) instead of asking the system's
+        # resolver.
+        if "SIPCLUSTER_DNS_SERVERS" not in self.extra_env:
+            self.extra_env.update({"SIPCLUSTER_DNS_SERVERS": f"127.0.0.1:{free_port_pair()}",
+                                   "SIPCLUSTER_DNS_TIMEOUT": "0.5", "SIPCLUSTER_DNS_LIFETIME": "1"})
         self.port = free_port_pair()
         self.process: subprocess.Popen | None = None
         self.lines: list[str] = []

@@ -38,3 +38,13 @@ def test_services_name_the_address_of_the_transport_a_request_leaves_over():
     assert services.advertised(None, "UDP") == "192.0.2.1:5060"
     assert services.advertised("edge-1", "TCP") is None
     assert ("192.0.2.1", 8443) in services.local.addresses, "every edge address is us"
+
+
+def test_set_probes_leave_through_a_linked_edge_by_its_udp_address():
+    from nodes.worker.dispatch import probe_via
+    tls_only = Member(id="edge-0", role="edge", link="tcp://127.0.0.1:6999", sip=(("TLS", "192.0.2.9:5061"),))
+    unlinked = Member(id="edge-9", role="edge", link="tcp://127.0.0.1:7009", sip=SIP)
+    member = Member(id="edge-1", role="edge", link="tcp://127.0.0.1:7000", sip=SIP)
+    assert member.sip_address("udp") == "192.0.2.1:5060" and member.sip_address("TCP") == ""
+    assert probe_via([tls_only, unlinked, member], {"edge-0", "edge-1"}) == ("edge-1", "192.0.2.1:5060")
+    assert probe_via([tls_only, unlinked], {"edge-0"}) is None

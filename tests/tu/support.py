@@ -18,9 +18,9 @@ WALL = 1_700_000_000.0
 
 
 def make_tu(app: Application, *, shard: str = "w1", timers: TimerConfig | None = None,
-            observer=None, record_route: str | None = None) -> TransactionUser:
+            observer=None, dispatcher=None, record_route: str | None = None) -> TransactionUser:
     services = Services(domains=["example.com"], trusted=["127.0.0.0/8"], nonce_secret=b"k" * 32,
-                        nonce_ttl=300, locations=None, users=None, clock=lambda: WALL)
+                        nonce_ttl=300, locations=None, users=None, clock=lambda: WALL, dispatcher=dispatcher)
     services.learn_advertise(US)
     return TransactionUser(app, TransactionLayer(timers or TimerConfig()), services, shard=shard,
                            salt="test/", observer=observer, record_route=record_route)

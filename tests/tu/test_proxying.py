@@ -10,6 +10,7 @@ from cluster.sip.transaction.actions import Send
 from cluster.sip.transaction.peer import Peer
 from cluster.sip.transaction.timers import TIMER_C, TimerConfig
 from cluster.tu import EdgeRoute, StartRegistration, TUObserver
+from cluster.tu.outputs import Resolve
 
 from .support import (
     CALLER, EDGE, US, answer, destinations, forwarding, make_tu, request, requests, sent, statuses,
@@ -162,11 +163,13 @@ def test_call_forwarding_on_busy_tries_the_forward_target():
     assert statuses(answer(tu, forwarded, 200, 2.0, tag="fwd")) == [200]
 
 
-def test_an_unresolvable_target_fails_its_branch_with_404():
+def test_a_target_named_by_a_host_name_waits_for_dns():
     tu = make_tu(forwarding("sip:bob@nowhere.invalid"))
     out = tu.receive(request(), CALLER, 0.0)
     assert requests(out, "INVITE") == []
-    assert statuses(out) == [100, 404], "a routing failure, answered with its own status"
+    assert statuses(out) == [100], "the answer waits for the runtime's DNS (tests/tu/test_locating.py)"
+    (resolve,) = [o for o in out if isinstance(o, Resolve)]
+    assert resolve.target.host == "nowhere.invalid"
 
 
 def test_a_register_decision_is_an_output_and_its_answer_goes_back():
