@@ -6,12 +6,14 @@ tokens get 403. No sockets."""
 from __future__ import annotations
 
 from cluster.app.api import Application, Target
+from cluster.dns.rfc3263 import Destination
 from cluster.proxy.flows import FLOW_PARAM, Flow
 from cluster.sip import parse_uri
 from cluster.sip.transaction.peer import Peer
 from cluster.tu import EdgeRoute
+from cluster.tu.outputs import Resolve
 
-from .support import CALLER, US, answer, destinations, make_tu, request, requests, statuses
+from .support import CALLER, EDGE, US, answer, destinations, make_tu, request, requests, statuses
 
 PHONE = Flow("edge-2", "TCP", ("203.0.113.5", 40001), ("192.0.2.1", 5060), 7, strict=True)
 LAPTOP = Flow("edge-3", "WSS", ("203.0.113.6", 40002), ("192.0.2.1", 8443), 9, strict=True)
@@ -103,3 +105,46 @@ def test_a_forged_flow_token_is_refused_with_403():
     assert statuses(out) == [403]
     assert not destinations(out, "BYE")
     assert tu.stats["flow_token_forged"] == 1
+
+
+def named_contact(*flows: Flow) -> Application:
+    """Routes to a contact whose host is a name, over ``flows``."""
+    app = Application("flows-named")
+
+    @app.request("INVITE")
+    def route(call):
+        first, *rest = [Target(parse_uri("sip:bob@phone.example;transport=tcp"), flow=f) for f in flows]
+        return call.proxy([Target(first.uri, flow=first.flow, alternates=tuple(rest))])
+
+    return app
+
+
+def test_a_flow_is_neither_located_nor_blocked_nor_failed_over():
+    # RFC 5626 §5.3: the flow is the one way to the UA, so the RFC 3263
+    # machinery (location, blocklist, failover on 503) stays out of it.
+    tu = make_tu(named_contact(PHONE, LAPTOP))
+    tu.blocklist.block(Destination("TCP", *PHONE.peer).key, 0.0)
+    out = tu.receive(request(), CALLER, 0.0)
+    assert not [o for o in out if isinstance(o, Resolve)], "a flow's contact name is not looked up"
+    (dest,) = destinations(out, "INVITE")
+    assert (dest.context.edge, dest.host, dest.port) == ("edge-2", "203.0.113.5", 40001)
+    (first,) = requests(out, "INVITE")
+    out = answer(tu, first, 503, 1.0)
+    # §16.7 step 6: the UA's 503 goes upstream as 500, no other destination tried.
+    assert statuses(out) == [500] and not requests(out, "INVITE"), "a 503 is the UA's answer"
+    assert tu.stats["dns_failover"] == 0
+
+
+def test_an_ack_goes_over_the_callees_flow_without_a_lookup():
+    tu = make_tu(to_flows(PHONE))
+    (forwarded,) = requests(tu.receive(request(), CALLER, 0.0), "INVITE")
+    assert statuses(answer(tu, forwarded, 200, 0.5)) == [200]
+    # The caller's route set is the Record-Route of the 2xx, reversed (§12.1.2).
+    route_lines = tuple(f"Route: {r}" for r in reversed(forwarded.get_all("record-route")))
+    ack = request("ACK", uri="sip:bob@phone.example;transport=tcp", branch="z9hG4bK-ack", to_tag="callee",
+                  extra=route_lines)
+    # From a trusted network, so the dialog token's sender binding is not in play.
+    out = tu.receive(ack, Peer("UDP", "127.0.0.1", 5060, EDGE), 1.0)
+    assert not [o for o in out if isinstance(o, Resolve)], "the contact's name is not looked up"
+    (dest,) = destinations(out, "ACK")
+    assert dest.context.edge == "edge-2" and dest.context.conn == 7 and dest.context.flow
