@@ -65,7 +65,8 @@ CHECK_INTERVAL = 5.0
 QUIET_SHARE = 0.05  # of one core: below this the node is idle enough to pause
 QUIET_LOOK = 0.5  # seconds of the look just before a sweep
 LIMIT_SHARE = 0.8  # of the cgroup memory limit: sweep before the OOM killer acts
-TRIM_GROWTH = 8 << 20  # bytes resident above the last trim that make a quiet node trim
+TRIM_GROWTH = 8 << 20  # bytes resident above the lowest reading that make a quiet node trim
+TRIM_EVERY = 5.0  # seconds between two trims of a quiet node still above its floor
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -211,15 +212,21 @@ class Collector:
     async def run(self) -> None:
         self._cpu = self.cpu_clock()
         trim = self.trim
-        trimmed = math.inf
+        floor = math.inf
+        last_trim = -math.inf
         while True:
             await trio.sleep(self.interval)
             quiet = self._quiet_for(self.interval)
             resident = resident_bytes()
-            trimmed = min(trimmed, resident)
-            if quiet and trim is not None and resident > trimmed + TRIM_GROWTH:
+            floor = min(floor, resident)
+            # Against the lowest reading, not the last trim: what transactions
+            # free after a trim stays with malloc without raising the reading,
+            # so a quiet node above its floor trims again (at most every
+            # TRIM_EVERY seconds; a trim of a quiet heap costs milliseconds).
+            now = trio.current_time()
+            if quiet and trim is not None and resident > floor + TRIM_GROWTH and now - last_trim >= TRIM_EVERY:
                 trim(0)
-                trimmed = resident  # lowered by the next readings as pages go back
+                last_trim = now
                 self.stats.trims += 1
             if not self.sweep_due(resident, quiet):
                 continue

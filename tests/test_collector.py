@@ -7,6 +7,7 @@ import weakref
 
 import pytest
 import trio
+import trio.testing
 
 import nodes.collector as collector_module
 from nodes.collector import Collector, resident_bytes
@@ -196,3 +197,21 @@ def test_a_busy_node_does_not_trim(monkeypatch):
 
     trio.run(main)
     assert trims == []
+
+
+def test_a_quiet_node_trims_again_while_it_stays_above_its_floor(monkeypatch):
+    # The first trim came while transactions still held a burst's messages;
+    # what they free afterwards does not raise the reading, so a trim keyed
+    # to the last one never came and the worker stayed tens of MB up.
+    readings = iter([100 << 20] * 3 + [150 << 20] * 2 + [140 << 20] * 10_000)
+    monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(readings))
+    trims: list[int] = []
+    collector = Collector(floor=1 << 40, interval=0.01, trim=trims.append)
+    collector.cpu_clock = lambda: 0.0  # idle: quiet at every check
+
+    async def main():
+        with trio.move_on_after(collector_module.TRIM_EVERY * 2.5):
+            await collector.run()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert 2 <= collector.stats.trims <= 3 and trims == [0] * collector.stats.trims
