@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from .harness import free_port_pair, options, wait_for
@@ -97,51 +98,43 @@ route[RELAY] {{
 """
 
 
-class Kamailio:
-    """One Kamailio named ``name`` on 127.0.0.1:``port`` relaying initial
-    requests to ``next_hop`` (``host:port``)."""
+class KamailioProcess:
+    """Debian's Kamailio in the foreground (``-DD -E``) with the
+    configuration ``config``, in ``directory``: its runtime directory, pid
+    file and log are its own, so several run side by side. ``listen`` are
+    ``-l`` arguments (a configuration may name its sockets itself)."""
 
-    def __init__(self, workdir: Path, name: str, next_hop: str, *, port: int | None = None) -> None:
-        self.name = name
-        self.port = port or free_port_pair()
-        self.dir = workdir / f"kamailio-{name}-{os.getpid()}"
+    def __init__(self, directory: Path, config: str, *, listen: tuple[str, ...] = ()) -> None:
+        self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "kamailio.cfg"
-        self.config.write_text(CONFIG.format(name=name, next_hop=next_hop))
+        self.config.write_text(config)
         self.log_path = self.dir / "kamailio.log"
+        self.listen = listen
         self.process: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
         runtime = self.dir / "run"
         runtime.mkdir(exist_ok=True)
-        return ["kamailio", "-f", str(self.config), "-DD", "-E", "-l", f"udp:127.0.0.1:{self.port}",
+        sockets = [arg for address in self.listen for arg in ("-l", address)]
+        return ["kamailio", "-f", str(self.config), "-DD", "-E", *sockets,
                 "-Y", str(runtime), "-P", str(self.dir / "kamailio.pid"), "-m", "64", "-M", "8",
                 "-n", "1", "-w", str(self.dir)]
 
-    def start(self) -> Kamailio:
+    def start(self, ready: Callable[[], bool], what: str) -> None:
+        """Start it and wait until ``ready()`` (or it exits, which fails with its log)."""
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
                                             cwd=self.dir)
-        wait_for(lambda: self.process.poll() is not None or options(self.port, timeout=0.5)[0] == 200,
-                 timeout=30, what=f"kamailio {self.name} answering OPTIONS")
-        assert self.process.poll() is None, f"kamailio {self.name} exited:\n{self.log()}"
-        return self
+        process = self.process
+        wait_for(lambda: process.poll() is not None or ready(), timeout=60, what=what)
+        assert process.poll() is None, f"{what}: kamailio exited:\n{self.log()[-3000:]}"
 
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-
-    def saw(self, call_id: str) -> list[tuple[str, bool]]:
-        """(method, in dialog) of every request of ``call_id`` it handled, in order."""
-        return [(m.group(1), m.group(2) not in ("<null>", ""))
-                for m in re.finditer(r"KAMAILIO-SAW (\S+) \S+ totag=(\S*) callid=(\S+)", self.log())
-                if m.group(3) == call_id]
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -151,3 +144,36 @@ class Kamailio:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class Kamailio:
+    """One Kamailio named ``name`` on 127.0.0.1:``port`` relaying initial
+    requests to ``next_hop`` (``host:port``)."""
+
+    def __init__(self, workdir: Path, name: str, next_hop: str, *, port: int | None = None) -> None:
+        self.name = name
+        self.port = port or free_port_pair()
+        self.process = KamailioProcess(workdir / f"kamailio-{name}-{os.getpid()}",
+                                       CONFIG.format(name=name, next_hop=next_hop),
+                                       listen=(f"udp:127.0.0.1:{self.port}",))
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Kamailio:
+        self.process.start(lambda: options(self.port, timeout=0.5)[0] == 200,
+                           f"kamailio {self.name} answering OPTIONS")
+        return self
+
+    def log(self) -> str:
+        return self.process.log()
+
+    def saw(self, call_id: str) -> list[tuple[str, bool]]:
+        """(method, in dialog) of every request of ``call_id`` it handled, in order."""
+        return [(m.group(1), m.group(2) not in ("<null>", ""))
+                for m in re.finditer(r"KAMAILIO-SAW (\S+) \S+ totag=(\S*) callid=(\S+)", self.log())
+                if m.group(3) == call_id]
+
+    def stop(self) -> None:
+        self.process.stop()

@@ -13,8 +13,6 @@ carrier's phone over UDP.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -22,13 +20,11 @@ import pytest
 
 from cluster.sip import make_response
 from tests.e2e.harness import Registrant, SipAgent, bound, free_port_pair, wait_for
-from tests.e2e.secure import edge_stats, start_secure, terminate
+from tests.e2e.kamailio import KamailioProcess
+from tests.e2e.secure import edge_stats, start_secure
 from tests.support.pki import make_pki
 
 pytestmark = pytest.mark.e2e
-
-KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
-MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 
 SCRIPT = """#!KAMAILIO
 debug=2
@@ -41,7 +37,6 @@ dns=no
 rev_dns=no
 listen=udp:127.0.0.1:{udp_port}
 listen=tls:127.0.0.1:{tls_port}
-mpath="{modules}"
 loadmodule "tm.so"
 loadmodule "sl.so"
 loadmodule "rr.so"
@@ -101,36 +96,28 @@ def cluster(etcd_server, tmp_path_factory, pki):
     up.stop()
 
 
-class Kamailio:
+class Carrier:
+    """Kamailio with its TLS module: UDP towards the carrier's phone, TLS
+    towards the cluster (tests/e2e/kamailio.py starts it)."""
+
     def __init__(self, directory: Path, pki, cluster_tls: int, phone_port: int) -> None:
-        self.directory = directory
         self.udp_port, self.tls_port = free_port_pair(), free_port_pair()
         cert, key = pki.server("kamailio", "carrier.example")
         tls_config = directory / "tls.cfg"
         tls_config.write_text(TLS_CONFIG.format(cert=cert, key=key, ca=pki.ca))
-        self.config = directory / "kamailio.cfg"
-        self.config.write_text(SCRIPT.format(udp_port=self.udp_port, tls_port=self.tls_port, modules=MODULES,
-                                             tls_config=tls_config, cluster_tls=cluster_tls,
-                                             phone_port=phone_port))
-        runtime = directory / "run"
-        runtime.mkdir()
-        self.log = directory / "kamailio.log"
-        self.process = subprocess.Popen(
-            [KAMAILIO, "-f", str(self.config), "-DD", "-E", "-Y", str(runtime),
-             "-P", str(runtime / "kamailio.pid"), "-m", "64", "-M", "8"],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        wait_for(lambda: self.process.poll() is not None or bound(self.tls_port, "tcp"),
-                 timeout=60, what="kamailio listening")
-        assert self.process.poll() is None, self.log.read_text()[-3000:]
+        self.kamailio = KamailioProcess(directory, SCRIPT.format(
+            udp_port=self.udp_port, tls_port=self.tls_port, tls_config=tls_config,
+            cluster_tls=cluster_tls, phone_port=phone_port))
+        self.kamailio.start(lambda: bound(self.tls_port, "tcp"), "kamailio listening on TLS")
 
     def stop(self) -> None:
-        terminate(self.process)
+        self.kamailio.stop()
 
 
 @pytest.fixture(scope="module")
 def carrier(tmp_path_factory, pki, cluster):
     phone = SipAgent()
-    kamailio = Kamailio(tmp_path_factory.mktemp("kamailio"), pki, cluster.tls_port, phone.port)
+    kamailio = Carrier(tmp_path_factory.mktemp("kamailio"), pki, cluster.tls_port, phone.port)
     kamailio.phone = phone
     yield kamailio
     kamailio.stop()
