@@ -20,6 +20,8 @@ Every refusal is named in ``WsOutput.events`` (the edge counts them).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from wsproto import ConnectionType, WSConnection
@@ -36,6 +38,7 @@ SUBPROTOCOL = "sip"
 
 # RFC 6455 §7.4.1 close codes.
 _GOING_AWAY = 1001
+_POLICY = 1008  # RFC 6455 §7.4.1: policy violation
 _TOO_BIG = 1009
 
 _BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -65,30 +68,38 @@ def looks_like_sip(message: bytes) -> bool:
 class SipWebSocket:
     """One server-side WebSocket connection carrying SIP."""
 
-    __slots__ = ("_ws", "max_message", "origins", "ping_interval", "open", "closed", "_deadline",
-                 "_pinged", "_parts", "_size")
+    __slots__ = ("_ws", "max_message", "origins", "ping_interval", "message_timeout", "open", "closed",
+                 "_deadline", "_pinged", "_parts", "_size", "_started")
 
     def __init__(self, *, max_message: int, origins: frozenset[str], ping_interval: float,
-                 handshake_timeout: float, now: float) -> None:
+                 handshake_timeout: float, now: float, message_timeout: float = math.inf) -> None:
         self._ws = WSConnection(ConnectionType.SERVER)
         self.max_message = max_message
         self.origins = origins
         """Allowed Origin values, lower case; empty allows any."""
         self.ping_interval = ping_interval
+        self.message_timeout = message_timeout
+        """Seconds a message may take from its first byte to its last (as
+        TCP's ``edge.tcp_message_timeout``): bytes trickled in to keep a
+        connection and its buffers busy without ever finishing a frame."""
         self.open = False
         self.closed = False
         self._deadline = now + handshake_timeout
         self._pinged = False
         self._parts: list[bytes] = []
         self._size = 0
+        self._started = math.inf
+        """When the first byte of the message not yet complete arrived."""
 
     def deadline(self) -> float:
         """When ``handle_timer`` is due."""
-        return self._deadline
+        return min(self._deadline, self._started + self.message_timeout)
 
     def handle_timer(self, now: float) -> WsOutput:
-        if self.closed or now < self._deadline:
+        if self.closed or now < self.deadline():
             return WsOutput()
+        if now >= self._started + self.message_timeout:
+            return self._close(_POLICY, "message too slow", "ws_slow_message")
         if not self.open:
             self.closed = True
             return WsOutput(close=True, events=("ws_upgrade_timeout",))
@@ -108,7 +119,8 @@ class SipWebSocket:
             self._deadline = now + self.ping_interval
         try:
             self._ws.receive_data(data or None)
-            return self._events(now)
+            events = list(self._ws.events())
+            out = self._events(now, events)
         except RemoteProtocolError:
             self.closed = True
             if self.open:
@@ -116,6 +128,13 @@ class SipWebSocket:
                 # (RFC 6455 §7.1.7); nothing more to say.
                 return WsOutput(close=True, events=("ws_protocol_error",))
             return WsOutput(_BAD_REQUEST, close=True, events=("ws_bad_upgrade",))
+        if self.open and (self._parts or (data and not events)):
+            # Part of a frame, or of a message fragmented over frames, waits
+            # for the rest: its clock starts with its first byte.
+            self._started = min(self._started, now)
+        else:
+            self._started = math.inf
+        return out
 
     def send_message(self, message: bytes) -> bytes:
         """The frame carrying one SIP message (RFC 7118 §5.1: text when it is
@@ -130,11 +149,11 @@ class SipWebSocket:
 
     # -- internals ---------------------------------------------------------------
 
-    def _events(self, now: float) -> WsOutput:
+    def _events(self, now: float, received: list[Event]) -> WsOutput:
         out = bytearray()
         messages: list[bytes] = []
         events: list[str] = []
-        for event in self._ws.events():
+        for event in received:
             if isinstance(event, Request):
                 refusal = self._refusal(event)
                 if refusal is not None:

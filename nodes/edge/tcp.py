@@ -56,6 +56,8 @@ that reads nothing must not hold the closing task for ever."""
 
 class TcpTransport:
     transport = "TCP"
+    prefix = "tcp"
+    """Names this transport's counters (``tls_refused_max_connections``, ``drop_wss_per_source``...)."""
 
     def __init__(
         self,
@@ -95,7 +97,7 @@ class TcpTransport:
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
         if len(self.connections) >= self.max_connections:
-            self.forwarder.stats["tcp_refused_max_connections"] += 1
+            self.forwarder.stats[f"{self.prefix}_refused_max_connections"] += 1
             await stream.aclose()
             return
         try:
@@ -104,7 +106,7 @@ class TcpTransport:
             await stream.aclose()
             return
         if self.sources.get(host, 0) >= self.per_source:
-            self.forwarder.stats["drop_tcp_per_source"] += 1
+            self.forwarder.stats[f"drop_{self.prefix}_per_source"] += 1
             await stream.aclose()
             return
         await self._handle(stream)
@@ -158,10 +160,10 @@ class TcpTransport:
             if scope.cancelled_caught:
                 now = trio.current_time()
                 if now - started >= self.message_timeout:
-                    stats["drop_tcp_slow_message"] += 1
+                    stats[f"drop_{self.prefix}_slow_message"] += 1
                     return
                 if now - conn.last_activity >= self.idle_timeout:
-                    stats["tcp_idle_closed"] += 1
+                    stats[f"{self.prefix}_idle_closed"] += 1
                     return
                 continue
             if not data:
@@ -172,7 +174,7 @@ class TcpTransport:
             except ParseError as error:
                 # The stream cannot be framed any more: answer if we can, then
                 # close (RFC 4475 §3.1.2.3 ncl, §3.3.2 mcl01).
-                stats["tcp_framing_error"] += 1
+                stats[f"{self.prefix}_framing_error"] += 1
                 answer = reject_malformed(bytes(data), error, server=self.forwarder.server)
                 if answer is not None:
                     self._queue(conn, answer)

@@ -183,8 +183,6 @@ class StreamGuard(TcpTransport):
     queue that, once full, closes the connection (a peer that stops reading
     costs a bounded queue, never unbounded memory)."""
 
-    prefix = "tcp"
-
     def __init__(self, forwarder: Forwarder, *, contexts: TlsContexts | None, idle_timeout: float,
                  max_connections: int, handshake_timeout: float, message_timeout: float = 10.0,
                  per_source: int = 64, queue: int = 1000) -> None:

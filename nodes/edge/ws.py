@@ -38,7 +38,8 @@ class WsTransport(StreamGuard):
     async def _reader(self, conn: Connection) -> None:
         ws = self.sockets[conn.id] = SipWebSocket(
             max_message=self.forwarder.max_message, origins=self.origins, ping_interval=self.ping_interval,
-            handshake_timeout=self.handshake_timeout, now=trio.current_time())
+            handshake_timeout=self.handshake_timeout, now=trio.current_time(),
+            message_timeout=self.message_timeout)
         forwarder = self.forwarder
         stats = forwarder.stats
         transport = self.transport

@@ -26,11 +26,11 @@ def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def transport(pki, *, queue: int = 1000, handshake_timeout: float = 10.0, **fields):
+def transport(pki, *, queue: int = 1000, handshake_timeout: float = 10.0, per_source: int = 64, **fields):
     fw = forwarder()
     contexts = TlsContexts(edge_config(pki, **fields), fw.stats)
     return TlsTransport(fw, contexts, idle_timeout=60, max_connections=100,
-                        handshake_timeout=handshake_timeout, queue=queue)
+                        handshake_timeout=handshake_timeout, queue=queue, per_source=per_source)
 
 
 def peer_cn(sock: ssl.SSLSocket) -> str:
@@ -294,3 +294,24 @@ def test_a_peer_that_resets_its_connection_is_not_a_bug(pki):
             await wait_until(lambda: not tls.connections)
     trio.run(main)
     assert tls.forwarder.stats["internal_error"] == 0
+
+
+def test_the_per_source_limit_counts_tls_connections_under_tls(pki):
+    tls = transport(pki, per_source=1)
+
+    async def main():
+        async with serving(tls) as port:
+            def two():
+                with tls_client(port, pki.ca) as first:
+                    first.sendall(options(call_id="kept"))
+                    assert b"SIP/2.0 503" in read_message(first)
+                    with tls_client(port, pki.ca) as second:
+                        second.settimeout(20)
+                        try:
+                            return second.recv(100)  # closed by the edge after the handshake
+                        except OSError:
+                            return b""
+            assert await trio.to_thread.run_sync(two) == b""
+    trio.run(main)
+    stats = tls.forwarder.stats
+    assert stats["drop_tls_per_source"] == 1 and "drop_tcp_per_source" not in stats

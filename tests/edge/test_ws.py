@@ -4,6 +4,7 @@ transport in-process with a real forwarder (no ring: each request is answered
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 
@@ -25,11 +26,13 @@ def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def transport(pki, secure: bool, *, ping: float = 30.0, origins=(), handshake_timeout: float = 10.0):
+def transport(pki, secure: bool, *, ping: float = 30.0, origins=(), handshake_timeout: float = 10.0,
+              message_timeout: float = 10.0):
     fw = forwarder()
     contexts = TlsContexts(edge_config(pki, listen=["wss:127.0.0.1:8443"]), fw.stats) if secure else None
     return WsTransport(fw, contexts=contexts, origins=origins, ping_interval=ping, idle_timeout=60,
-                       max_connections=100, handshake_timeout=handshake_timeout)
+                       max_connections=100, handshake_timeout=handshake_timeout,
+                       message_timeout=message_timeout)
 
 
 class Client:
@@ -197,3 +200,30 @@ def test_an_upgrade_that_never_comes_is_cut(pki):
             assert await trio.to_thread.run_sync(idle) == b""
     trio.run(main)
     assert ws.forwarder.stats["ws_upgrade_timeout"] == 1
+
+
+def test_a_frame_trickled_in_is_cut_after_the_message_timeout(pki):
+    ws = transport(pki, False, message_timeout=0.5)
+
+    async def main():
+        async with serving(ws) as port:
+            def trickle():
+                c = Client(port)
+                try:
+                    assert isinstance(c.event(), AcceptConnection)
+                    frame = c.ws.send(TextMessage("OPTIONS sip:edge@localhost SIP/2.0\r\n"))
+                    # A byte every 0.2 s, never the whole frame, until the edge speaks.
+                    for byte in frame[:20]:
+                        c.sock.sendall(bytes([byte]))
+                        if select.select([c.sock], [], [], 0.2)[0]:
+                            break
+                    while (event := c.event()) is not None:
+                        if isinstance(event, CloseConnection):
+                            return event.code
+                    return None
+                finally:
+                    c.close()
+            assert await trio.to_thread.run_sync(trickle) == 1008
+            await wait_until(lambda: not ws.connections)
+    trio.run(main)
+    assert ws.forwarder.stats["ws_slow_message"] == 1

@@ -138,3 +138,45 @@ def test_looks_like_sip():
     assert not looks_like_sip(b"hello")
     assert not looks_like_sip(b"GET / HTTP/1.1\r\n")
     assert not looks_like_sip(b" SIP/2.0")
+
+
+def test_a_frame_trickled_in_is_cut_after_the_message_timeout():
+    ws, client = upgraded(message_timeout=10.0)
+    frame = client.send(TextMessage(OPTIONS.decode()))
+    # A byte every few seconds keeps the keep-alive clock happy, not the
+    # message clock (as TCP's edge.tcp_message_timeout).
+    for i, byte in enumerate(frame[:4]):
+        assert ws.receive(bytes([byte]), 1.0 + 3 * i).messages == ()
+    assert ws.deadline() == 11.0
+    assert ws.handle_timer(10.9).data == b""
+    out = ws.handle_timer(11.0)
+    assert out.close and out.events == ("ws_slow_message",)
+    client.receive_data(out.data)
+    (close,) = [e for e in client.events() if isinstance(e, CloseConnection)]
+    assert close.code == 1008
+
+
+def test_a_message_fragmented_over_frames_counts_from_its_first_fragment():
+    ws, client = upgraded(message_timeout=10.0)
+    half = len(OPTIONS) // 2
+    assert ws.receive(client.send(TextMessage(OPTIONS[:half].decode(), message_finished=False)), 2.0).messages == ()
+    assert ws.deadline() == 12.0
+    assert ws.handle_timer(12.0).events == ("ws_slow_message",)
+
+
+def test_whole_messages_and_pongs_never_start_the_message_clock():
+    ws, client = upgraded(message_timeout=10.0, ping_interval=30.0)
+    assert ws.receive(client.send(TextMessage(OPTIONS.decode())), 1.0).messages == (OPTIONS,)
+    assert ws.deadline() == 31.0
+    ping = ws.handle_timer(31.0)
+    client.receive_data(ping.data)
+    (event,) = list(client.events())
+    assert isinstance(event, Ping)
+    assert ws.receive(client.send(event.response()), 32.0).events == ()
+    assert ws.deadline() == 62.0  # the next keep-alive, not 32 + 10
+    # A message completed after part of one was pending stops the clock.
+    frame = client.send(TextMessage(OPTIONS.decode()))
+    ws.receive(frame[:3], 40.0)
+    assert ws.deadline() == 50.0
+    assert ws.receive(frame[3:], 45.0).messages == (OPTIONS,)
+    assert ws.deadline() == 75.0
