@@ -83,9 +83,9 @@ WORKER_ADAPTER = ROOT / "nodes" / "worker" / "node.py"
 ADAPTER_LINES = 300
 
 DECIDING = ("cluster.proxy", "cluster.registrar", "cluster.app", "cluster.auth", "cluster.defence",
-            "cluster.tu.core")
+            "cluster.tu.core", "cluster.tu.base", "cluster.tu.forwarding", "cluster.tu.cancelling")
 """Where SIP decisions are made: routing and forking, the registrar's rules,
-the operator's application, digest checks, the defences, the TU's core."""
+the operator's application, digest checks, the defences, the TU's layers."""
 
 SIP_FIELDS = frozenset((
     "method", "status", "uri", "via", "vias", "to", "from_", "headers", "header", "cseq", "contact",
@@ -150,3 +150,30 @@ def test_the_checks_see_what_they_look_for(tmp_path):
         "    import cluster.registrar.rules\n")
     assert [hit.split(": ", 1)[1] for hit in sip_decisions(deciding)] == [
         "imports cluster.proxy", "imports cluster.registrar", "reads .method", "names INVITE"]
+
+
+TU_MODULE_LINES = 600
+"""STYLE §5: a module of the transaction user over this is two concerns."""
+
+
+def long_modules(directory: Path, limit: int) -> list[str]:
+    """The modules in ``directory`` longer than ``limit`` lines, as ``name: lines``."""
+    out = []
+    for path in sorted(directory.glob("*.py")):
+        lines = len(path.read_text().splitlines())
+        if lines >= limit:
+            out.append(f"{path.name}: {lines}")
+    return out
+
+
+def test_the_transaction_user_modules_stay_under_600_lines():
+    tu = ROOT / "cluster" / "tu"
+    assert {"core.py", "forwarding.py", "cancelling.py"} <= {p.name for p in tu.glob("*.py")}
+    found = long_modules(tu, TU_MODULE_LINES)
+    assert found == [], "split a concern out of:\n" + "\n".join(found)
+
+
+def test_the_size_check_sees_a_long_module(tmp_path):
+    (tmp_path / "short.py").write_text("x = 1\n" * 599)
+    (tmp_path / "long.py").write_text("x = 1\n" * 600)
+    assert long_modules(tmp_path, TU_MODULE_LINES) == ["long.py: 600"]
