@@ -66,6 +66,18 @@ class Attempts:
         return self.position < len(self.destinations)
 
 
+def attempt_salt(salt: str, index: int, position: int) -> str:
+    """The Via branch salt (``proxy_via``) of branch ``index``'s attempt at
+    the destination in ``position`` of its location (0: the first). Each
+    attempt is a new client transaction with a branch of its own (§4.3);
+    the branch derives only from what every shard sees — the incoming
+    transaction, the branch's index and the destination's place in the
+    seeded order — so a shard without the INVITE's context derives the
+    branch of every attempt again, for the CANCEL and the ACK of a non-2xx
+    response (RFC 3261 §9.1, §17.1.1.3, §16.11)."""
+    return f"{salt}{index}.{position + 1}" if position else f"{salt}{index}"
+
+
 def location_failure(location: Location, host: str) -> tuple[int, str]:
     """The status and Warning text for a next hop with no destination."""
     if location.failed:

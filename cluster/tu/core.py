@@ -185,7 +185,7 @@ class TransactionUser(Cancelling):
             elif type(action) is CancelReceived:
                 self._on_cancel(action, now)
             elif type(action) is AckReceived:
-                self._forward_ack(action.request, action.source)
+                self._forward_ack(action.request, action.source, now)
             elif type(action) is StrayResponse:
                 self._forward_stray(action.response, action.source)
             elif type(action) is TransactionTimeout:

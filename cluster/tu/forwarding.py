@@ -18,7 +18,7 @@ from cluster.proxy import identity
 from cluster.proxy.context import Branch, Cancel, Exhausted, Forward, ResponseContext, Upstream
 from cluster.proxy.context import Output as ContextOutput
 from cluster.proxy.failover import (
-    FAILOVER_STATUSES, Attempts, blocked_failure, location_failure, seed_for, warning,
+    FAILOVER_STATUSES, Attempts, attempt_salt, blocked_failure, location_failure, seed_for, warning,
 )
 from cluster.proxy.flows import Flow, ForgedFlowToken, dialog_flow, route_flow
 from cluster.proxy.routing import (
@@ -184,9 +184,9 @@ class Forwarding(TUBase):
         target: Target = self.targets[id(ctx)].get(branch.index) or Target(branch.target)
         came = route_of(call.source)
         advertise = self._advertise(came)
-        # The first attempt has the branch's own Via branch (§16.11: a shard
-        # taking over derives the same one); each failover a new one (§4.3).
-        salt = f"{self.salt}{branch.index}" + (f".{attempts.sent}" if attempts.sent > 1 else "")
+        # A new Via branch for each destination (§4.3), one that a shard
+        # taking over derives again (§16.11): from the destination's place.
+        salt = attempt_salt(self.salt, branch.index, attempts.position - 1)
         if attempts.sent > 1:
             branch.state = "trying"
         peer = Peer(destination.transport, destination.host, destination.port,

@@ -17,6 +17,8 @@ from .outputs import Resolve
 
 Located = Callable[[Location, float], None]
 Send = Callable[[Destination, float], None]
+SendAt = Callable[[Destination, int, float], None]
+"""Send to a destination, given its place in the location."""
 
 
 class Locating:
@@ -69,6 +71,23 @@ class Locating:
                     send(destination, now)
                     return
             self.stats[failure] += 1
+        return then
+
+
+    def each_destination(self, send: SendAt, failure: str) -> Located:
+        """For a CANCEL or an ACK sent without the INVITE's context: every
+        destination the INVITE may have been sent to, with its place in
+        the location (``cluster.proxy.failover.attempt_salt``); those
+        blocked here are left out (they did not answer), ``failure``
+        counted when none is left."""
+        def then(location: Location, now: float) -> None:
+            sent = False
+            for position, destination in enumerate(location.destinations):
+                if not self.blocklist.blocked(destination.key, now):
+                    send(destination, position, now)
+                    sent = True
+            if not sent:
+                self.stats[failure] += 1
         return then
 
 
