@@ -116,11 +116,17 @@ class Forwarding(TUBase):
         advertise = self._advertise(route_of(call.source))
         salt = f"{self.salt}{branch.index}"
         flow = target.flow or self._routed_flow(call.routed, call.source)
+        hop: Destination | LocateTarget | None = None
         try:
             if flow is not None:
-                # RFC 5626 §5.3: a flow is the one way to its UA, so no DNS
-                # and no failover; a flow that is gone is _flow_failed's.
-                peer = self._flow_peer(flow, branch.target, advertise)
+                # RFC 5626 §5.3: a strict flow is the one way to its UA, so
+                # no DNS and no failover; a flow that is gone is
+                # _flow_failed's. A plain connection's named Contact is
+                # located (RFC 3261 §18.2.2: where the edge connects once
+                # the connection has closed).
+                hop = None if flow.strict else _connection_contact(flow, branch.target, self.resolve)
+                if hop is None:
+                    peer = self._flow_peer(flow, branch.target, advertise)
             else:
                 hop = self._hop(ctx.request, target, branch.target, advertise, salt)
         except RoutingError as error:
@@ -128,7 +134,8 @@ class Forwarding(TUBase):
             # error's status (§16.7 step 6).
             self._branch_unroutable(ctx, branch, error.status, error.reason, now)
             return
-        if flow is not None:
+        if hop is None:
+            assert flow is not None
             if flow.strict:
                 branch.extra["flow"] = True
             self._send_branch(ctx, branch, peer, salt, flow, now)
@@ -139,10 +146,20 @@ class Forwarding(TUBase):
             return
         request = ctx.request
         seed = seed_for(request.call_id, request.cseq.seq, hop.host)
-        self._locate(hop, seed, lambda location, at: self._branch_located(ctx, branch, hop, location, at))
+        # A registration's connection stays a way to the UA when its
+        # Contact's name does not locate (§18.2.2: the edge writes on it).
+        connection = None
+        if flow is not None:
+            branch.extra["connection"] = flow
+            connection = Destination(flow.transport.upper(), *flow.peer)
+        elif target.edge and target.received and target.conn is not None and not target.path:
+            connection = Destination((target.transport or "").upper(), *target.received)
+        located = hop
+        self._locate(hop, seed, lambda location, at: self._branch_located(
+            ctx, branch, located, location, at, connection))
 
     def _branch_located(self, ctx: ResponseContext, branch: Branch, target: LocateTarget,
-                        location: Location, now: float) -> None:
+                        location: Location, now: float, connection: Destination | None = None) -> None:
         if branch.state == "done" or ctx.finished:
             # Timer C, the branch timeout or another branch's 2xx ended it meanwhile.
             self.stats["dns_answer_late"] += 1
@@ -151,6 +168,9 @@ class Forwarding(TUBase):
             branch.request = ctx.request
             self._run(ctx, ctx.on_failure(branch, 487, now), now)
             return
+        if not location.destinations and connection is not None:
+            self.stats["dns_contact_over_connection"] += 1
+            location = Location((connection,))
         if not location.destinations:
             self._branch_unroutable(ctx, branch, *location_failure(location, target.host), now)
             return
@@ -189,9 +209,16 @@ class Forwarding(TUBase):
         salt = attempt_salt(self.salt, branch.index, attempts.position - 1)
         if attempts.sent > 1:
             branch.state = "trying"
-        peer = Peer(destination.transport, destination.host, destination.port,
-                    EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL, advertise))
-        self._send_branch(ctx, branch, peer, salt, None, now)
+        flow = branch.extra.get("connection")
+        if isinstance(flow, Flow):
+            # On the registration's connection while it is open (§18.2.2),
+            # its token in our Record-Route (RFC 5626 §5.3).
+            route = EdgeRoute(flow.edge, flow.conn, NO_LOCAL, advertise)
+        else:
+            flow = None
+            route = EdgeRoute(target.edge or (came.edge if came else None), target.conn, NO_LOCAL, advertise)
+        peer = Peer(destination.transport, destination.host, destination.port, route)
+        self._send_branch(ctx, branch, peer, salt, flow, now)
         return True
 
     def _send_branch(self, ctx: ResponseContext, branch: Branch, peer: Peer, salt: str,
@@ -405,12 +432,19 @@ class Forwarding(TUBase):
         if target.edge and target.received and not target.path:
             transport = (target.transport or "UDP").upper()
             peer_host, peer_port = target.received
-            if transport != "UDP":
+            if transport in LOCATED_CONNECTIONS:
                 # The edge writes on the registration's connection while
                 # it is open; once it is closed the edge connects to this
-                # address instead, which must be the Contact (a UA on TCP
+                # address instead, which must be the Contact's (a UA on TCP
                 # listens there, RFC 3261 §18.2.2), not the closed
-                # connection's ephemeral source port.
+                # connection's ephemeral source port — located by DNS like
+                # any other target when it is a name (RFC 3263).
+                contact = _contact_hop(target.uri, transport, self.resolve)
+                if contact is not None:
+                    return contact
+            elif transport != "UDP":
+                # WebSocket (RFC 7118 §5): the UA accepts no connection, and
+                # its Contact host is often made up (.invalid): never located.
                 peer_host, peer_port = _contact_address(
                     target, transport, self.resolve) or (peer_host, peer_port)
             return Destination(transport, peer_host, peer_port)
@@ -427,6 +461,35 @@ class Forwarding(TUBase):
         hop = next_hop(hop_uri, resolve=self.resolve)
         return hop if isinstance(hop, LocateTarget) else Destination(hop.transport, hop.host, hop.port)
 
+
+
+LOCATED_CONNECTIONS = frozenset(("TCP", "TLS"))
+"""Transports of a registration's connection whose Contact, when the
+connection has closed, is reached by connecting to it: by DNS when it names
+a host (RFC 3263). A plain UDP registration is a target like any other (its
+Contact is located the same way); an RFC 5626 flow is never located."""
+
+
+def _contact_hop(uri: URI, transport: str, resolve: Resolver) -> Destination | LocateTarget | None:
+    """Where the Contact ``uri`` of a registration over a ``transport``
+    connection is: its address, what DNS must locate (over that transport:
+    the UA listens for it there), or None for a URI that is not SIP."""
+    if not isinstance(uri, SipURI):
+        return None
+    hop = next_hop(uri, resolve=resolve)
+    if isinstance(hop, LocateTarget):
+        secure = uri.scheme == "sips" or transport == "TLS"
+        return LocateTarget(hop.host, hop.port, transport, secure)
+    return Destination(transport, hop.host, uri.port or DEFAULT_PORTS.get(transport, 5060))
+
+
+def _connection_contact(flow: Flow, uri: URI | None, resolve: Resolver) -> LocateTarget | None:
+    """The Contact ``uri`` of a UA on a plain connection ``flow``, when DNS
+    must locate it (a name, over a transport in ``LOCATED_CONNECTIONS``)."""
+    if uri is None or flow.transport.upper() not in LOCATED_CONNECTIONS:
+        return None
+    hop = _contact_hop(uri, flow.transport.upper(), resolve)
+    return hop if isinstance(hop, LocateTarget) else None
 
 
 def _contact_address(target: Target, transport: str, resolve: Resolver) -> tuple[str, int] | None:

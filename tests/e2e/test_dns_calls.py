@@ -3,16 +3,22 @@ with ``SIPCLUSTER_DNS_SERVERS`` pointing every worker at a dnsmasq on a
 loopback port, whose SRV records for ``carrier.test`` name two SIPp UASs.
 One UAS is killed mid-run: the calls that try it fail over to the other
 (Timer B, then the dead one is blocked), and at least 99 % complete. A name
-that does not exist is answered 480 with a Warning, not a bare 404."""
+that does not exist is answered 480 with a Warning, not a bare 404. A UA
+registered over TCP with a named Contact is reached there, located by DNS,
+once its connection has closed."""
 
 from __future__ import annotations
 
 import csv
+import socket
 import time
+import uuid
 
 import pytest
 
-from tests.e2e.harness import SipAgent, Sipp, UpCluster, bound, free_port_pair, wait_for
+from cluster.sip import Request, StreamFramer, make_response, parse_message
+from tests.e2e.harness import LocationSync, SipAgent, Sipp, UpCluster, bound, free_port_pair, wait_for
+from tests.e2e.test_outbound import TcpFlow, closed, register_flow
 from tests.support.dns import Dnsmasq, FakeDns
 
 CALLS = 400
@@ -35,6 +41,7 @@ def carrier():
         f"srv-host=_sip._udp.carrier.test,uas2.carrier.test,{ports[1]},0,50",
         "host-record=uas1.carrier.test,127.0.0.1",
         "host-record=uas2.carrier.test,127.0.0.1",
+        "host-record=ken.phones.test,127.0.0.1",
     ]).start()
     yield server, ports
     server.close()
@@ -124,6 +131,62 @@ def test_a_dns_server_that_fails_is_504_with_a_warning_within_the_lifetime(clust
     assert took < 2 + 8, took
     metrics = "".join(_metrics(cluster))
     assert 'sipcluster_unroutable_total{code="504"}' in metrics
+
+
+def test_a_named_contact_registered_over_tcp_is_located_once_the_connection_closed(cluster):
+    """RFC 3261 §18.2.2 and RFC 3263: the edge writes on the registration's
+    connection while it is open; after it has closed, it connects to the
+    Contact, whose name (ken.phones.test) the worker locates."""
+    password = uuid.uuid4().hex
+    cluster.user("add", "ken@localhost", password=password)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    sync = LocationSync(cluster)
+    flow = TcpFlow(cluster.port)
+    try:
+        # A plain TCP registration (no RFC 5626 outbound): no reg-id.
+        register_flow(flow, "ken", password, contact=f"<sip:ken@ken.phones.test:{port};transport=tcp>")
+        closed(cluster, flow)
+        sync.wait()
+        with SipAgent() as caller:
+            invite = caller.request("INVITE", "sip:ken@localhost", call_id=f"dns-tcp-{uuid.uuid4().hex}",
+                                    cseq=1, from_="sip:carrier@example.org", to="sip:ken@localhost",
+                                    headers=[("Contact", caller.contact)])
+            caller.send(invite, cluster.port)
+            listener.settimeout(20)
+            conn, _ = listener.accept()
+            with conn:
+                reached = _read_request(conn, invite.call_id)
+                assert reached is not None and reached.method == "INVITE", reached
+                assert str(reached.uri) == f"sip:ken@ken.phones.test:{port};transport=tcp"
+                conn.sendall(make_response(reached, 486, to_tag="busy").to_bytes())
+                final = caller.transact(invite, cluster.port, timeout=20)
+        assert final is not None and final.status == 486, final
+    finally:
+        listener.close()
+        sync.close()
+    metrics = "".join(_metrics(cluster))
+    assert 'sipcluster_dns_events_total{event="located"}' in metrics
+
+
+def _read_request(conn: socket.socket, call_id: str, timeout: float = 20.0) -> Request | None:
+    framer = StreamFramer()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            data = conn.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            return None
+        for raw in framer.feed(data):
+            message = parse_message(raw)
+            if isinstance(message, Request) and message.call_id == call_id:
+                return message
+    return None
 
 
 def _metrics(cluster: UpCluster) -> list[str]:

@@ -98,10 +98,13 @@ class TcpFlow:
         return self.receive(lambda m: not isinstance(m, Request) and m.via.branch == branch)
 
 
-def register_flow(flow: TcpFlow, user: str, password: str, reg_id: int, contact_port: int):
+def register_flow(flow: TcpFlow, user: str, password: str, reg_id: int | None = None,
+                  contact_port: int = 0, *, contact: str | None = None):
+    """REGISTER over ``flow``, answering the digest challenge: an RFC 5626
+    outbound Contact with ``reg_id``, or ``contact`` as given."""
     aor = f"sip:{user}@localhost"
-    contact = (f'<sip:{user}@127.0.0.1:{contact_port};transport=tcp;ob>;'
-               f'+sip.instance="<{INSTANCE}>";reg-id={reg_id}')
+    contact = contact or (f'<sip:{user}@127.0.0.1:{contact_port};transport=tcp;ob>;'
+                          f'+sip.instance="<{INSTANCE}>";reg-id={reg_id}')
     call_id = f"reg-{reg_id}-{uuid.uuid4().hex}"
     headers = [("Contact", contact), ("Expires", "600"), ("Supported", "outbound, path")]
     request = flow.request("REGISTER", "sip:localhost", call_id=call_id, cseq=1, aor=aor, headers=headers)
