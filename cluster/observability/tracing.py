@@ -34,6 +34,7 @@ Spans (names carry the method, or the status and CSeq method of a response):
 ``sip.route <handler>``               INTERNAL    worker: the application's decision
 ``registrar.register``                INTERNAL    worker: §10.3 processing of a REGISTER
 ``location.lookup``                   INTERNAL    worker: location cache read
+``dns.locate``                        INTERNAL    worker: RFC 3263 location of a next hop
 ``etcd <op>``                         CLIENT      worker: etcd round trips of a call
 ``edge.send <what>``                  CLIENT      edge: a message written to the network
 ====================================  ==========  =====================================
@@ -41,6 +42,8 @@ Spans (names carry the method, or the status and CSeq method of a response):
 The envelope carries the W3C ``traceparent`` of the span that produced it:
 edge → worker (the worker continues the edge's span) and worker → edge (the
 edge's send span is a child of the worker span that sent the message).
+A request whose forwarding waited for DNS stays the parent of what is sent
+once the answer is back (``nodes.worker.resolver``).
 Attributes: ``sip.request.method`` (for responses: the CSeq method),
 ``sip.response.status_code``, ``sip.call_id``, ``sip.cseq`` (the number),
 ``sip.request.uri``, ``network.transport`` (``udp``, ``tcp``),

@@ -34,7 +34,7 @@ class Locating:
         self.stats = stats
         self._waiting: dict[int, Located] = {}
         self._tickets = itertools.count(1)
-        self._delivered: deque[tuple[int, Location]] = deque()
+        self._delivered: deque[tuple[int, Location, object]] = deque()
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -50,17 +50,27 @@ class Locating:
         if then is not None:
             then(location, now)
 
-    def deliver(self, ticket: int, location: Location) -> None:
-        self._delivered.append((ticket, location))
+    def deliver(self, ticket: int, location: Location, scope: object = None) -> None:
+        """``scope``: whatever the runtime wants back with the answer (the
+        context of the request that waited: its trace span), opaque here."""
+        self._delivered.append((ticket, location, scope))
 
     @property
     def delivered(self) -> bool:
         return bool(self._delivered)
 
+    def take_delivered(self) -> list[tuple[int, Location, object]]:
+        """The delivered locations with their scopes, for a runtime that
+        answers each (``TransactionUser.resolved``) in its own scope."""
+        taken = list(self._delivered)
+        self._delivered.clear()
+        return taken
+
     def answer_delivered(self, now: float) -> None:
         delivered = self._delivered
         while delivered:
-            self.answer(*delivered.popleft(), now)
+            ticket, location, _ = delivered.popleft()
+            self.answer(ticket, location, now)
 
     def first_destination(self, send: Send, failure: str) -> Located:
         """For a stateless send (ACK, CANCEL without context): the first

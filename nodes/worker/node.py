@@ -91,7 +91,7 @@ class WorkerNode:
         self.stores: WorkerStores | None = None
         self.registrations: Registrations | None = None
         self.password_guard = password_guard(config, self.node_id, self.stats)
-        self.dns = WorkerDns(config.dns, self.stats, kick=self.timer.kick)
+        self.dns = WorkerDns(config.dns, self.stats, kick=self.timer.kick, tracing=tracing)
         # Set once its services exist (``run``, or ``services`` here), before any
         # message or timer is handled: why its uses are marked for the type checker.
         self.tu: TransactionUser | None = None
@@ -171,11 +171,11 @@ class WorkerNode:
         return self.transactions.next_deadline() if self.tu is None else self.tu.next_deadline()
 
     def on_timers(self, now: float) -> None:
-        """Run the TU's due timers and send what they produce."""
-        tu = self.tu
-        if tu is None:
+        """Run the TU's due timers and DNS answers, and send what they produce."""
+        if (tu := self.tu) is None:
             return
         with self.links.framed(self._failed(now)):
+            self.dns.answer(tu, self._execute, now, self._bug)  # each in the trace context of its request
             # Fired timers are popped before they run, so a bug met by one
             # costs its actions, not the loop (which would stop the worker)
             # and not the timers after it.

@@ -17,11 +17,13 @@ lookups of the names it lists, as the C library's resolver would.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import logging
 import random
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import dns.asyncresolver
@@ -41,6 +43,7 @@ from cluster.dns.records import (
     Record, Srv,
 )
 from cluster.dns.rfc3263 import Limits, Location, Target, locate
+from cluster.observability.tracing import Tracing
 from cluster.tu import TransactionUser
 from cluster.tu.outputs import Resolve
 
@@ -265,39 +268,74 @@ def read_hosts(path: Path) -> dict[tuple[str, str], tuple[str, ...]]:
     return {key: tuple(dict.fromkeys(values)) for key, values in table.items()}
 
 
-Deliver = Callable[[int, Location], None]
+Deliver = Callable[[int, Location, contextvars.Context], None]
+Execute = Callable[[list, float], None]
 
 
 class WorkerDns:
     """The worker's side of the TU's ``Resolve`` outputs: each becomes a task
     on the worker's nursery; its location is delivered to the TU
     (``Locating.deliver``) and the timer task woken (``kick``), whose run
-    carries the call on in the TU's ``proxy_timers`` — sends batched per
-    edge and a bug costing that run, as for any timer. ``blocklist`` is the
-    TU's (destinations that did not answer, counted in ``stats``)."""
+    answers it (``answer``) — sends batched per edge and a bug costing that
+    answer, as for any timer. ``blocklist`` is the TU's (destinations that
+    did not answer, counted in ``stats``). With ``tracing``, a traced
+    request's location is a ``dns.locate`` span under the request's span,
+    and what the answer sends is traced under the request's span too, as if
+    it had not waited."""
 
-    def __init__(self, config: DnsConfig, stats: Counter[str], kick: Callable[[], None]) -> None:
+    def __init__(self, config: DnsConfig, stats: Counter[str], kick: Callable[[], None],
+                 tracing: Tracing | None = None) -> None:
         self.resolver = Resolver(config, stats)
         self.blocklist = Blocklist(config.block_time, count=lambda event: stats.update((event,)))
+        self.tracing = tracing
         self._kick = kick
 
     def start(self, nursery: trio.Nursery | None, resolve: Resolve, tu: TransactionUser | None) -> None:
         assert nursery is not None and tu is not None  # both exist before any message is handled
         locating = tu.locating
 
-        def deliver(ticket: int, location: Location) -> None:
-            locating.deliver(ticket, location)
+        def deliver(ticket: int, location: Location, scope: contextvars.Context) -> None:
+            locating.deliver(ticket, location, scope)
             self._kick()
-        nursery.start_soon(serve, self.resolver, resolve.ticket, resolve.target, resolve.seed, deliver)
+        # The task inherits the context of the message that asked: its span.
+        nursery.start_soon(serve, self.resolver, resolve.ticket, resolve.target, resolve.seed, deliver,
+                           self.tracing)
+
+    def answer(self, tu: TransactionUser, execute: Execute, now: float,
+               bug: Callable[[str], None]) -> None:
+        """Answer the delivered locations (``TransactionUser.resolved``) and
+        carry out what each brings, each in the context of the request that
+        waited for it; a bug costs that answer (``bug`` logs and counts it)."""
+        for ticket, location, scope in tu.locating.take_delivered():
+            try:
+                if isinstance(scope, contextvars.Context):
+                    scope.run(_answer, tu, execute, ticket, location, now)
+                else:
+                    _answer(tu, execute, ticket, location, now)
+            except Exception:  # noqa: BLE001 - a bug costs this answer, not the timer run
+                bug("DNS answer handling failed")
 
 
-async def serve(resolver: Resolver, ticket: int, target: Target, seed: int, deliver: Deliver) -> None:
-    """One ``Resolve`` output of the TU: locate, then hand the location back.
-    A bug costs this location a failure answer, never the worker."""
+def _answer(tu: TransactionUser, execute: Execute, ticket: int, location: Location, now: float) -> None:
+    execute(tu.resolved(ticket, location, now), now)
+
+
+async def serve(resolver: Resolver, ticket: int, target: Target, seed: int, deliver: Deliver,
+                tracing: Tracing | None = None) -> None:
+    """One ``Resolve`` output of the TU: locate, then hand the location back
+    with this task's context (the request's span current). A bug costs this
+    location a failure answer, never the worker."""
+    span_scope = nullcontext() if tracing is None else tracing.child(
+        "dns.locate", {"dns.target": target.host, "dns.transport": target.transport or ""})
     try:
-        location = await resolver.locate(target, seed)
+        with span_scope as span:
+            location = await resolver.locate(target, seed)
+            if span is not None:
+                span.set_attribute("dns.destinations", len(location.destinations))
+                if location.error:
+                    span.set_attribute("dns.error", location.error)
     except Exception:  # a bug costs this location, not the worker's nursery
         log.exception("DNS location failed", extra={"host": target.host})
         resolver.stats["internal_error"] += 1
         location = Location((), "internal error", f"{target.host}: internal error", failed=True)
-    deliver(ticket, location)
+    deliver(ticket, location, contextvars.copy_context())

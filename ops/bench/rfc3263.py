@@ -122,7 +122,7 @@ def loop_lag_while_silent(seconds: float, rate: float) -> dict[str, float]:
     answered = [0]
 
     async def main() -> None:
-        def deliver(ticket, location) -> None:
+        def deliver(ticket, location, scope) -> None:
             answered[0] += len(tu.resolved(ticket, location, trio.current_time()))
 
         async with trio.open_nursery() as nursery:

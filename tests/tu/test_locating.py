@@ -269,3 +269,16 @@ def test_a_delivered_location_is_answered_at_the_next_timer_run():
     out = tu.handle_timer(0.2)
     assert [p.host for p in destinations(out, "INVITE")] == ["192.0.2.31"]
     assert tu.next_deadline() != float("-inf")
+
+
+def test_a_runtime_takes_delivered_locations_with_their_scopes():
+    """The worker answers each delivered location in the scope it came
+    with (the waiting request's trace context): the TU keeps it opaque."""
+    tu = make_tu(forwarding(CARRIER))
+    resolve = start(tu)
+    scope = object()
+    tu.locating.deliver(resolve.ticket, BOTH, scope)
+    assert tu.locating.take_delivered() == [(resolve.ticket, BOTH, scope)]
+    assert not tu.locating.delivered and tu.next_deadline() != float("-inf")
+    out = tu.resolved(resolve.ticket, BOTH, 0.2)
+    assert [p.host for p in destinations(out, "INVITE")] == ["192.0.2.31"]
