@@ -15,8 +15,10 @@ Prints a markdown table with:
   measures the scheduler (the same ticker on an idle loop is printed beside
   it), so the CPU time of each task step — how long this loop's own code
   holds the loop — is printed too;
-- the cost of a destination-set choice per call: the dispatcher is another
-  branch (``dispatch``, issue 17 part 4), which measures it; the row says so.
+  The garbage collector's pauses (the worker's policy, ``nodes.collector``)
+  are timed apart, and the CPU of each step without them is printed: what
+  the DNS path itself holds the loop for;
+- the cost of a destination-set choice per call is ``ops/bench/dispatch.py``'s.
 """
 
 from __future__ import annotations
@@ -72,27 +74,48 @@ def lateness(late: list[float]) -> dict[str, float]:
             "over5": sum(1 for v in ordered if v > 0.005)}
 
 
-async def ticker(late: list[float]) -> None:
-    """Sleep 1 ms again and again; record how late each wake-up is."""
+async def ticker(late: list[float], busy: list[float] | None = None) -> None:
+    """Sleep 1 ms again and again; record how late each wake-up is, and
+    (``busy``) the CPU time this thread spent between falling asleep and
+    waking: the lateness the loop's own work can cause, whatever the
+    scheduler does to the process."""
     while True:
-        before = time.perf_counter()
+        before, cpu = time.perf_counter(), time.thread_time()
         await trio.sleep(0.001)
         late.append(time.perf_counter() - before - 0.001)
+        if busy is not None:
+            busy.append(time.thread_time() - cpu)
 
 
 class StepCpu(trio.abc.Instrument):
     """The CPU time of each task step (thread time, so the machine's other
-    processes do not count): what this loop itself holds the loop for."""
+    processes do not count): what this loop itself holds the loop for; and
+    the same without the garbage collector's pauses that fell in the step
+    (``gc.callbacks``): the DNS path's own work."""
 
     def __init__(self) -> None:
         self.steps: list[float] = []
-        self._start = 0.0
+        self.own: list[float] = []
+        self.collections: list[float] = []
+        self._start = self._collecting = 0.0
+        self._collected = self._gc_at_start = 0.0
+
+    def collector(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._collecting = time.thread_time()
+        else:
+            took = time.thread_time() - self._collecting
+            self.collections.append(took)
+            self._collected += took
 
     def before_task_step(self, task) -> None:
         self._start = time.thread_time()
+        self._gc_at_start = self._collected
 
     def after_task_step(self, task) -> None:
-        self.steps.append(time.thread_time() - self._start)
+        took = time.thread_time() - self._start
+        self.steps.append(took)
+        self.own.append(took - (self._collected - self._gc_at_start))
 
 
 def loop_lag_idle(seconds: float) -> dict[str, float]:
@@ -119,6 +142,7 @@ def loop_lag_while_silent(seconds: float, rate: float) -> dict[str, float]:
     resolver = Resolver(DnsConfig(servers=(fake.server,), timeout=0.5, lifetime=1.0))
     tu = make_tu(app)
     late: list[float] = []
+    busy: list[float] = []
     answered = [0]
 
     async def main() -> None:
@@ -126,7 +150,7 @@ def loop_lag_while_silent(seconds: float, rate: float) -> dict[str, float]:
             answered[0] += len(tu.resolved(ticket, location, trio.current_time()))
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ticker, late)
+            nursery.start_soon(ticker, late, busy)
             # The lookups' own nursery ends when the last one has answered.
             async with trio.open_nursery() as lookups:
                 for n in range(int(seconds * rate)):
@@ -144,15 +168,23 @@ def loop_lag_while_silent(seconds: float, rate: float) -> dict[str, float]:
     from nodes.collector import Collector
     collector = Collector()
     collector.install()
+    import gc
+    gc.callbacks.append(cpu.collector)
     try:
         trio.run(main, instruments=[cpu])
     finally:
+        gc.callbacks.remove(cpu.collector)
         collector.uninstall()
         fake.close()
-    steps = sorted(cpu.steps)
+    steps, own = sorted(cpu.steps), sorted(cpu.own)
     return {**lateness(late), "timeouts": resolver.stats["dns_lookup_timeout"],
             "step_max": steps[-1] * 1000, "step_p99": steps[int(len(steps) * 0.99)] * 1000,
-            "steps_over5": sum(1 for v in steps if v > 0.005), "steps": len(steps)}
+            "steps_over5": sum(1 for v in steps if v > 0.005), "steps": len(steps),
+            "own_max": own[-1] * 1000, "own_p99": own[int(len(own) * 0.99)] * 1000,
+            "own_over5": sum(1 for v in own if v > 0.005),
+            "busy_p99": sorted(busy)[int(len(busy) * 0.99)] * 1000, "busy_max": max(busy) * 1000,
+            "busy_over5": sum(1 for v in busy if v > 0.005),
+            "gc_runs": len(cpu.collections), "gc_max": max(cpu.collections, default=0.0) * 1000}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| CPU time of one task step on that loop, p99 / max (ms) "
           f"| {lag['step_p99']:.2f} / {lag['step_max']:.2f} |")
     print(f"| Task steps holding the loop over 5 ms of CPU (of {lag['steps']:,}) | {lag['steps_over5']:,} |")
-    print("| Destination-set choice per call | measured on branch `dispatch` (issue 17 part 4) |")
+    print(f"| The same without garbage-collector pauses (the DNS path's own work), p99 / max (ms) "
+          f"| {lag['own_p99']:.2f} / {lag['own_max']:.2f} |")
+    print(f"| Task steps over 5 ms of CPU without collector pauses | {lag['own_over5']:,} |")
+    print(f"| CPU the loop spent between a tick's sleep and its wake-up, p99 / max (ms) "
+          f"| {lag['busy_p99']:.2f} / {lag['busy_max']:.2f} |")
+    print(f"| Ticks the loop's own CPU made later than 5 ms (collector included) | {lag['busy_over5']:,} |")
+    print(f"| Collector pauses on that loop: count, longest (ms CPU) | {lag['gc_runs']:,}, {lag['gc_max']:.2f} |")
+    print("| Destination-set choice per call | ops/bench/dispatch.py |")
     return 0
 
 

@@ -19,7 +19,8 @@ def test_the_quick_run_prints_every_row():
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
             for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line}
     for name in ("Locations/s, cached", "Locations/s, uncached", "Event-loop tick lateness while DNS is silent",
-                 "The same ticker on an idle loop"):
+                 "The same ticker on an idle loop", "The same without garbage-collector pauses",
+                 "CPU the loop spent between a tick's sleep and its wake-up", "Collector pauses on that loop"):
         (value,) = [v for k, v in rows.items() if k.startswith(name)]
         assert re.search(r"\d", value), (name, value)
     cached = float(rows["Locations/s, cached (carrier.test: NAPTR, SRV, 2 targets)"].replace(",", ""))
