@@ -31,11 +31,16 @@ def carrier():
     while ports[1] == ports[0]:
         ports = ports[0], free_port_pair()
     # Zones dnsmasq forwards to broken servers: one never answers, one
-    # answers SERVFAIL.
-    silent, servfail = FakeDns("silent").start(), FakeDns("servfail").start()
+    # answers SERVFAIL, one garbage, one a CNAME loop, one an answer of
+    # thousands of records (too large for UDP, and no TCP to retry on).
+    broken = {mode: FakeDns(mode, **({"records": 5000} if mode == "many" else {})).start()
+              for mode in ("silent", "servfail", "garbage", "cname-loop", "many")}
     server = Dnsmasq([
-        f"server=/silent.test/127.0.0.1#{silent.port}",
-        f"server=/broken.test/127.0.0.1#{servfail.port}",
+        f"server=/silent.test/127.0.0.1#{broken['silent'].port}",
+        f"server=/broken.test/127.0.0.1#{broken['servfail'].port}",
+        f"server=/garbage.test/127.0.0.1#{broken['garbage'].port}",
+        f"server=/loop.test/127.0.0.1#{broken['cname-loop'].port}",
+        f"server=/many.test/127.0.0.1#{broken['many'].port}",
         "local-ttl=300",
         f"srv-host=_sip._udp.carrier.test,uas1.carrier.test,{ports[0]},0,50",
         f"srv-host=_sip._udp.carrier.test,uas2.carrier.test,{ports[1]},0,50",
@@ -45,8 +50,8 @@ def carrier():
     ]).start()
     yield server, ports
     server.close()
-    silent.close()
-    servfail.close()
+    for fake in broken.values():
+        fake.close()
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +118,15 @@ def test_a_name_that_does_not_exist_is_480_with_a_warning(cluster):
     assert warning.startswith("399 ") and "cannot resolve nobody.carrier.test" in warning, warning
 
 
-@pytest.mark.parametrize("host, reason", [("x.silent.test", "timeout"), ("x.broken.test", "servfail")])
+@pytest.mark.parametrize("host, reason", [
+    ("x.silent.test", "timeout"), ("x.broken.test", "servfail"),
+    # The bad answers of the "Bad input": each a documented 504.
+    ("x.garbage.test", None), ("x.loop.test", None), ("x.many.test", None),
+])
 def test_a_dns_server_that_fails_is_504_with_a_warning_within_the_lifetime(cluster, host, reason):
     started = time.monotonic()
     with SipAgent() as agent:
-        invite = agent.request("INVITE", f"sip:carol@{host}", call_id=f"dns-{reason}-1", cseq=1,
+        invite = agent.request("INVITE", f"sip:carol@{host}", call_id=f"dns-{host}-1", cseq=1,
                                from_="sip:caller@caller.test", to=f"sip:carol@{host}",
                                headers=[("Contact", f"<{agent.contact}>")])
         response = agent.transact(invite, cluster.port, timeout=30)
