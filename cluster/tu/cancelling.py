@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 
 from cluster.app.api import Call, Proxy, Target
-from cluster.proxy.context import Alternatives
 from cluster.dns.rfc3263 import Destination
 from cluster.dns.rfc3263 import Target as LocateTarget
+from cluster.proxy.context import Alternatives
 from cluster.proxy.failover import attempt_salt, seed_for
 from cluster.proxy.flows import ForgedFlowToken, route_flow
 from cluster.proxy.routing import (
