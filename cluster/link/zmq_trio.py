@@ -2,9 +2,14 @@
 
 pyzmq has no trio integration. A ZeroMQ socket exposes a file descriptor that
 signals *changes* of its event state (edge-triggered), so the receive loop
-drains with non-blocking ``recv`` until ``zmq.Again``, re-reads ``EVENTS``
-(which also re-arms the descriptor) and only then waits on the descriptor
-(STYLE §3).
+drains with non-blocking ``recv`` until ``zmq.Again`` and only then waits on
+the descriptor (STYLE §3). A non-blocking ``recv`` that finds no message
+processes the socket's pending commands before it answers ``Again`` (libzmq
+``socket_base_t::recv``), which is what re-arms the descriptor: asking
+``EVENTS`` after it would cost one more ``poll`` of the socket's mailbox per
+wake-up and learn nothing (issue 21: at moderate load the cost is per
+wake-up). The monitor and ZAP loops, off the message path, still ask
+``EVENTS`` before they wait (``_wait_readable``).
 
 Each node binds one PULL socket (its link endpoint, published in its
 membership record) and keeps one PUSH socket per peer it sends to. PUSH
@@ -82,6 +87,8 @@ class Inbox:
             self.socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.fd: int = self.socket.fileno()
+        """ZMQ_FD: the same descriptor for the socket's lifetime."""
         self.received = 0
 
     async def receive_batch(self, limit: int = 512) -> list[bytes]:
@@ -91,14 +98,14 @@ class Inbox:
         call, and a loop that never yields would starve the node's other
         tasks (the etcd lease keep-alive first: the node would drop out of
         the ring exactly when it is busiest)."""
-        sock = self.socket
         batch: list[bytes] = []
         waited = False
-        recv, events = sock.recv, sock.getsockopt
+        recv = self.socket.recv
         while True:
             # Read until zmq.Again: one raised exception per batch is cheaper
             # than asking ZMQ_EVENTS before every read (pyzmq maps the option
-            # through an enum on each getsockopt).
+            # through an enum on each getsockopt), and the Again itself
+            # re-armed the descriptor (module doc).
             try:
                 while len(batch) < limit:
                     batch.append(recv(_NOBLOCK))
@@ -109,10 +116,8 @@ class Inbox:
                 if not waited:
                     await trio.lowlevel.checkpoint()
                 return batch
-            if events(_EVENTS) & _POLLIN:
-                continue
             waited = True
-            await trio.lowlevel.wait_readable(sock.getsockopt(zmq.FD))
+            await trio.lowlevel.wait_readable(self.fd)
 
     def close(self) -> None:
         self.socket.close(0)

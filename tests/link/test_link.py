@@ -8,6 +8,7 @@ import zmq
 
 from cluster.link import Envelope, Inbox, LinkError, Outbox, pack, unpack
 import trio.lowlevel
+import trio.testing
 
 
 def _env(i: int = 0) -> Envelope:
@@ -120,6 +121,37 @@ def test_receive_batch_yields_under_sustained_load():
                     got = await inbox.receive_batch(limit=10)
             nursery.cancel_scope.cancel()
         assert ticks > 50
+        inbox.close()
+        outbox.close()
+        ctx.term()
+    trio.run(main)
+
+
+def test_each_message_after_a_wait_wakes_the_inbox():
+    """The moderate-load path: the inbox drains, sleeps on ZMQ_FD, and a
+    message sent while it sleeps wakes it, every time (no lost edge of the
+    descriptor now that the wait follows zmq.Again directly)."""
+    async def main():
+        ctx = zmq.Context()
+        inbox = Inbox(ctx, "tcp://127.0.0.1:0")
+        outbox = Outbox(ctx)
+        with trio.fail_after(60):
+            while not outbox.send(inbox.endpoint, b"first"):
+                await trio.sleep(0.01)
+            assert await inbox.receive_batch() == [b"first"]
+            got: list[list[bytes]] = []
+
+            async def receive():
+                got.append(await inbox.receive_batch())
+
+            for i in range(200):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receive)
+                    # Let the receiver drain to zmq.Again and block on the descriptor.
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert outbox.send(inbox.endpoint, b"m%d" % i)
+                assert got[-1] == [b"m%d" % i]
+            assert len(got) == 200
         inbox.close()
         outbox.close()
         ctx.term()
