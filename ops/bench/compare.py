@@ -42,6 +42,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from procs import call_figures, edge_messages, read_roles, role_of, split_cpu
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = Path(__file__).resolve().parent
 SCENARIOS = BENCH / "scenarios"
@@ -134,13 +136,9 @@ def pss_by_name(pids: list[int]) -> dict[str, float]:
     """PSS per process, named by role (etcd, edge-1, worker-2, kamailio)."""
     named: dict[str, float] = {}
     for pid in pids:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+        name = role_of(pid)
+        if name is None:
             continue
-        text = " ".join(a.decode(errors="replace") for a in argv)
-        found = re.search(r"(edge-\d+|worker-\d+)\.toml", text)
-        name = found.group(1) if found else Path(argv[0].decode(errors="replace")).name
         named[name] = named.get(name, 0.0) + pss_mib([pid])
     return named
 
@@ -811,6 +809,20 @@ class Bench:
         self.notes.append(f"{label}: before the half-max run, waited {time.monotonic() - start:.0f} s "
                           f"for the workers' live transactions to fall to {live} (≤ {QUIESCE_LIVE})")
 
+    def edge_counters(self, sut) -> dict[str, int] | None:
+        """The edges' event counters summed (None for Kamailio, or unreadable)."""
+        if not isinstance(sut, Cluster):
+            return None
+        edges: list[dict | None] = [(m.get("status") or {}).get("stats") for m in sut.status().get("members", [])
+                                    if m.get("role") == "edge"]
+        if not edges or None in edges:
+            return None
+        total: dict[str, int] = {}
+        for stats in edges:
+            for key, value in (stats or {}).items():
+                total[key] = total.get(key, 0) + int(value)
+        return total
+
     def latency_cpu(self, sut, load: Load, label: str, max_rate: float) -> None:
         """Half of the maximum: SIPp at half minus the probe rate, plus the timed probe."""
         self.quiesce(sut, label)
@@ -821,18 +833,26 @@ class Bench:
         n = max(self.profile.min_calls, int(sipp_rate * self.profile.latency_s))
         probe = SetupProbe(sut.port, load.uas_port, probe_rate, int(probe_rate * n / sipp_rate * 0.9))
         pids = sut.pids()
-        cpu0 = cpu_seconds(pids)
+        roles0, edges0 = read_roles(pids), self.edge_counters(sut)
         t = load.run("uac_call.xml", f"latency-{rate:.0f}", sipp_rate, n,
                      {"domain": f"127.0.0.1:{load.uas_port}", "caller_domain": CALLER_DOMAIN}, ["-s", "service"],
                      during=lambda proc, run: probe.start())
         probe.join(60)
-        cpu = cpu_seconds(pids) - cpu0
+        used = split_cpu(roles0, read_roles(pids))
+        edges1 = self.edge_counters(sut)
+        cpu = sum(r.cpu for r in used.values())
         calls = t.ok + len(probe.samples)
         if probe.samples:
             self.results[(label, "p50")] = percentile(probe.samples, 0.50)
             self.results[(label, "p99")] = percentile(probe.samples, 0.99)
+        messages = edge_messages(edges0, edges1) if edges0 is not None and edges1 is not None else None
+        for key, value in call_figures(used, calls, messages).items():
+            self.results[(label, key)] = value
         if calls:
-            self.results[(label, "cpu")] = cpu / calls * 1000
+            self.notes.append(f"{label}: CPU per call at half max by process: " + ", ".join(
+                f"{name} {r.cpu * 1000 / calls:.3f} ms ({r.switches / calls:.1f} context switches)"
+                for name, r in used.items()) + (f"; the edge handled {messages / calls:.1f} messages per call"
+                                                 if messages else ""))
         rows = read_stats(t.dir / "stat.csv")
         under = ""
         if rows:
@@ -975,6 +995,9 @@ ROWS = (
     ("p50", "Set-up latency INVITE→200 p50 at half max (ms)", 2),
     ("p99", "Set-up latency INVITE→200 p99 at half max (ms)", 2),
     ("cpu", "CPU seconds per 1,000 calls, proxy processes, at half max", 3),
+    ("edge_us", "Edge µs CPU per message (forwarded to a worker + sent out), at half max", 1),
+    ("workers_us", "Workers' µs CPU per call (all workers together), at half max", 0),
+    ("etcd_us", "etcd µs CPU per call, at half max", 0),
     ("mem_reg", "Memory per 10,000 registrations (MiB PSS)", 1),
     ("mem_call", "Memory per 10,000 established calls (MiB PSS)", 1),
 )
@@ -1007,7 +1030,8 @@ def render(bench: Bench, machine: list[str]) -> str:
                "regs_auth": f"≥ 3,000 stored in etcd: {one_worker('regs_auth', lambda v: v >= 3000)}",
                "regs_unpinned": f"≥ 3,000 stored in etcd (best cluster figure, {best_regs[1] if best_regs else 'n/a'}): "
                                 f"{verdict(None if best_regs is None else best_regs[0] >= 3000)}",
-               "p99": f"cluster ≤ 20 ms: {one_worker('p99', lambda v: v <= 20)}"}
+               "p99": f"cluster ≤ 20 ms: {one_worker('p99', lambda v: v <= 20)}",
+               "edge_us": f"≤ 5 µs live (issue 21): {one_worker('edge_us', lambda v: v <= 5)}"}
     for key, title, digits in ROWS:
         lines.append(f"| {title} | " + " | ".join(fmt(get(c, key), digits, (c, key) in bench.capped) for c in COLUMNS)
                      + f" | {targets.get(key, '')} |")
