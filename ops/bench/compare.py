@@ -850,7 +850,7 @@ class Bench:
             self.results[(label, key)] = value
         if calls:
             self.notes.append(f"{label}: CPU per call at half max by process: " + ", ".join(
-                f"{name} {r.cpu * 1000 / calls:.3f} ms ({r.switches / calls:.1f} context switches)"
+                f"{name} {r.cpu * 1000 / calls:.3f} ms ({r.switches / calls:.1f} wake-ups)"
                 for name, r in used.items()) + (f"; the edge handled {messages / calls:.1f} messages per call"
                                                  if messages else ""))
         rows = read_stats(t.dir / "stat.csv")

@@ -11,9 +11,8 @@ not per message, so the figure that matters is CPU per call at the rates an
 operator runs, not only at saturation. For each rate this starts SIPp's
 caller (``ops/bench/scenarios/uac_call.xml``, callee by IP: INVITE, 100,
 180, 200, ACK, BYE, 200) for a bounded number of calls and reads, from
-/proc, each process's utime + stime and its threads' context switches
-(voluntary + involuntary: the wake-ups, without perf) before and after the
-run. The cluster (``sipcluster up``, 1 edge + ``--workers``) and Kamailio
+/proc, each process's utime + stime and its threads' voluntary context
+switches (the wake-ups, without perf) before and after the run. The cluster (``sipcluster up``, 1 edge + ``--workers``) and Kamailio
 (``ops/bench/kamailio/proxy.cfg`` with TLSF, as ``compare.py`` runs it) are
 measured in the same run at the same rates, so the ratio holds however
 loaded the machine is. The system under test runs on core 0, SIPp and this
@@ -290,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             system.stop()
     print(render(splits))
-    print("\nCells: ms of CPU (utime + stime) per completed call, (context switches of all the "
-          "process's threads per call: its wake-ups); on the idle row, per second. Total: every "
+    print("\nCells: ms of CPU (utime + stime) per completed call, (voluntary context switches of all "
+          "the process's threads per call: its wake-ups); on the idle row, per second. Total: every "
           "process but SIPp's.")
     if syscalls:
         print("\nSyscalls (strace -f -c, a separate run):\n" + "\n".join(f"- {line}" for line in syscalls))

@@ -20,7 +20,7 @@ HZ = os.sysconf("SC_CLK_TCK")
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One process's (or role's) counters: CPU seconds (utime + stime) and
-    its threads' context switches, voluntary and involuntary: its wake-ups."""
+    its threads' voluntary context switches: its wake-ups."""
     cpu: float
     switches: int
     kernel: float = 0.0
@@ -51,9 +51,11 @@ def parse_stat(text: str) -> tuple[float, float]:
 
 
 def parse_switches(status: str) -> int:
-    """Voluntary + involuntary context switches from a /proc/<pid>/task/<tid>/status."""
-    found = re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE)
-    return sum(int(n) for n in found)
+    """Voluntary context switches from a /proc/<pid>/task/<tid>/status: the
+    times the thread blocked and was woken again. Involuntary ones (the
+    thread preempted) count other processes' load, not the thread's wake-ups."""
+    found = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE)
+    return int(found.group(1)) if found else 0
 
 
 def read_process(pid: int) -> Reading | None:

@@ -3,7 +3,7 @@
 
     .venv/bin/python ops/bench/sizing.py --edge-us 60 --worker-us 900 --etcd-us 20 \\
         --messages-per-call 13 --etcd-writes 8000 --plot ops/guide/sizing.png
-    .venv/bin/python ops/bench/sizing.py ... --check 1:1:1500:1 --check 1:2:2600:2 --sipp-us 150
+    .venv/bin/python ops/bench/sizing.py ... --check 1:1:1275:1 --check 1:2:2630:2:sipp --sipp-us 250
 
 The model (``ops/guide/sizing.md`` explains it and where its inputs come from):
 
@@ -19,11 +19,11 @@ The model (``ops/guide/sizing.md`` explains it and where its inputs come from):
 - every REGISTER that changes a binding is an etcd write; etcd takes
   ``--etcd-writes`` of them a second (``ops/bench/registrar.py``), whatever
   M and N;
-- ``--check N:M:CALLS:CORES`` compares the model with a measured point;
-  when that point ran with every process sharing CORES cores (as the
+- ``--check N:M:CALLS:CORES[:sipp]`` compares the model with a measured
+  point; when the cluster's processes shared CORES cores in that run (as the
   benchmarks on a small machine do), the model there is ``cores ÷ CPU per
-  call`` (edge + workers + etcd + the load generator's ``--sipp-us``) if
-  that is lower.
+  call`` (edge + workers + etcd, + the load generator's ``--sipp-us`` when
+  ``:sipp`` says SIPp shared them) if that is lower.
 
 It prints a markdown table (calls/s and the saturating layer for each N and
 M), the registrations/s ceiling and the checks; ``--plot`` draws the table.
@@ -136,13 +136,14 @@ def check(inputs: Inputs, edges: int, workers: int, measured: float, cores: floa
           sipp_us: float) -> tuple[float, float, str]:
     """The model's calls/s for a measured point, model ÷ measured, and which
     limit applied; ``cores``: the cores every process of that run shared
-    (None: each had its own)."""
+    (None: each had its own), ``sipp_us``: the load generator's CPU per call
+    when it shared them too (0 when it ran elsewhere)."""
     own = capacity(inputs, edges, workers)
     model, why = own.calls, own.bottleneck
     if cores is not None:
         shared = shared_cores(inputs, workers, cores, sipp_us)
         if shared < model:
-            model, why = shared, f"{cores:g} shared core{'s' * (cores != 1)}"
+            model, why = shared, f"{cores:g} shared core{'s' * (cores != 1)}{' with SIPp' * bool(sipp_us)}"
     return model, model / measured, why
 
 
@@ -180,16 +181,28 @@ def plot(results: dict[tuple[int, int], Capacity], inputs: Inputs, path: Path) -
     plt.close(fig)
 
 
-def parse_point(text: str) -> tuple[int, int, float, float | None]:
-    """EDGES:WORKERS:CALLS_PER_S[:SHARED_CORES]."""
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A measured point: EDGES:WORKERS:CALLS_PER_S[:SHARED_CORES[:sipp]]."""
+    edges: int
+    workers: int
+    calls: float
+    cores: float | None = None
+    """The cores all the cluster's processes shared in that run (None: one each)."""
+    with_sipp: bool = False
+    """Whether SIPp ran on those cores too."""
+
+
+def parse_point(text: str) -> Point:
     parts = text.split(":")
-    if len(parts) not in (3, 4):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected EDGES:WORKERS:CALLS_PER_S[:SHARED_CORES]")
+    if len(parts) not in (3, 4, 5) or (len(parts) == 5 and parts[4] != "sipp"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected EDGES:WORKERS:CALLS_PER_S[:SHARED_CORES[:sipp]]")
     try:
-        point = int(parts[0]), int(parts[1]), float(parts[2]), float(parts[3]) if len(parts) == 4 else None
+        point = Point(int(parts[0]), int(parts[1]), float(parts[2]),
+                      float(parts[3]) if len(parts) >= 4 else None, len(parts) == 5)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
-    if point[0] < 1 or point[1] < 1 or point[2] <= 0 or (point[3] is not None and point[3] <= 0):
+    if point.edges < 1 or point.workers < 1 or point.calls <= 0 or (point.cores is not None and point.cores <= 0):
         raise argparse.ArgumentTypeError(f"{text!r}: every figure must be positive")
     return point
 
@@ -208,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edges", type=int, nargs="+", default=[1, 2, 4], help="edge counts (default 1 2 4)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32],
                         help="worker counts (default 1 2 4 8 16 32)")
-    parser.add_argument("--check", type=parse_point, action="append", default=[], metavar="N:M:CALLS[:CORES]",
-                        help="a measured point to compare with the model; CORES: the cores all its "
-                             "processes shared (SIPp's too when --sipp-us is given)")
-    parser.add_argument("--sipp-us", type=float, default=0.0, help="SIPp's CPU µs per call (shared-core checks)")
+    parser.add_argument("--check", type=parse_point, action="append", default=[],
+                        metavar="N:M:CALLS[:CORES[:sipp]]",
+                        help="a measured point to compare with the model; CORES: the cores all the "
+                             "cluster's processes shared, ':sipp' when SIPp shared them too")
+    parser.add_argument("--sipp-us", type=float, default=0.0,
+                        help="SIPp's CPU µs per call, caller and callee (checks marked :sipp)")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the table here")
     args = parser.parse_args(argv)
     if any(n < 1 or n > 64 for n in args.edges) or any(m < 1 or m > 256 for m in args.workers):
@@ -228,10 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     regs = {n: registrations(inputs, n, max(args.workers)) for n in args.edges}
     print("\nRegistrations/s stored: " + "; ".join(f"{n} edge{'s' * (n > 1)}: {v:,.0f} ({why})"
                                                 for n, (v, why) in regs.items()))
-    for n, m, measured, cores in args.check:
-        model, ratio, why = check(inputs, n, m, measured, cores, args.sipp_us)
-        print(f"Check {n} edge × {m} worker: model {model:,.0f} calls/s ({why}), measured {measured:,.0f}: "
-              f"model ÷ measured {ratio:.2f}")
+    for point in args.check:
+        model, ratio, why = check(inputs, point.edges, point.workers, point.calls, point.cores,
+                                  args.sipp_us if point.with_sipp else 0.0)
+        print(f"Check {point.edges} edge × {point.workers} worker: model {model:,.0f} calls/s ({why}), "
+              f"measured {point.calls:,.0f}: model ÷ measured {ratio:.2f}")
     if args.plot:
         plot(results, inputs, args.plot)
         print(f"\nPlot: {args.plot}")

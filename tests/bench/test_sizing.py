@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def test_shared_cores_and_checks():
     inputs = sizing.Inputs(50.0, 1000.0, 10.0, 8000.0, etcd_us=100.0)
     assert sizing.shared_cores(inputs, 1, 1.0, 400.0) == pytest.approx(500)
     model, ratio, why = sizing.check(inputs, 1, 1, 400.0, 1.0, 400.0)
-    assert model == pytest.approx(500) and ratio == pytest.approx(1.25) and why == "1 shared core"
+    assert model == pytest.approx(500) and ratio == pytest.approx(1.25) and why == "1 shared core with SIPp"
     model, ratio, why = sizing.check(inputs, 1, 1, 500.0, None, 0.0)
     assert model == pytest.approx(1000) and why == "workers (ring)"
 
@@ -66,20 +67,25 @@ def test_bad_inputs_are_refused():
         sizing.Inputs(0.0, 1000.0, 10.0, 8000.0)
     with pytest.raises(ValueError, match="edge_skew"):
         sizing.Inputs(50.0, 1000.0, 10.0, 8000.0, edge_skew=0.5)
-    for text in ("1:2", "a:1:3", "1:0:5", "1:1:5:0"):
-        with pytest.raises(Exception):  # noqa: B017 - argparse's ArgumentTypeError
+    for text in ("1:2", "a:1:3", "1:0:5", "1:1:5:0", "1:1:5:2:x"):
+        with pytest.raises(argparse.ArgumentTypeError):
             sizing.parse_point(text)
-    assert sizing.parse_point("1:2:2600:2") == (1, 2, 2600.0, 2.0)
+    assert sizing.parse_point("1:2:2600:2:sipp") == sizing.Point(1, 2, 2600.0, 2.0, True)
+    assert sizing.parse_point("1:1:1275:1") == sizing.Point(1, 1, 1275.0, 1.0, False)
+    assert sizing.parse_point("2:4:5000") == sizing.Point(2, 4, 5000.0)
 
 
 def test_the_script_prints_the_table_the_checks_and_a_png(tmp_path):
     png = tmp_path / "sizing.png"
     out = subprocess.run([sys.executable, str(BENCH / "sizing.py"), "--edge-us", "50", "--worker-us", "1000",
                           "--messages-per-call", "10", "--etcd-writes", "8000", "--edges", "1", "2",
-                          "--workers", "1", "2", "4", "--check", "1:1:900", "--plot", str(png)],
+                          "--workers", "1", "2", "4", "--check", "1:1:900", "--etcd-us", "100",
+                          "--check", "1:1:400:1:sipp", "--sipp-us", "400", "--plot", str(png)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2 and "1,000 (workers (ring))" in rows[0] and "(edge CPU)" in rows[0]
     assert "Check 1 edge × 1 worker: model 1,000 calls/s (workers (ring)), measured 900" in out
+    # 1 core for 10 × 50 + 1,000 + 100 + 400 µs: 500 calls/s.
+    assert "model 500 calls/s (1 shared core with SIPp), measured 400: model ÷ measured 1.25" in out
     assert "8,000 (etcd writes)" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
