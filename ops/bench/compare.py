@@ -9,7 +9,9 @@ What it measures (issue 6), the same scenarios (ops/bench/scenarios/) for both:
 maximum calls/s with < 0.1 % failed calls (INVITE/100/180/200/ACK/BYE, the
 callee by IP and, for the cluster, as a registered user), registrations/s
 (new bindings, no auth and digest), INVITE→200 latency p50/p99 at half of each
-system's maximum, CPU seconds per 1,000 calls of the proxy processes, memory
+system's maximum, CPU seconds per 1,000 calls of the proxy processes and,
+for the cluster, that CPU by process (edge µs per message, workers' and
+etcd's µs per call; issue 21), memory
 (PSS) per 10,000 registrations and per 10,000 established calls, and the
 cluster with 1 edge + 1 worker against 1 edge + 2 workers.
 

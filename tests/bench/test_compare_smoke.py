@@ -26,7 +26,8 @@ CLUSTER_ROWS = ("Max calls/s, callee by IP, <", "Max calls/s, callee a registere
                 "Max calls/s, callee by IP, nothing pinned", "Registrations/s, new bindings, no auth, pinned",
                 "Registrations/s, new bindings, no auth, nothing pinned",
                 "Registrations/s, new bindings, digest", "p50 at half max", "p99 at half max",
-                "CPU seconds per 1,000 calls", "Memory per 10,000 registrations",
+                "CPU seconds per 1,000 calls", "Edge µs CPU per message", "Workers' µs CPU per call",
+                "etcd µs CPU per call", "Memory per 10,000 registrations",
                 "Memory per 10,000 established calls")
 
 
@@ -63,6 +64,11 @@ def test_quick_cluster_run_prints_the_table_with_numbers(tmp_path):
     assert float(row(body, "Max calls/s, callee by IP, <")[one].replace(",", "")) > 0
     assert float(row(body, "p99 at half max")[one]) > 0
     assert float(row(body, "CPU seconds per 1,000 calls")[one]) > 0
+    # The split by process (issue 21): the edge's CPU over the messages its counters saw.
+    assert float(row(body, "Edge µs CPU per message")[one]) > 0
+    assert float(row(body, "Workers' µs CPU per call")[one].replace(",", "")) > 0
+    assert re.search(r"Cluster 1e\+1w: CPU per call at half max by process: edge-1 [\d.]+ ms .*worker-1 "
+                     r"[\d.]+ ms .*; the edge handled [\d.]+ messages per call", result.stdout)
     assert NUMBER.fullmatch(row(body, "callee by IP, nothing pinned")[two])
     assert NUMBER.fullmatch(row(body, "no auth, nothing pinned")[two])
     # Kamailio was not run: its cells are empty and the ratios say so.
