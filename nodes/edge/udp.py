@@ -20,10 +20,12 @@ import time
 
 import trio
 
+from cluster import speedups
 from cluster.defence import DROP_BANNED
 from cluster.link import FrameQueue
 from cluster.sip.stun import binding_response
 
+from .fastpath import CompiledPath
 from .forwarder import Forwarder
 
 _EMPTY = frozenset({b"\r\n", b"\r\n\r\n", b"\n", b""})
@@ -36,6 +38,19 @@ datagrams, which costs memory only while they wait."""
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux socket(7); Python does not export it
 
 
+class _Tally:
+    """What one drain read, for the counters and the ban report."""
+
+    __slots__ = ("now", "count", "banned", "last_banned")
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.count = 0
+        """Datagrams that reached the forwarder (not banned, keep-alives or STUN)."""
+        self.banned = 0
+        self.last_banned: tuple[str, bytes] | None = None
+
+
 def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -43,9 +58,12 @@ def _family(host: str) -> int:
 class UdpListener:
     transport = "UDP"
 
-    def __init__(self, host: str, port: int, forwarder: Forwarder, *, batch: int = 256) -> None:
+    def __init__(self, host: str, port: int, forwarder: Forwarder, *, batch: int = 256,
+                 compiled: bool = True) -> None:
         self.forwarder = forwarder
         self.batch = batch
+        guard = forwarder.guard
+        self._ban_until = guard.bans.until if guard is not None else None
         self.sock = socket.socket(_family(host), socket.SOCK_DGRAM)
         try:
             # With CAP_NET_ADMIN, past net.core.rmem_max: the receive buffer
@@ -66,6 +84,12 @@ class UdpListener:
         self.sock.bind((host, port))
         bound = self.sock.getsockname()
         self.local: tuple[str, int] = (bound[0], bound[1])
+        self.compiled: CompiledPath | None = None
+        """The C drain (cluster.speedups), when built and asked for; it reads
+        IPv4 sockets (an IPv6 peer's address text is left to Python's own)."""
+        if compiled and speedups.edge is not None and self.sock.family == socket.AF_INET:
+            self.compiled = CompiledPath(speedups.edge, self.sock.fileno(), forwarder, self.local,
+                                         slots=FRAME_EVERY)
 
     def send(self, data: bytes, peer: tuple[str, int]) -> bool:
         try:
@@ -92,73 +116,125 @@ class UdpListener:
         for answer, peer in answers:
             self.send(answer, peer)
 
+    def _datagram(self, data: bytes, addr: tuple[str, int], tally: _Tally, frames: FrameQueue) -> bool:
+        """One datagram of a drain; True when it reached ``Forwarder.ingress``."""
+        ban_until = self._ban_until
+        if ban_until is not None:
+            until = ban_until(addr[0])
+            if until is not None and tally.now < until:
+                tally.banned += 1
+                tally.last_banned = (addr[0], data)
+                return False
+        if data in _EMPTY:
+            self.forwarder.stats["udp_keepalive"] += 1
+            return False
+        if data[0] < 0x02 and self._stun(data, addr):
+            # RFC 5626 §4.4.2: a STUN keep-alive on the flow,
+            # answered here (cluster.sip.stun).
+            return False
+        tally.count += 1
+        try:
+            reply = self.forwarder.ingress(data, "UDP", addr, self.local, None, frames)
+        except Exception:  # noqa: BLE001
+            # A bug met by one datagram costs that datagram; the
+            # listener is every other message's way in.
+            self.forwarder.bug("ingress failed")
+            return True
+        if reply is not None:
+            self.send(reply, addr)
+        return True
+
+    def _drained(self, tally: _Tally, emptied: bool) -> bool:
+        """Account for a drain; True when the batch limit, not an empty
+        queue, ended it (the loop then yields before reading on)."""
+        forwarder = self.forwarder
+        forwarder.received["UDP"] += tally.count + tally.banned
+        if tally.banned:
+            forwarder.stats[DROP_BANNED] += tally.banned
+            assert forwarder.guard is not None and tally.last_banned is not None  # _ban_until comes from it
+            forwarder.guard.dropped_banned(*tally.last_banned, tally.now)
+        forwarder.drained(self.batch)
+        return not emptied
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            if self.compiled is not None:
+                await self._run_compiled(self.compiled, task_status)
+            else:
+                await self._run_python(task_status)
+        finally:
+            self.sock.close()
+
+    async def _run_python(self, task_status) -> None:
+        """The reference loop: one ``recvfrom`` and one ``_datagram`` per datagram."""
         sock = self.sock
         recvfrom = sock.recvfrom
-        ingress = self.forwarder.ingress
         stats = self.forwarder.stats
-        received = self.forwarder.received
-        local = self.local
-        guard = self.forwarder.guard
-        ban_until = guard.bans.until if guard is not None else None
+        flush = self.forwarder.flush
+        one = self._datagram
         clock = time.time
         task_status.started()
-        flush = self.forwarder.flush
         # What one drain forwards to each worker leaves as one frame when the
         # worker reads them (Forwarder.ingress / flush).
         frames = FrameQueue()
-        try:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                count = 0
-                banned = 0
-                drained = False
-                now = clock()  # one reading per drain: a ban is at least seconds long
-                for _ in range(self.batch):
-                    try:
-                        data, addr = recvfrom(65536)
-                    except BlockingIOError:
-                        drained = True
-                        break
-                    except OSError:
-                        # ICMP errors surface here on Linux; nothing to read.
-                        stats["udp_icmp_error"] += 1
-                        continue
-                    if ban_until is not None:
-                        until = ban_until(addr[0])
-                        if until is not None and now < until:
-                            banned += 1
-                            last_banned = (addr[0], data)
-                            continue
-                    if data in _EMPTY:
-                        stats["udp_keepalive"] += 1
-                        continue
-                    if data[0] < 0x02 and self._stun(data, (addr[0], addr[1])):
-                        # RFC 5626 §4.4.2: a STUN keep-alive on the flow,
-                        # answered here (cluster.sip.stun).
-                        continue
-                    count += 1
-                    try:
-                        reply = ingress(data, "UDP", (addr[0], addr[1]), local, None, frames)
-                    except Exception:  # noqa: BLE001
-                        # A bug met by one datagram costs that datagram; the
-                        # listener is every other message's way in.
-                        self.forwarder.bug("ingress failed")
-                        continue
-                    if reply is not None:
-                        self.send(reply, addr[:2])
-                    if count % FRAME_EVERY == 0 and frames:
-                        self._answer(flush(frames))
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            # One clock reading per drain: a ban is at least seconds long.
+            tally = _Tally(clock())
+            drained = False
+            for _ in range(self.batch):
+                try:
+                    data, addr = recvfrom(65536)
+                except BlockingIOError:
+                    drained = True
+                    break
+                except OSError:
+                    # ICMP errors surface here on Linux; nothing to read.
+                    stats["udp_icmp_error"] += 1
+                    continue
+                if one(data, (addr[0], addr[1]), tally, frames) and tally.count % FRAME_EVERY == 0 and frames:
+                    self._answer(flush(frames))
+            if frames:
+                self._answer(flush(frames))
+            if self._drained(tally, drained):
+                await trio.lowlevel.checkpoint()
+
+    async def _run_compiled(self, path: CompiledPath, task_status) -> None:
+        """The same drain with ``recvmmsg`` in C (nodes/edge/fastpath.py):
+        FRAME_EVERY datagrams at a time, each routed in C or, when it cannot
+        be, handed to ``_datagram`` in its turn."""
+        sock = self.sock
+        forwarder = self.forwarder
+        stats = forwarder.stats
+        flush = forwarder.flush
+        drain = path.drain.drain
+        frames = path.frames
+        one = self._datagram
+        clock = time.time
+        task_status.started()
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            tally = _Tally(clock())
+
+            def fallback(data: bytes, host: str, port: int, tally: _Tally = tally) -> None:
+                one(data, (host, port), tally, frames)
+
+            read = 0
+            emptied = False
+            while read < self.batch and not emptied:
+                seen, forwarded, keepalives, emptied, errors = drain(
+                    min(FRAME_EVERY, self.batch - read), path.prepare(), fallback)
+                read += seen
+                tally.count += forwarded
+                forwarder.admitted += forwarded
+                if forwarded:
+                    # In the edge's status counters: the C path is in use.
+                    stats["udp_compiled"] += forwarded
+                if keepalives:
+                    stats["udp_keepalive"] += keepalives
+                if errors:
+                    stats["udp_icmp_error"] += errors
                 if frames:
                     self._answer(flush(frames))
-                received["UDP"] += count + banned
-                if banned:
-                    stats[DROP_BANNED] += banned
-                    assert guard is not None  # ban_until comes from it
-                    guard.dropped_banned(*last_banned, now)
-                self.forwarder.drained(self.batch)
-                if not drained:
-                    # The batch limit, not an empty queue, ended the drain.
-                    await trio.lowlevel.checkpoint()
-        finally:
-            sock.close()
+            if self._drained(tally, emptied):
+                await trio.lowlevel.checkpoint()
