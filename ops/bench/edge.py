@@ -110,6 +110,98 @@ def edge_forwarding_rate(messages: int, framed: bool = False, defences: bool = F
     return messages / elapsed
 
 
+_SINK = """
+import sys, zmq
+ctx = zmq.Context()
+socks = [ctx.socket(zmq.PULL) for _ in range(2)]
+for sock in socks:
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.bind("tcp://127.0.0.1:*")
+print(" ".join(s.getsockopt(zmq.LAST_ENDPOINT).decode() for s in socks), flush=True)
+poller = zmq.Poller()
+for sock in socks:
+    poller.register(sock, zmq.POLLIN)
+while True:
+    for sock, _ in poller.poll(1000):
+        while sock.poll(0):
+            sock.recv()
+"""
+_SENDER = """
+import socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+sample = open(sys.argv[3], "rb").read()
+datagrams = [sample.replace(b"a84b4c76e66710", b"%014x" % i) for i in range(1000)]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.connect(("127.0.0.1", port))
+for i in range(count):
+    sock.send(datagrams[i % 1000])
+    if i % 100 == 99:
+        time.sleep(0.002)  # about 40,000/s: within the edge's pace, so nothing is lost
+"""
+
+
+def udp_drain_cpu(messages: int, compiled: bool) -> tuple[float, int, int]:
+    """The edge's UDP listener over a real socket, live: a sender process
+    sends OPTIONS datagrams over loopback (paced so the kernel drops
+    none), the listener forwards them in frames to two workers' links (a
+    sink process reads them). Returns the edge process's CPU (every
+    thread: trio's, ZeroMQ's I/O thread) in µs per forwarded message, the
+    messages forwarded, and how many of them the C drain routed itself."""
+    import zmq
+
+    import trio
+    from cluster.link import Outbox
+    from cluster.sharding.ring import Ring
+    from nodes.edge.forwarder import Forwarder
+    from nodes.edge.udp import UdpListener
+    from tests.sip.samples import OPTIONS
+
+    sink = subprocess.Popen([sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        endpoints = sink.stdout.readline().split()
+        ctx = zmq.Context()
+        outbox = Outbox(ctx, hwm=1_000_000)
+        forwarder = Forwarder("edge-bench", outbox, max_message=65535, server="bench")
+        links = {"w1": endpoints[0], "w2": endpoints[1]}
+        forwarder.update(Ring(["w1", "w2"]), links, set(links.values()))
+        forwarder.advertise = {"UDP": "127.0.0.1:5060"}
+        deadline = time.monotonic() + 10
+        while not all(outbox.send(e, b"warm") for e in endpoints) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        listener = UdpListener("127.0.0.1", 0, forwarder, compiled=compiled)
+        assert (listener.compiled is not None) == compiled, "the compiled module is not built"
+        with tempfile.NamedTemporaryFile() as sample:
+            sample.write(OPTIONS)
+            sample.flush()
+            cpu: list[float] = []
+
+            async def main() -> None:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(listener.run)
+                    start = time.process_time()
+                    sender = await trio.lowlevel.open_process(
+                        [sys.executable, "-c", _SENDER, str(listener.local[1]), str(messages), sample.name])
+                    # The forwarder's counter is polled (it has no event to
+                    # wait on), for at most the sender's time plus 30 s.
+                    for _ in range(int((messages / 10_000 + 30) / 0.05)):
+                        if forwarder.stats["forwarded"] >= messages:
+                            break
+                        await trio.sleep(0.05)
+                    cpu.append(time.process_time() - start)
+                    await sender.wait()
+                    nursery.cancel_scope.cancel()
+
+            trio.run(main)
+        forwarded = forwarder.stats["forwarded"]
+        outbox.close()
+        ctx.destroy(linger=0)
+        return cpu[0] / max(forwarded, 1) * 1e6, forwarded, forwarder.stats["udp_compiled"]
+    finally:
+        sink.kill()
+        sink.wait()
+
+
 def sipp_run(port: int, rate: int, count: int, workdir: Path, rtt: bool = False) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     stat = workdir / f"stat-{rate}.csv"
@@ -207,7 +299,12 @@ def percentile(values: list[float], p: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short steps (smoke run)")
+    parser.add_argument("--drain", action="store_true",
+                        help="only the UDP listener's CPU per message, compiled and pure Python")
     args = parser.parse_args()
+    if args.drain:
+        print_drain(50_000 if args.quick else 200_000)
+        return
     if not shutil.which("sipp"):
         sys.exit("SIPp is required (apt-get install sip-tester)")
     seconds = 2.0 if args.quick else 5.0
@@ -263,6 +360,17 @@ def main() -> None:
           "sipcluster_hop_latency_seconds histograms, taken during the half-load run only.")
     print(f"Rates tried: {', '.join(map(str, rates))} per second, {seconds:.0f} s each; "
           "the highest with < 0.1% failed transactions is reported.")
+
+
+def print_drain(messages: int) -> None:
+    from cluster import speedups
+    print("| UDP listener, live over loopback, 2 workers' links | CPU µs per forwarded message | "
+          "forwarded | routed in C | target |")
+    print("|---|---:|---:|---:|---:|")
+    for compiled in ((True, False) if speedups.edge is not None else (False,)):
+        us, forwarded, in_c = udp_drain_cpu(messages, compiled)
+        name = "compiled (recvmmsg, C routing)" if compiled else "pure Python (reference)"
+        print(f"| {name} | {us:.2f} | {forwarded:,} | {in_c:,} | 5 |")
 
 
 if __name__ == "__main__":
