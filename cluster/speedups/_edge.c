@@ -854,9 +854,96 @@ static PyObject *mod_blake2b(PyObject *Py_UNUSED(module), PyObject *args)
     return result;
 }
 
+/* send_many(fd, items, start) -> (sent, failed, stop)
+ *
+ * The response path: each (data, (host, port)) of items[start:] written to
+ * the socket with sendmmsg, SEND_SLOTS at a time, instead of one sendto
+ * each. A datagram the kernel refuses (a full send buffer, an unreachable
+ * network, port 0) counts in ``failed`` and the rest go on, as
+ * UdpListener.send does one by one. ``stop`` is len(items), or the index of
+ * the first item whose address is not an IPv4 literal and a port (a name,
+ * IPv6, a port past 65535): the caller sends that one its own way and calls
+ * again after it, so that the datagrams leave in order. */
+#define SEND_SLOTS 64
+
+static int send_address(PyObject *item, struct sockaddr_in *addr, struct iovec *iov)
+{
+    PyObject *data, *peer, *host, *port;
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 || !PyBytes_Check(data = PyTuple_GET_ITEM(item, 0)) ||
+        !PyTuple_Check(peer = PyTuple_GET_ITEM(item, 1)) || PyTuple_GET_SIZE(peer) != 2 ||
+        !PyUnicode_Check(host = PyTuple_GET_ITEM(peer, 0)) || !PyLong_CheckExact(port = PyTuple_GET_ITEM(peer, 1)))
+        return 0;
+    unsigned long number = PyLong_AsUnsignedLong(port);
+    if (number == (unsigned long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    const char *text = PyUnicode_AsUTF8(host);
+    if (!text) {
+        PyErr_Clear();
+        return 0;
+    }
+    memset(addr, 0, sizeof *addr);
+    addr->sin_family = AF_INET;
+    if (number > 65535 || inet_pton(AF_INET, text, &addr->sin_addr) != 1)
+        return 0;
+    addr->sin_port = htons((uint16_t)number);
+    iov->iov_base = PyBytes_AS_STRING(data);
+    iov->iov_len = (size_t)PyBytes_GET_SIZE(data);
+    return 1;
+}
+
+static PyObject *mod_send_many(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int fd;
+    PyObject *items;
+    Py_ssize_t at;
+    if (!PyArg_ParseTuple(args, "iO!n", &fd, &PyList_Type, &items, &at))
+        return NULL;
+    struct mmsghdr msgs[SEND_SLOTS];
+    struct iovec iov[SEND_SLOTS];
+    struct sockaddr_in addrs[SEND_SLOTS];
+    Py_ssize_t sent = 0, failed = 0, n = PyList_GET_SIZE(items);
+    int stopped = 0;
+    if (at < 0)
+        at = 0;
+    while (at < n && !stopped) {
+        unsigned count = 0;
+        for (; at < n && count < SEND_SLOTS; at++, count++) {
+            if (!send_address(PyList_GET_ITEM(items, at), &addrs[count], &iov[count])) {
+                stopped = 1;
+                break;
+            }
+            memset(&msgs[count], 0, sizeof msgs[count]);
+            msgs[count].msg_hdr.msg_name = &addrs[count];
+            msgs[count].msg_hdr.msg_namelen = sizeof addrs[count];
+            msgs[count].msg_hdr.msg_iov = &iov[count];
+            msgs[count].msg_hdr.msg_iovlen = 1;
+        }
+        unsigned done = 0;
+        while (done < count) {
+            int r = sendmmsg(fd, msgs + done, count - done, MSG_DONTWAIT);
+            if (r <= 0) {
+                if (r < 0 && errno == EINTR) {
+                    if (PyErr_CheckSignals() < 0)
+                        return NULL;
+                    continue;
+                }
+                failed++; /* the first one was refused: count it, go on past it */
+                done++;
+                continue;
+            }
+            sent += r;
+            done += (unsigned)r;
+        }
+    }
+    return Py_BuildValue("nnn", sent, failed, at);
+}
+
 static PyMethodDef module_methods[] = {
     {"call_id", mod_call_id, METH_O, "The Call-ID as the compiled path reads it; None: left to Python."},
     {"response_shard", mod_response_shard, METH_O, "The wk= of a response's top Via, or None."},
+    {"send_many", mod_send_many, METH_VARARGS, "send_many(fd, [(data, (host, port))], start) -> (sent, failed, stop)."},
     {"blake2b", mod_blake2b, METH_VARARGS, "blake2b(data, size): hashlib.blake2b(data, digest_size=size)."},
     {NULL, NULL, 0, NULL},
 };

@@ -268,6 +268,8 @@ class EdgeNode:
                     except Exception:  # noqa: BLE001
                         # A bad envelope (or a bug) costs that message only.
                         self.forwarder.bug("egress failed")
+                for listener in self.udp.values():
+                    stats["sent_udp"] += listener.flush_out()
                 sent += len(envelopes)
                 if sent >= YIELD_EVERY:
                     # Frames hold many messages: let the UDP listeners and
@@ -290,8 +292,7 @@ class EdgeNode:
             if listener is None:
                 self.stats["drop_no_udp_socket"] += 1
                 return
-            if listener.send(env.data, env.peer):
-                self.stats["sent_udp"] += 1
+            listener.queue(env.data, env.peer)  # sent when the frame is done (_link_loop)
         else:
             stream = self.streams.get(env.transport)
             if stream is None:

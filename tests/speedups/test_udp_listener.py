@@ -107,3 +107,42 @@ def test_the_c_drain_and_the_python_loop_forward_and_answer_alike():
         assert compiled[2].get(key) == python[2].get(key), key
     # Most went the C way; the folded Call-IDs, STUN, 513s and garbage did not.
     assert 250 <= compiled[2]["udp_compiled"] < 300 and "udp_compiled" not in python[2]
+
+
+def send_all(compiled: bool) -> tuple[list[list[bytes]], int, int]:
+    forwarder = Forwarder("edge-1", None, max_message=4000, server="test")
+    listener = UdpListener("127.0.0.1", 0, forwarder, compiled=compiled)
+    assert (listener.compiled is not None) == compiled
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for client in clients:
+            client.bind(("127.0.0.1", 0))
+        peers = [client.getsockname() for client in clients]
+        for n in range(150):
+            listener.queue(b"response %d" % n, peers[n % 2])
+            if n % 40 == 0:  # a name, an impossible port, port 0, an IPv6 peer
+                odd = (("localhost", peers[0][1]), ("127.0.0.1", 70000), ("127.0.0.1", 0), ("::1", 5060))
+                for i, bad in enumerate(odd):
+                    listener.queue(b"odd %d %d" % (n, i), bad)
+        sent = listener.flush_out()
+        got: list[list[bytes]] = [[], []]
+        for client, out in zip(clients, got):
+            client.settimeout(10)
+            while len(out) < 75 + (4 if client is clients[0] else 0):
+                out.append(client.recv(100))
+        return got, sent, forwarder.stats["drop_udp_send"]
+    finally:
+        listener.sock.close()
+        for client in clients:
+            client.close()
+
+
+def test_the_response_path_sends_in_batches_what_one_by_one_sends():
+    """UdpListener.flush_out: sendmmsg with the compiled module, a sendto
+    per datagram without; the same datagrams arrive in the same order and
+    the same refusals are counted (a port past 65535, port 0, an IPv6
+    peer on an IPv4 socket)."""
+    python = send_all(False)
+    assert python[1] == 150 + 4 and python[2] == 3 * 4
+    if speedups.edge is not None:
+        assert send_all(True) == python
