@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from cluster import speedups
+
 from .address import parse_name_addr
 from .errors import ParseError
 from .fields import check_date, parse_content_length, parse_cseq, parse_max_forwards
@@ -46,7 +48,7 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         raise ParseError("header section not terminated by an empty line")
     lines = data[:end].decode("utf-8", "surrogateescape").split("\r\n")
     message = _start_line(lines[0])
-    headers, groups = _header_fields(lines)
+    headers, groups = header_fields(lines)
     message.headers = headers
     _check_fields(message, groups)
 
@@ -198,6 +200,14 @@ def _continue_field(headers: list[Header], groups: dict[str, list[str]], line: s
         h.value = f"{h.value} {tail}" if h.value else tail
         groups[h.key][-1] = h.value
     h.raw = f"{h.raw}\r\n{line}"
+
+
+header_fields: Callable[[list[str]], tuple[list[Header], dict[str, list[str]]]] = _header_fields
+"""What parse_message uses: ``_header_fields`` (the specification), or its
+compiled twin from cluster.speedups when that is built and not refused."""
+if speedups.sip is not None:
+    speedups.sip.setup(_KEY_CACHE, SINGLE_HEADERS, Header, header_key, _continue_field, ParseError)
+    header_fields = speedups.sip.header_fields
 
 
 # RFC 3261 §8.1.1: To, From, CSeq, Call-ID and Via are mandatory.

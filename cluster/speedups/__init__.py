@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-__all__ = ["PURE_PYTHON", "edge", "in_use"]
+__all__ = ["PURE_PYTHON", "edge", "in_use", "sip"]
 
 PURE_PYTHON = os.environ.get("SIPCLUSTER_PURE_PYTHON", "") not in ("", "0")
 """Set from the environment at import: the compiled modules are refused."""
@@ -32,8 +32,10 @@ def _load(name: str) -> ModuleType | None:
 
 edge = _load("_edge")
 """The edge's UDP drain (nodes/edge/udp.py), or None."""
+sip = _load("_sip")
+"""The parser's header-field loop (cluster/sip/parser.py), or None."""
 
 
 def in_use() -> dict[str, bool]:
     """Each compiled module and whether this process uses it (for status and tests)."""
-    return {"edge": edge is not None}
+    return {"edge": edge is not None, "sip": sip is not None}
