@@ -11,6 +11,14 @@ path: a flood keeps arriving after its source is banned, and at 50,000
 datagrams/s the cost of each one decides whether the edge still reads the
 legitimate datagrams queued behind it before the kernel's receive buffer
 overflows (ops/bench/flood.py).
+
+With the compiled module (cluster.speedups, nodes/edge/fastpath.py) an IPv4
+socket is drained by ``recvmmsg`` in C, FRAME_EVERY datagrams a call: what C
+can route exactly as ``Forwarder.ingress`` would goes into the workers'
+frames with no Python object made for it, anything else comes back to
+``_datagram`` in its turn, and ``_run_python`` stays the reference. The C
+path stamps the datagrams of one ``recvmmsg`` with one clock reading.
+Replies leave through ``queue``/``flush_out``: ``sendmmsg`` for a batch.
 """
 
 from __future__ import annotations
