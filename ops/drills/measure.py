@@ -5,10 +5,15 @@ The caller logs one line per step of each call (``drill_uac.xml``):
 ended (BYE answered 200), each with SIPp's clock in ms and the Call-ID. From
 these and the moment of the fault follow the table's figures:
 
-- established calls lost: answered, never ended (their re-INVITE or BYE
-  failed: the far end's call stays up, or the dialog's route is gone);
-- new calls failed: never answered;
-- failed before the fault: either of these whose failing request went out
+- established calls lost: answered *before the fault* and never ended
+  (their re-INVITE or BYE failed: the far end's call stays up, or the
+  dialog's route is gone);
+- new calls failed: every other call that failed, i.e. one not yet
+  established when the fault came: never answered, or answered after the
+  fault and then lost its re-INVITE or BYE. The worker-loss target allows
+  them only within the first second after the fault (their failing request
+  sent by then);
+- failed before the fault: any of these whose failing request went out
   before the fault (an INVITE: more than a second before), not counted
   against the fault;
 - registrations lost: users registered before the run without a binding
@@ -111,9 +116,9 @@ class Outcome:
     calls: int
     established_at_fault: int
     failed_before_fault: int      # calls whose failing request went out before the fault
-    established_lost: int         # the rest count from the fault on
-    new_failed: int
-    new_failed_late: int          # failed new calls started more than 1 s after the fault
+    established_lost: int         # the rest count from the fault on: answered before it
+    new_failed: int               # not established at the fault (answered after it, or never)
+    new_failed_late: int          # new calls whose failing request went out more than 1 s after it
     registrations: int
     registrations_lost: int
     refreshes_failed: int
@@ -157,15 +162,21 @@ def summarize(calls: Sequence[CallRecord], *, fault_at: float, hold: float,
     # it: counted apart, not against the fault's targets.
     before = [c for c in calls if c.ended is None
               and (failure_time(c, half) or 0.0) < (fault_at - 1 if c.answered is None else fault_at)]
-    lost = [c for c in calls if c.answered is not None and c.ended is None and c not in before]
-    new_failed = [c for c in calls if c.answered is None and c not in before]
-    late = [c for c in new_failed if c.started > fault_at + 1]
+    failed = [c for c in calls if c.ended is None and c not in before]
+    # Issue 18 §5 counts against "established calls" only those the fault
+    # found established; a call answered after it is a new call, whichever
+    # of its requests failed.
+    lost = [c for c in failed if c.answered is not None and c.answered <= fault_at]
+    new_failed = [c for c in failed if c not in lost]
+    late = [c for c in new_failed if (failure_time(c, half) or c.started) > fault_at + 1]
     failure_times = [t for c in calls if (t := failure_time(c, half)) is not None and t >= fault_at]
     after = [c for c in calls if c.started >= fault_at]
     return Outcome(
         calls=len(calls),
+        # Answered, not yet ended, and not already failed (a call whose
+        # re-INVITE or BYE failed before the fault was over by then).
         established_at_fault=sum(1 for c in calls if c.answered is not None and c.answered <= fault_at
-                                 and (c.ended is None or c.ended > fault_at)),
+                                 and (c.ended is None or c.ended > fault_at) and c not in before),
         failed_before_fault=len(before),
         established_lost=len(lost),
         new_failed=len(new_failed),
