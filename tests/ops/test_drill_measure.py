@@ -188,6 +188,44 @@ def test_kamailio_accepts_the_carrier_configuration(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_the_drill_dns_serves_every_edge_with_a_ttl_longer_than_a_run(tmp_path):
+    """dnsmasq on loopback with the drill's configuration: the SRV name lists
+    both edges, the name itself has A records, and every answer's TTL
+    outlasts a drill (Kamailio 5.6 answered 478 when a record it held for
+    failover expired, with the 1 s TTL the drills had)."""
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    from ops.drills.cluster import CLUSTER_NAME, DOMAIN, dnsmasq_config
+    from tests.e2e.harness import free_port_pair, wait_for
+
+    port = free_port_pair()
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text(dnsmasq_config("127.0.0.1", {"edge1": "127.0.0.21", "edge2": "127.0.0.22"}))
+    proc = subprocess.Popen(["dnsmasq", "-k", "-C", str(conf), f"--port={port}", "--pid-file=",
+                             "--log-facility=-"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ask(name: str, kind: str):
+        try:
+            return dns.query.udp(dns.message.make_query(name, kind), "127.0.0.1", port=port, timeout=1)
+        except (TimeoutError, OSError, dns.exception.Timeout):
+            return None
+
+    try:
+        srv = wait_for(lambda: ask(f"_sip._udp.{CLUSTER_NAME}", "SRV"), timeout=30, what="dnsmasq answering")
+        assert sorted(str(r.target) for r in srv.answer[0]) == [f"edge1.{DOMAIN}.", f"edge2.{DOMAIN}."]
+        a = ask(CLUSTER_NAME, "A")
+        assert a is not None and sorted(r.address for r in a.answer[0]) == ["127.0.0.21", "127.0.0.22"]
+        edge = ask(f"edge1.{DOMAIN}", "A")
+        assert edge is not None
+        # Longer than any drill (a few minutes), so nothing expires in Kamailio's cache.
+        assert min(rrset.ttl for reply in (srv, a, edge) for rrset in reply.answer) >= 600
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_node_config_puts_settings_into_their_section_and_refuses_others():
     text = node_config("w1", "10.9.8.31", ["http://10.9.8.10:2379"], lease_ttl=3, secret="s" * 20,
                        settings=['cluster.record_route = "cluster.drill.test"', "worker.t1 = 0.25"])
