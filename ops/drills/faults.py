@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .cluster import EDGES, ETCDS, WORKERS, DrillCluster, wait_until
+from .cluster import DNS_TTL, EDGES, ETCDS, LOSS_DNS_TTL, WORKERS, DrillCluster, wait_until
 from .measure import Target
 
 __all__ = ["DRILLS", "Drill", "loss_ruleset", "etcd_cut_ruleset"]
@@ -28,6 +28,7 @@ class Drill:
     fault: str
     inject: Inject
     targets: tuple[Target, ...]
+    dns_ttl: int = DNS_TTL    # the carrier's DNS records (cluster.DNS_TTL says why it varies)
 
 
 # -- targets (issue 18, point 5) ---------------------------------------------
@@ -168,7 +169,7 @@ DRILLS: dict[str, Drill] = {d.name: d for d in (
     Drill("worker-etcd-cut", "worker w1 cut from etcd (nftables) for 15 s, still reachable by the edges",
           cut_from_etcd("w1", 15.0), (NO_ESTABLISHED_LOST, NO_DUPLICATES)),
     Drill("sip-loss", "20 % loss of SIP datagrams at every SIP host (nftables numgen)", sip_loss(20),
-          (NINETY_NINE,)),
+          (NINETY_NINE,), dns_ttl=LOSS_DNS_TTL),
     Drill("rolling-upgrade", "rolling restart of every node (workers drained), one at a time",
           rolling_upgrade, (ZERO_FAILED_CALLS,)),
 )}

@@ -11,7 +11,7 @@ import pytest
 
 import tomllib
 
-from ops.drills.cluster import kamailio_config, node_config
+from ops.drills.cluster import CLUSTER_NAME, DNS_TTL, DOMAIN, LOSS_DNS_TTL, dnsmasq_config, kamailio_config, node_config
 from ops.drills.faults import (DRILLS, NEW_ONLY_FIRST_SECOND, NO_DUPLICATES, NO_ESTABLISHED_LOST, etcd_cut_ruleset,
                                loss_ruleset)
 from ops.drills.measure import CallRecord, abort_times, failure_kinds, failures_by_phase, parse_call_log, parse_register_log, series, summarize
@@ -188,28 +188,27 @@ def test_kamailio_accepts_the_carrier_configuration(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_the_drill_dns_serves_every_edge_with_a_ttl_longer_than_a_run(tmp_path):
+@pytest.mark.parametrize("ttl", [DNS_TTL, LOSS_DNS_TTL])
+def test_the_drill_dns_serves_every_edge_with_the_drills_ttl(tmp_path, ttl):
     """dnsmasq on loopback with the drill's configuration: the SRV name lists
-    both edges, the name itself has A records, and every answer's TTL
-    outlasts a drill (Kamailio 5.6 answered 478 when a record it held for
-    failover expired, with the 1 s TTL the drills had)."""
+    both edges, the name itself has A records, and every answer carries the
+    TTL asked for (see cluster.DNS_TTL for why it differs per drill)."""
+    import dns.exception
     import dns.message
     import dns.query
-    import dns.rdatatype
 
-    from ops.drills.cluster import CLUSTER_NAME, DOMAIN, dnsmasq_config
     from tests.e2e.harness import free_port_pair, wait_for
 
     port = free_port_pair()
     conf = tmp_path / "dnsmasq.conf"
-    conf.write_text(dnsmasq_config("127.0.0.1", {"edge1": "127.0.0.21", "edge2": "127.0.0.22"}))
+    conf.write_text(dnsmasq_config("127.0.0.1", {"edge1": "127.0.0.21", "edge2": "127.0.0.22"}, ttl=ttl))
     proc = subprocess.Popen(["dnsmasq", "-k", "-C", str(conf), f"--port={port}", "--pid-file=",
                              "--log-facility=-"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def ask(name: str, kind: str):
         try:
             return dns.query.udp(dns.message.make_query(name, kind), "127.0.0.1", port=port, timeout=1)
-        except (TimeoutError, OSError, dns.exception.Timeout):
+        except (OSError, dns.exception.Timeout):
             return None
 
     try:
@@ -219,11 +218,18 @@ def test_the_drill_dns_serves_every_edge_with_a_ttl_longer_than_a_run(tmp_path):
         assert a is not None and sorted(r.address for r in a.answer[0]) == ["127.0.0.21", "127.0.0.22"]
         edge = ask(f"edge1.{DOMAIN}", "A")
         assert edge is not None
-        # Longer than any drill (a few minutes), so nothing expires in Kamailio's cache.
-        assert min(rrset.ttl for reply in (srv, a, edge) for rrset in reply.answer) >= 600
+        assert {rrset.ttl for reply in (srv, a, edge) for rrset in reply.answer} == {ttl}
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_only_the_loss_drill_keeps_the_carriers_dns_records_long():
+    # A long TTL let one failed transaction make Kamailio fail every later
+    # one (edge and node restarts); a short one made failovers under loss 478.
+    assert LOSS_DNS_TTL > 600 and DNS_TTL <= 1
+    assert {name for name, drill in DRILLS.items() if drill.dns_ttl == LOSS_DNS_TTL} == {"sip-loss"}
+    assert all(drill.dns_ttl == DNS_TTL for name, drill in DRILLS.items() if name != "sip-loss")
 
 
 def test_node_config_puts_settings_into_their_section_and_refuses_others():
