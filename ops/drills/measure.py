@@ -78,6 +78,7 @@ _RECEIVED = re.compile(r"received '(SIP/2\.0 (\d{3})|[A-Z]+ )")
 
 
 _ABORTED_AT = re.compile(r"(\d+\.\d+): Aborting call")
+_CONTINUED_AT = re.compile(r"(\d+\.\d+): Continuing call")
 
 
 def failure_kinds(error_log: str, since: float | None = None) -> dict[str, int]:
@@ -90,17 +91,24 @@ def failure_kinds(error_log: str, since: float | None = None) -> dict[str, int]:
     kinds: dict[str, int] = {}
     for line in error_log.splitlines():
         # One "Aborting call" line per call SIPp gave up on; the "Dead call"
-        # lines after it are retransmissions reaching the aborted call.
-        if "Aborting call" not in line:
+        # lines after it are retransmissions reaching the aborted call. An
+        # agent told not to abort on unexpected messages (the callee) logs
+        # "Continuing call on unexpected message" instead: each counts as a
+        # stray, except an ACK (the caller acknowledges every copy of a
+        # retransmitted 2xx, RFC 3261 §13.2.2.4, so a late one is no duplicate).
+        continuing = "Continuing call on unexpected message" in line
+        if "Aborting call" not in line and not continuing:
             continue
-        at = _ABORTED_AT.search(line)
+        at = _ABORTED_AT.search(line) or _CONTINUED_AT.search(line)
         if since is not None and at is not None and float(at.group(1)) < since:
             continue
         kind = None
-        if "timeout" in line:
+        if "timeout" in line and not continuing:
             kind = "timeout"
         elif (m := _RECEIVED.search(line)) is not None:
             code = m.group(2)
+            if code is None and m.group(1) == "ACK " and continuing:
+                continue
             kind = "stray request" if code is None else (f"stray {code}" if int(code) < 300 else code)
         if kind is not None:
             kinds[kind] = kinds.get(kind, 0) + 1

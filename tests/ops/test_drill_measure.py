@@ -291,3 +291,20 @@ def test_a_call_established_at_the_fault_that_fails_after_it_is_lost_not_new():
     assert outcome.established_at_fault == 2
     assert (outcome.established_lost, outcome.new_failed, outcome.failed_before_fault) == (1, 0, 0)
     assert not NO_ESTABLISHED_LOST.check(outcome)
+
+
+CONTINUED = (
+    "2026-12-08\t00:27:12.21\t5.0: Continuing call on unexpected message for Call-Id '1-2@x': while sending "
+    "(index 4), received 'ACK sip:10.0.0.60:5060;transport=UDP SIP/2.0\n\n'"
+    "2026-12-08\t00:27:12.31\t6.0: Continuing call on unexpected message for Call-Id '2-2@x': while expecting "
+    "'BYE' (index 6), received 'INVITE sip:a@b SIP/2.0\n\n'"
+)
+
+
+def test_a_callee_that_continues_on_unexpected_messages_still_shows_duplicates():
+    # The callee runs with -default_behaviors all,-abortunexp: a late ACK (the
+    # caller acknowledges every copy of a 200) is no stray; a second INVITE is.
+    assert failure_kinds(CONTINUED) == {"stray request": 1}
+    assert failure_kinds(CONTINUED, since=5.5) == {"stray request": 1}
+    assert failure_kinds(CONTINUED, since=6.5) == {}
+    assert abort_times(CONTINUED) == {}
