@@ -33,21 +33,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "drill.test"
 CLUSTER_NAME = f"cluster.{DOMAIN}"
 SIP_PORT = 5060
-# The TTL of the records the drill's DNS serves, in seconds. Kamailio 5.6's
-# DNS cache, the carrier's, misbehaves with either choice, so each drill
-# takes the one that keeps the carrier out of its figures:
-# - DNS_TTL, 1 s, for node failures: with an hour, once a transaction had
-#   failed at every SRV target (an edge restarting, another one slow) the
-#   carrier answered every later request 408 without reaching any edge, to
-#   the end of the run (rolling-upgrade: 816 failed calls; edge-kill: 88;
-#   the behaviour kamailio issue 4911 reports, until the cached record
-#   expires). A 1 s record expires before that can last.
-# - LOSS_DNS_TTL, an hour, for packet loss, where no edge fails but
-#   requests fail over often: the cache skips records whose TTL ran out
-#   while a transaction still holds them for failover, so with 1 s a request
-#   failing over after fr_timer found no SRV target left, fell back to an A
-#   lookup of the SRV name and was answered 478 "Unresolvable destination"
-#   (457 times in one sip-loss run, most of its 479 failed re-registrations).
+# The TTL of the records the drill's DNS serves, in seconds: 1 s, the TTL
+# every drill was measured with, except under packet loss. There Kamailio
+# 5.6's DNS cache, the carrier's, skips records whose TTL ran out while a
+# transaction still holds them for failover: a request failing over after
+# fr_timer found no SRV target left, fell back to an A lookup of the SRV
+# name and was answered 478 "Unresolvable destination" (457 times in one
+# sip-loss run, most of its 479 failed re-registrations; 12 with an hour).
 DNS_TTL = 1
 LOSS_DNS_TTL = 3600
 

@@ -29,6 +29,7 @@ class Drill:
     inject: Inject
     targets: tuple[Target, ...]
     dns_ttl: int = DNS_TTL    # the carrier's DNS records (cluster.DNS_TTL says why it varies)
+    lossy_callee: bool = False  # traffic.Callee(lossy=True): the callee for packet loss
 
 
 # -- targets (issue 18, point 5) ---------------------------------------------
@@ -169,7 +170,7 @@ DRILLS: dict[str, Drill] = {d.name: d for d in (
     Drill("worker-etcd-cut", "worker w1 cut from etcd (nftables) for 15 s, still reachable by the edges",
           cut_from_etcd("w1", 15.0), (NO_ESTABLISHED_LOST, NO_DUPLICATES)),
     Drill("sip-loss", "20 % loss of SIP datagrams at every SIP host (nftables numgen)", sip_loss(20),
-          (NINETY_NINE,), dns_ttl=LOSS_DNS_TTL),
+          (NINETY_NINE,), dns_ttl=LOSS_DNS_TTL, lossy_callee=True),
     Drill("rolling-upgrade", "rolling restart of every node (workers drained), one at a time",
           rolling_upgrade, (ZERO_FAILED_CALLS,)),
 )}

@@ -48,7 +48,7 @@ def run_drill(drill: Drill, *, out: Path, rate: float = 20, hold: float = 20, fa
         cluster.start()
         registrants = Registrants(cluster, work, users).provision()
         registered = registrants.register_all()
-        Callee(cluster, work).start()
+        Callee(cluster, work, lossy=drill.lossy_callee).start()
         caller = Caller(cluster, work, rate=rate, hold=hold).start()
         registrants.start_refreshing()
         time.sleep(fault_at)
@@ -65,7 +65,7 @@ def run_drill(drill: Drill, *, out: Path, rate: float = 20, hold: float = 20, fa
         cluster.stop()
     (work / RUN_RECORD).write_text(json.dumps({
         "drill": drill.name, "rate": rate, "hold": hold, "fault_at": fault_at, "users": users,
-        "lease_ttl": lease_ttl, "dns_ttl": drill.dns_ttl, "settings": list(settings), "origin": caller.origin,
+        "lease_ttl": lease_ttl, "dns_ttl": drill.dns_ttl, "lossy_callee": drill.lossy_callee, "settings": list(settings), "origin": caller.origin,
         "fault_wall": fault_wall, "fault_end": fault_end, "registered": registered, "bound": bound,
         "refreshes": tried, "refreshed": answered, "events": cluster.events}, indent=1))
     return analyse(work, out)
@@ -92,7 +92,8 @@ def analyse(work: Path, out: Path) -> DrillResult:
     setup = (f"{run['rate']:g} calls/s held {run['hold']:g} s (re-INVITE half-way, then BYE), "
              f"{run['users']} users re-registering every 10 s; 2 edges behind Kamailio (SRV failover), "
              f"3 workers, 3 etcd members, lease TTL {run['lease_ttl']} s; carrier's DNS TTL "
-             f"{run.get('dns_ttl', 1)} s; fault {run['fault_at']:g} s "
+             f"{run.get('dns_ttl', 1)} s{'; callee for loss (drill_uas_lossy.xml)' if run.get('lossy_callee') else ''}; "
+             f"fault {run['fault_at']:g} s "
              f"into the load." + (f" Node settings: {'; '.join(run['settings'])}." if run.get("settings") else ""))
     phases = failures_by_phase(calls, [tuple(e) for e in run.get("events", [])], fault_at=run["fault_wall"],
                                hold=run["hold"])

@@ -61,20 +61,26 @@ def stop_softly(proc: subprocess.Popen[Any], grace: float) -> None:
 
 @dataclass
 class Callee:
+    """The callee; ``lossy`` for the packet-loss drill (see start)."""
+
     cluster: DrillCluster
     work: Path
+    lossy: bool = False
     proc: subprocess.Popen[Any] | None = None
 
     def start(self) -> Callee:
+        # Under loss the callee takes a re-INVITE or BYE in place of a lost
+        # ACK, sends no 180 and logs an unexpected message instead of
+        # aborting the call (drill_uas_lossy.xml says why). The other drills
+        # keep drill_uas.xml, the callee their figures were measured with:
+        # with the lossy one, the rolling upgrade failed 786 calls (not
+        # traced further).
+        scenario, behaviours = (("drill_uas_lossy.xml", ["-default_behaviors", "all,-abortunexp"]) if self.lossy
+                                else ("drill_uas.xml", []))
         self.proc = self.cluster.topology.spawn("uas", [
-            "sipp", "-sf", str(SCENARIOS / "drill_uas.xml"), "-i", self.cluster.addr("uas"),
+            "sipp", "-sf", str(SCENARIOS / scenario), "-i", self.cluster.addr("uas"),
             "-p", str(SIP_PORT), "-nostdin", "-trace_err", "-error_file", str(self.work / "callee_errors.log"),
-            # An unexpected message is logged, not a reason to abort the call:
-            # an ACK the caller sent again for a retransmitted 200 can arrive
-            # when SIPp no longer expects one (10 of the 16 calls lost in a
-            # sip-loss run). measure.failure_kinds still counts every
-            # unexpected request or answer but an ACK as a stray.
-            "-default_behaviors", "all,-abortunexp", *RETRANS], log=self.work / "callee.out", cwd=self.work)
+            *behaviours, *RETRANS], log=self.work / "callee.out", cwd=self.work)
         return self
 
     @property
