@@ -42,7 +42,10 @@ reuse, so a burst of large messages (issue 19: thousands of 30 KB header
 values) left a worker tens of MiB above its baseline long after the messages
 were gone. When the node is quiet and resident memory is ``TRIM_GROWTH``
 above what it was after the last trim, ``malloc_trim(0)`` returns the free
-pages (a few milliseconds; never on a busy node).
+pages (a few milliseconds; never on a busy node). A quiet node whose memory
+grew ``QUIET_SWEEP_GROWTH`` since its last sweep also sweeps first, below
+the floor too: a burst's objects frozen while in use and left in cycles
+would otherwise hold their memory until the floor is reached.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ QUIET_LOOK = 0.5  # seconds of the look just before a sweep
 LIMIT_SHARE = 0.8  # of the cgroup memory limit: sweep before the OOM killer acts
 TRIM_GROWTH = 8 << 20  # bytes resident above the lowest reading that make a quiet node trim
 TRIM_EVERY = 5.0  # seconds between two trims of a quiet node still above its floor
+QUIET_SWEEP_GROWTH = 32 << 20  # bytes resident above the last sweep's that make a quiet node sweep
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -224,6 +228,15 @@ class Collector:
             # so a quiet node above its floor trims again (at most every
             # TRIM_EVERY seconds; a trim of a quiet heap costs milliseconds).
             now = trio.current_time()
+            if quiet and resident > self.baseline + QUIET_SWEEP_GROWTH and resident > floor + TRIM_GROWTH:
+                # A burst's objects that survived a young collection while
+                # in use were frozen; whatever of them ends in a reference
+                # cycle is never scanned again and only a sweep frees it.
+                # A quiet node pays that pause at no one's expense, once per
+                # QUIET_SWEEP_GROWTH of growth since its last sweep.
+                self.sweep()
+                self._cpu = self.cpu_clock()
+                resident = resident_bytes()
             if quiet and trim is not None and resident > floor + TRIM_GROWTH and now - last_trim >= TRIM_EVERY:
                 trim(0)
                 last_trim = now

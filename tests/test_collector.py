@@ -169,6 +169,7 @@ def test_a_quiet_node_gives_free_heap_back_once_memory_rose(monkeypatch):
     monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(readings))
     trims: list[int] = []
     collector = Collector(floor=1 << 40, interval=0.01, trim=trims.append)
+    collector.baseline = 1 << 40  # no quiet sweep: trims alone
     collector.cpu_clock = lambda: 0.0  # idle: quiet at every check
 
     async def main():
@@ -207,6 +208,7 @@ def test_a_quiet_node_trims_again_while_it_stays_above_its_floor(monkeypatch):
     monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(readings))
     trims: list[int] = []
     collector = Collector(floor=1 << 40, interval=0.01, trim=trims.append)
+    collector.baseline = 1 << 40  # no quiet sweep: trims alone
     collector.cpu_clock = lambda: 0.0  # idle: quiet at every check
 
     async def main():
@@ -215,3 +217,37 @@ def test_a_quiet_node_trims_again_while_it_stays_above_its_floor(monkeypatch):
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert 2 <= collector.stats.trims <= 3 and trims == [0] * collector.stats.trims
+
+
+def _quiet_sweeps(installed, monkeypatch, cpu_per_tick: float) -> int:
+    """Sweeps of the task over readings at the baseline, then grown by
+    QUIET_SWEEP_GROWTH and more (a burst), staying there."""
+    low = installed.baseline
+    grown = low + collector_module.QUIET_SWEEP_GROWTH + (1 << 20)
+    readings = iter([low] * 3 + [grown] * 10_000)
+    monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(readings))
+    clock = iter(i * cpu_per_tick for i in range(10_000))
+    installed.cpu_clock = lambda: next(clock)
+    installed.limit = 0
+    installed.floor = 1 << 40  # far below the floor: only the quiet rule can sweep
+    installed.interval = 0.01
+    installed.trim = lambda pad: None
+
+    async def main():
+        with trio.move_on_after(0.4):
+            await installed.run()
+
+    trio.run(main)
+    return installed.stats.sweeps
+
+
+def test_a_quiet_node_sweeps_once_its_memory_grew_since_the_last_sweep(installed, monkeypatch):
+    # Below the floor: a burst's objects frozen while in use and left in
+    # cycles hold their memory until a sweep. A quiet node that grew
+    # QUIET_SWEEP_GROWTH since its last sweep sweeps once, then not again
+    # while it stays there.
+    assert _quiet_sweeps(installed, monkeypatch, cpu_per_tick=0.0) == 1
+
+
+def test_a_busy_node_is_not_swept_below_the_floor(installed, monkeypatch):
+    assert _quiet_sweeps(installed, monkeypatch, cpu_per_tick=0.01) == 0
