@@ -109,6 +109,9 @@ class TUBase:
         self._deadlines: list[tuple[float, int, ResponseContext]] = []
         self._seq = itertools.count()
         self._out: list[Output] = []
+        self._link_refused: TransactionKey | None = None
+        """The client transaction whose Send the cluster's own link to an edge
+        refused, while its transport error is handled (``link_refused``)."""
 
     def _perform(self, actions: list[Action], now: float) -> None:
         raise NotImplementedError  # core.TransactionUser: the transaction layer's events

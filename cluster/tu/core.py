@@ -111,6 +111,18 @@ class TransactionUser(Cancelling):
         self._perform(self.transactions.transport_error(key, now), now)
         return out
 
+    def link_refused(self, key: TransactionKey, now: float) -> list[Output]:
+        """The link to the edge a ``Send`` for ``key`` was to leave through
+        refused it (the edge is restarting or gone): a transport error for
+        the transaction (§17.1.4), but the destination was never tried, so
+        it is not blocked (RFC 3263 §4.3 learns from a server that did not
+        answer, not from our own link) and the next request to it goes."""
+        self._link_refused = key
+        try:
+            return self.transport_error(key, now)
+        finally:
+            self._link_refused = None
+
     def resolved(self, ticket: int, location: Location, now: float) -> list[Output]:
         """The runtime located the target of ``Resolve(ticket)``: the branch,
         ACK or CANCEL that waited goes on (or fails, with a Warning)."""

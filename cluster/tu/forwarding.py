@@ -141,8 +141,11 @@ class Forwarding(TUBase):
             self._send_branch(ctx, branch, peer, salt, flow, now)
             return
         if isinstance(hop, Destination):
-            branch.attempts = Attempts((hop,))
-            self._next_attempt(ctx, branch, now)
+            attempts = branch.attempts = Attempts((hop,))
+            if not self._next_attempt(ctx, branch, now):
+                # A literal address that is blocked fails the branch now, as
+                # a located one does: nothing is sent, so nothing would end it.
+                self._branch_unroutable(ctx, branch, *blocked_failure(hop.host, attempts.skipped), now)
             return
         request = ctx.request
         seed = seed_for(request.call_id, request.cseq.seq, hop.host)
@@ -401,7 +404,8 @@ class Forwarding(TUBase):
             self._run(ctx, ctx.on_deadline(float("inf")), now)
         elif timer == "transport" and self._over_flow(ctx, branch):
             self._flow_failed(ctx, branch, now)
-        elif timer in ("B", "F", "transport") and self._fail_over(ctx, branch, key, now, unreachable=True):
+        elif timer in ("B", "F", "transport") and self._fail_over(
+                ctx, branch, key, now, unreachable=key != self._link_refused):
             return
         else:
             self._run(ctx, ctx.on_timeout(branch, now), now)

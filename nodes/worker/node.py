@@ -187,8 +187,8 @@ class WorkerNode:
         self.transactions.rest()
 
     def _failed(self, now: float) -> Failed:
-        """A message the links refused: its client transaction's transport error (§17.1.4)."""
-        return lambda key: self._execute(self.tu.transport_error(key, now), now)  # type: ignore[union-attr]
+        """A message the links refused: a transport error that blocks no destination (§17.1.4)."""
+        return lambda key: self._execute(self.tu.link_refused(key, now), now)  # type: ignore[union-attr]
 
     def _rest(self) -> None:
         self.transactions.rest()

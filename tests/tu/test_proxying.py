@@ -199,6 +199,35 @@ def test_a_failed_send_fails_the_branch_at_once():
     assert not tu.contexts
 
 
+def _invite_send(out: list) -> Send:
+    (send,) = [o for o in out if isinstance(o, Send) and getattr(o.message, "method", "") == "INVITE"]
+    return send
+
+
+def test_a_link_refusal_fails_the_branch_but_does_not_block_the_destination():
+    # The edge the INVITE was to leave through is restarting: our link, not
+    # the callee, failed (RFC 3263 §4.3 blocks a server that did not answer).
+    tu = make_tu(forwarding(BOB))
+    send = _invite_send(tu.receive(request(), CALLER, 0.0))
+    assert statuses(tu.link_refused(send.key, 0.1)) == [408]
+    assert not len(tu.blocklist), "the callee was never tried"
+    out = tu.receive(request(call_id="call-2@198.51.100.7", branch="z9hG4bK-caller-2"), CALLER, 0.2)
+    assert [str(i.uri) for i in requests(out, "INVITE")] == [BOB], "the next call reaches the callee"
+
+
+def test_a_blocked_literal_destination_fails_the_branch_at_once():
+    tu = make_tu(forwarding(BOB))
+    send = _invite_send(tu.receive(request(), CALLER, 0.0))
+    tu.transport_error(send.key, 0.1)
+    assert len(tu.blocklist) == 1, "a destination that failed is blocked"
+    out = tu.receive(request(call_id="call-2@198.51.100.7", branch="z9hG4bK-caller-2"), CALLER, 0.2)
+    assert not requests(out, "INVITE")
+    assert statuses(out) == [100, 480], "answered at once, not left to the caller's timers"
+    (final,) = [m for m in sent(out) if isinstance(m, Response) and m.status == 480]
+    assert "blocked" in (final.get("warning") or "")
+    assert not tu.contexts
+
+
 def test_received_and_rport_are_noted_on_the_callers_via():
     tu = make_tu(forwarding(BOB))
     (invite,) = requests(tu.receive(request(), CALLER, 0.0), "INVITE")

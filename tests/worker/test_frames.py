@@ -109,6 +109,22 @@ def test_a_refused_frame_is_a_transport_error_for_its_client_transactions():
     assert not framed.links._frames
 
 
+def test_a_refused_frame_leaves_its_callee_reachable_once_the_link_is_back():
+    # An edge restarting refuses what the worker sends through it; the
+    # callee was never tried, so the next call to it goes (RFC 3263 §4.3
+    # blocks a destination that did not answer, not our own link).
+    link = Link(up=False)
+    worker = _worker(link)
+    _handle_batch(worker, [_invite(1)])
+    assert worker.stats["drop_edge_link_down"] >= 2
+    assert not len(worker.tu.blocklist)
+    link.up = True
+    _handle_batch(worker, [_invite(2)])
+    (frame,) = link.frames
+    starts = [env.data.split(b"\r\n", 1)[0] for env in unpack_frame(frame)]
+    assert b"INVITE sip:bob@127.0.0.1:5070 SIP/2.0" in starts
+
+
 def test_version_2_in_and_out_through_receive():
     link = Link()
     worker = _worker(link)
