@@ -43,7 +43,7 @@ values) left a worker tens of MiB above its baseline long after the messages
 were gone. When the node is quiet and resident memory is ``TRIM_GROWTH``
 above what it was after the last trim, ``malloc_trim(0)`` returns the free
 pages (a few milliseconds; never on a busy node). A quiet node whose memory
-grew ``QUIET_SWEEP_GROWTH`` since its last sweep also sweeps first, below
+grew ``QUIET_SWEEP_GROWTH`` since its last sweep also sweeps, below
 the floor too: a burst's objects frozen while in use and left in cycles
 would otherwise hold their memory until the floor is reached.
 """
@@ -179,6 +179,13 @@ class Collector:
         gc.freeze()
 
     def sweep_due(self, resident: int, quiet: bool) -> bool:
+        if quiet and resident > self.baseline + QUIET_SWEEP_GROWTH:
+            # Below the floor too: a burst's objects that survived a young
+            # collection while in use were frozen, and whatever of them ends
+            # in a reference cycle is freed only by a sweep. A quiet node
+            # pays that pause at no one's expense, once per
+            # QUIET_SWEEP_GROWTH of growth since its last sweep.
+            return True
         growth = self.growth
         if resident <= self.floor or resident <= self.baseline * growth:
             return False
@@ -228,15 +235,6 @@ class Collector:
             # so a quiet node above its floor trims again (at most every
             # TRIM_EVERY seconds; a trim of a quiet heap costs milliseconds).
             now = trio.current_time()
-            if quiet and resident > self.baseline + QUIET_SWEEP_GROWTH and resident > floor + TRIM_GROWTH:
-                # A burst's objects that survived a young collection while
-                # in use were frozen; whatever of them ends in a reference
-                # cycle is never scanned again and only a sweep frees it.
-                # A quiet node pays that pause at no one's expense, once per
-                # QUIET_SWEEP_GROWTH of growth since its last sweep.
-                self.sweep()
-                self._cpu = self.cpu_clock()
-                resident = resident_bytes()
             if quiet and trim is not None and resident > floor + TRIM_GROWTH and now - last_trim >= TRIM_EVERY:
                 trim(0)
                 last_trim = now

@@ -77,6 +77,10 @@ def test_sweep_is_due_on_growth_and_waits_for_a_quiet_moment():
     assert collector.sweep_due(4_500, quiet=False)           # quadrupled: now, busy or not
     collector.floor = 10_000
     assert not collector.sweep_due(4_500, quiet=True)        # below the floor
+    grown = collector.baseline + collector_module.QUIET_SWEEP_GROWTH + 1
+    collector.floor = 1 << 40
+    assert collector.sweep_due(grown, quiet=True)            # far below it, but grown and quiet
+    assert not collector.sweep_due(grown, quiet=False)
 
 
 def test_growth_from_the_start_up_baseline_is_urgent_only_past_twice_the_floor():
@@ -162,15 +166,22 @@ def test_an_idle_node_is_swept_once_memory_has_doubled(installed, monkeypatch):
     assert _sweeps_with(installed, monkeypatch, 3 << 30, cpu_per_tick=0.0) >= 1
 
 
+def _idle_trimmer(monkeypatch, readings: list[int]) -> tuple[Collector, list[int]]:
+    """A collector far below its floor and any quiet sweep (trims alone),
+    idle at every check, over these resident readings; and its trims."""
+    it = iter(readings)
+    monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(it))
+    trims: list[int] = []
+    collector = Collector(floor=1 << 40, interval=0.01, trim=trims.append)
+    collector.baseline = 1 << 40
+    collector.cpu_clock = lambda: 0.0
+    return collector, trims
+
+
 def test_a_quiet_node_gives_free_heap_back_once_memory_rose(monkeypatch):
     # Resident readings: steady, then up 8 MiB and more (a burst of large
     # messages), then back down after the trim.
-    readings = iter([100 << 20] * 3 + [120 << 20] * 3 + [101 << 20] * 100)
-    monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(readings))
-    trims: list[int] = []
-    collector = Collector(floor=1 << 40, interval=0.01, trim=trims.append)
-    collector.baseline = 1 << 40  # no quiet sweep: trims alone
-    collector.cpu_clock = lambda: 0.0  # idle: quiet at every check
+    collector, trims = _idle_trimmer(monkeypatch, [100 << 20] * 3 + [120 << 20] * 3 + [101 << 20] * 100)
 
     async def main():
         with trio.move_on_after(30):
@@ -204,12 +215,7 @@ def test_a_quiet_node_trims_again_while_it_stays_above_its_floor(monkeypatch):
     # The first trim came while transactions still held a burst's messages;
     # what they free afterwards does not raise the reading, so a trim keyed
     # to the last one never came and the worker stayed tens of MB up.
-    readings = iter([100 << 20] * 3 + [150 << 20] * 2 + [140 << 20] * 10_000)
-    monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(readings))
-    trims: list[int] = []
-    collector = Collector(floor=1 << 40, interval=0.01, trim=trims.append)
-    collector.baseline = 1 << 40  # no quiet sweep: trims alone
-    collector.cpu_clock = lambda: 0.0  # idle: quiet at every check
+    collector, trims = _idle_trimmer(monkeypatch, [100 << 20] * 3 + [150 << 20] * 2 + [140 << 20] * 10_000)
 
     async def main():
         with trio.move_on_after(collector_module.TRIM_EVERY * 2.5):
@@ -228,6 +234,7 @@ def _quiet_sweeps(installed, monkeypatch, cpu_per_tick: float) -> int:
     monkeypatch.setattr(collector_module, "resident_bytes", lambda: next(readings))
     clock = iter(i * cpu_per_tick for i in range(10_000))
     installed.cpu_clock = lambda: next(clock)
+    monkeypatch.setattr(collector_module, "QUIET_LOOK", 0.01)
     installed.limit = 0
     installed.floor = 1 << 40  # far below the floor: only the quiet rule can sweep
     installed.interval = 0.01
