@@ -17,7 +17,8 @@ import uuid
 import pytest
 
 from cluster.sip import Request
-from tests.e2e.harness import SipAgent, UpCluster, answer_challenge, free_port_pair, wait_for
+from tests.e2e.harness import SipAgent, UpCluster, answer_challenge, wait_for
+from tests.e2e.secure import start_secure
 from tests.support.pki import make_pki
 from tests.support.streams import StreamUa
 
@@ -31,14 +32,9 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(etcd_server, tmp_path_factory, pki):
-    tls_port, wss_port = free_port_pair(), free_port_pair()
-    up = UpCluster(tmp_path_factory.mktemp("secure"), workers=1, etcd=etcd_server.endpoint,
-                   # Outgoing TLS trusts the test CA only.
-                   env={"SIPCLUSTER_EDGE_TLS_CA": str(pki.ca)},
-                   extra=["--listen", f"tls:127.0.0.1:{tls_port}", "--listen", f"wss:127.0.0.1:{wss_port}",
-                          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]).start()
-    up.tls_port, up.wss_port = tls_port, wss_port
-    wait_for(lambda: len(up.worker_pids()) == 1, what="the worker in the ring")
+    # Outgoing TLS trusts the test CA only.
+    up = start_secure(etcd_server.endpoint, tmp_path_factory.mktemp("secure"), pki, transports=("tls", "wss"),
+                      env={"SIPCLUSTER_EDGE_TLS_CA": str(pki.ca)}, workers=1)
     yield up
     up.stop()
 
