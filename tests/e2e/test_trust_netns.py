@@ -171,6 +171,12 @@ def test_outsider_cannot_relay_spoof_or_forge(cluster, agent, foreign, method):
     response = agent.transact(_req(agent, method, target, to_tag="t", routes=[
         f"<sip:{HOST_IP}:{port};sct=AAAAAAAAAAAAAAAA;lr>"]), port)
     assert response is not None and response.status == 403
+    # A forged RFC 5626 flow token in a cluster Route (an outsider steering
+    # a request onto somebody's connection).
+    response = agent.transact(_req(agent, method, target, to_tag="t", routes=[
+        f"<sip:{HOST_IP}:{port};sfl=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA;lr>"]), port)
+    assert response is not None and response.status == 403, response
+    assert "forged flow token" in (response.get("warning") or ""), response
     # From a local user without credentials: challenged, MD5 offered first.
     request = _req(agent, method, f"sip:carol@{DOMAIN}")
     response = agent.transact(request, port)
